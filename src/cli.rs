@@ -1,0 +1,45 @@
+//! The command line: `orderguard serve` and `orderguard migrate`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::Settings;
+use crate::startup::{Application, connect_store, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(name = "orderguard", version, about = "Checkout 2FA gate for telecom e-shops")]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./orderguard.toml if it exists.
+    #[arg(long, global = true, env = "ORDERGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    crate::telemetry::init(&settings);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            if settings.mode == crate::settings::Mode::Production && settings.database.url.is_none() {
+                anyhow::bail!("database.url (ORDERGUARD_DATABASE__URL) is required in production mode");
+            }
+            let store = connect_store(&settings).await?;
+            tracing::info!(backend = crate::store::Store::backend(&store).as_str(), "migrations applied");
+            Ok(())
+        }
+    }
+}

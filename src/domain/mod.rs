@@ -1,0 +1,23 @@
+//! The verification domain: validated values and the rules of the lifecycle.
+//! Nothing here knows about HTTP or SQL.
+
+pub mod code;
+pub mod money;
+pub mod phone;
+pub mod verification;
+
+pub use code::{CodeHasher, OtpCode};
+pub use money::Money;
+pub use phone::{PhoneError, PhoneNumber};
+pub use verification::{Limits, Status, VerificationId};
+
+/// Milliseconds since the Unix epoch, the one time unit stored and compared everywhere.
+pub type Millis = i64;
+
+/// The current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_millis() -> Millis {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,177 @@
+//! Phone numbers: parsed with libphonenumber's metadata, normalised to E.164, typed.
+
+use std::fmt;
+
+use phonenumber::{Mode, Type, country};
+
+/// A valid mobile phone number in E.164 form (`+4915123456789`).
+///
+/// `Debug` and `Display` show the masked form; the full number is only reachable through
+/// [`PhoneNumber::e164`], which the SMS sender and the store use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PhoneNumber {
+    e164: String,
+    country: String,
+}
+
+/// Why a phone number was refused. Each cause has its own problem type at the HTTP edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("the phone number could not be parsed as a valid number")]
+    Invalid,
+    #[error("numbers from {0} are not accepted for this brand")]
+    CountryNotAllowed(String),
+    #[error("premium-rate numbers cannot receive codes")]
+    PremiumRate,
+    #[error("shared-cost numbers cannot receive codes")]
+    SharedCost,
+    #[error("VoIP numbers cannot receive codes")]
+    Voip,
+    #[error("fixed-line numbers cannot receive SMS codes")]
+    FixedLine,
+    #[error("only mobile numbers can receive codes (this is a {0} number)")]
+    NotMobile(&'static str),
+}
+
+impl PhoneNumber {
+    /// Parses `input` (E.164, or national with a `default_country` hint such as `"DE"`) and
+    /// accepts it only if valid, mobile, and from one of `allowed_countries` (empty = any).
+    pub fn parse(
+        input: &str,
+        default_country: Option<&str>,
+        allowed_countries: &[String],
+    ) -> Result<Self, PhoneError> {
+        if input.len() > 32 {
+            return Err(PhoneError::Invalid);
+        }
+        let hint = default_country.and_then(|c| c.parse::<country::Id>().ok());
+        let number = phonenumber::parse(hint, input).map_err(|_| PhoneError::Invalid)?;
+        if !phonenumber::is_valid(&number) || number.extension().is_some() {
+            return Err(PhoneError::Invalid);
+        }
+        let country = number
+            .country()
+            .id()
+            .map(|id| id.as_ref().to_owned())
+            .ok_or(PhoneError::Invalid)?;
+        if !allowed_countries.is_empty() && !allowed_countries.contains(&country) {
+            return Err(PhoneError::CountryNotAllowed(country));
+        }
+        match number.number_type(&phonenumber::metadata::DATABASE) {
+            Type::Mobile | Type::FixedLineOrMobile => {}
+            Type::PremiumRate => return Err(PhoneError::PremiumRate),
+            Type::SharedCost => return Err(PhoneError::SharedCost),
+            Type::Voip => return Err(PhoneError::Voip),
+            Type::FixedLine => return Err(PhoneError::FixedLine),
+            Type::TollFree => return Err(PhoneError::NotMobile("toll-free")),
+            Type::Pager => return Err(PhoneError::NotMobile("pager")),
+            Type::PersonalNumber => return Err(PhoneError::NotMobile("personal")),
+            Type::Uan => return Err(PhoneError::NotMobile("universal access")),
+            _ => return Err(PhoneError::NotMobile("non-mobile")),
+        }
+        let e164 = number.format().mode(Mode::E164).to_string();
+        Ok(Self { e164, country })
+    }
+
+    /// Rebuilds a number read back from storage, where it was stored already validated.
+    pub fn from_stored(e164: String, country: String) -> Self {
+        Self { e164, country }
+    }
+
+    /// The full number. Only for the SMS provider and the store; never for logs or responses.
+    pub fn e164(&self) -> &str {
+        &self.e164
+    }
+
+    /// ISO 3166 alpha-2 country of the number.
+    pub fn country(&self) -> &str {
+        &self.country
+    }
+
+    /// The number with all but the first four and last two digits hidden: `+491*******89`.
+    pub fn masked(&self) -> String {
+        mask(&self.e164)
+    }
+}
+
+/// Masks any phone-like string, keeping the leading `+` and three digits and the last two.
+pub fn mask(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    let keep_head = 4.min(chars.len());
+    let keep_tail = 2.min(chars.len().saturating_sub(keep_head));
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < keep_head || i >= chars.len() - keep_tail { *c } else { '*' })
+        .collect()
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any() -> Vec<String> {
+        Vec::new()
+    }
+
+    #[test]
+    fn mobile_numbers_are_normalised_to_e164() {
+        let cases = [
+            ("+49 151 23456789", None, "+4915123456789", "DE"),
+            ("0151 23456789", Some("DE"), "+4915123456789", "DE"),
+            ("+46 70 123 45 67", None, "+46701234567", "SE"),
+            ("070-123 45 67", Some("SE"), "+46701234567", "SE"),
+        ];
+        for (input, hint, e164, country) in cases {
+            let number = PhoneNumber::parse(input, hint, &any()).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(number.e164(), e164, "{input}");
+            assert_eq!(number.country(), country, "{input}");
+        }
+    }
+
+    #[test]
+    fn non_mobile_and_invalid_numbers_are_refused_with_their_cause() {
+        let cases = [
+            ("+49 900 1234567", PhoneError::PremiumRate),
+            ("+49 180 1234567", PhoneError::SharedCost),
+            ("+44 56 1234 5678", PhoneError::Voip),
+            ("+49 30 12345678", PhoneError::FixedLine),
+            ("+49 800 1234567", PhoneError::NotMobile("toll-free")),
+            ("12345", PhoneError::Invalid),
+            ("not a number", PhoneError::Invalid),
+            ("+49 151 234", PhoneError::Invalid),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(PhoneNumber::parse(input, None, &any()), Err(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn numbers_outside_the_allowed_countries_are_refused() {
+        let allowed = vec!["DE".to_owned(), "AT".to_owned()];
+        assert_eq!(
+            PhoneNumber::parse("+46701234567", None, &allowed),
+            Err(PhoneError::CountryNotAllowed("SE".into()))
+        );
+        assert!(PhoneNumber::parse("+4915123456789", None, &allowed).is_ok());
+    }
+
+    #[test]
+    fn masking_hides_the_middle_digits() {
+        let number = PhoneNumber::parse("+4915123456789", None, &any()).expect("valid");
+        assert_eq!(number.masked(), "+491********89");
+        assert!(!format!("{number:?} {number}").contains("15123456789"));
+    }
+}

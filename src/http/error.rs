@@ -1,0 +1,158 @@
+//! The HTTP edge's one error type: every refusal becomes `application/problem+json` (RFC 9457)
+//! with a stable `type` per cause. 5xx bodies say nothing internal; the cause is logged once here.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::domain::{PhoneError, now_millis};
+use crate::verifier::VerifyError;
+
+/// Prefix of every problem `type`; the part after it is the stable cause name.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:orderguard:problem:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{detail}")]
+    Request { status: StatusCode, kind: &'static str, detail: String },
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyInProgress,
+    #[error("no such route")]
+    UnknownRoute,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::Request { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "invalid_request", detail: detail.into() }
+    }
+
+    /// Status, stable type name, title, and extension members.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, Map<String, Value>) {
+        use StatusCode as S;
+        let mut extra = Map::new();
+        let (status, kind, title) = match self {
+            Self::Verify(error) => match error {
+                VerifyError::Phone(phone) => {
+                    let (kind, title) = match phone {
+                        PhoneError::Invalid => ("invalid_phone", "Invalid phone number"),
+                        PhoneError::CountryNotAllowed(country) => {
+                            extra.insert("country".into(), json!(country));
+                            ("country_not_allowed", "Country not allowed")
+                        }
+                        PhoneError::PremiumRate => ("premium_rate_number", "Premium-rate number"),
+                        PhoneError::SharedCost => ("shared_cost_number", "Shared-cost number"),
+                        PhoneError::Voip => ("voip_number", "VoIP number"),
+                        PhoneError::FixedLine => ("fixed_line_number", "Fixed-line number"),
+                        PhoneError::NotMobile(_) => ("non_mobile_number", "Not a mobile number"),
+                    };
+                    (S::UNPROCESSABLE_ENTITY, kind, title)
+                }
+                VerifyError::InvalidField { field, .. } => {
+                    extra.insert("field".into(), json!(field));
+                    (S::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid request")
+                }
+                VerifyError::NotFound => (S::NOT_FOUND, "not_found", "Verification not found"),
+                VerifyError::Expired => (S::GONE, "verification_expired", "Verification expired"),
+                VerifyError::Locked => (S::CONFLICT, "verification_locked", "Verification locked"),
+                VerifyError::Aborted => (S::CONFLICT, "verification_aborted", "Verification aborted"),
+                VerifyError::AlreadyApproved => {
+                    (S::CONFLICT, "verification_already_approved", "Verification already approved")
+                }
+                VerifyError::InvalidCode { attempts_remaining } => {
+                    extra.insert("attempts_remaining".into(), json!(attempts_remaining));
+                    (S::UNPROCESSABLE_ENTITY, "invalid_code", "Invalid code")
+                }
+                VerifyError::ResendCooldown { available_at } => {
+                    extra.insert("resend_available_at".into(), json!(super::rfc3339(*available_at)));
+                    (S::TOO_MANY_REQUESTS, "resend_cooldown", "Resend cooldown")
+                }
+                VerifyError::SendLimitReached => (S::CONFLICT, "send_limit_reached", "Send limit reached"),
+                VerifyError::SmsFailed { verification_id } => {
+                    extra.insert("verification_id".into(), json!(verification_id));
+                    (S::BAD_GATEWAY, "sms_delivery_failed", "SMS could not be sent")
+                }
+                VerifyError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            },
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Request { status, kind, .. } => (*status, *kind, "Bad request"),
+            Self::IdempotencyMismatch => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "Idempotency key reused")
+            }
+            Self::IdempotencyInProgress => (S::CONFLICT, "idempotency_key_in_use", "Idempotency key in use"),
+            Self::UnknownRoute => (S::NOT_FOUND, "unknown_route", "Unknown route"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        };
+        (status, kind, title, extra)
+    }
+
+    /// Seconds after which a retry can succeed, for `Retry-After`.
+    fn retry_after(&self) -> Option<i64> {
+        match self {
+            Self::Verify(VerifyError::ResendCooldown { available_at }) => {
+                Some(((available_at - now_millis()) as f64 / 1000.0).ceil().max(1.0) as i64)
+            }
+            Self::IdempotencyInProgress => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title, mut body) = self.parts();
+        let detail = if status.is_server_error() {
+            // Logged once, here, inside the request's span; the client learns nothing internal.
+            tracing::error!(error = %format!("{self:#}"), kind, "request failed");
+            match kind {
+                "sms_delivery_failed" => self.to_string(),
+                _ => "An internal error occurred; it has been logged.".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        body.insert("type".into(), json!(format!("{PROBLEM_TYPE_PREFIX}{kind}")));
+        body.insert("title".into(), json!(title));
+        body.insert("status".into(), json!(status.as_u16()));
+        body.insert("detail".into(), json!(detail));
+        let mut response = (status, Json(Value::Object(body))).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, kind) = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            other => (other.status(), "invalid_request"),
+        };
+        Self::Request { status, kind, detail: rejection.body_text() }
+    }
+}

@@ -1,0 +1,45 @@
+//! Request extractors whose rejections are problem documents.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState};
+use crate::brands::Brand;
+
+/// `axum::Json`, with malformed JSON, unknown fields, wrong content types and oversized bodies
+/// answered as problems.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// The brand whose API key (`Authorization: Bearer <key>`) came with the request.
+pub struct AuthenticatedBrand(pub Arc<Brand>);
+
+impl FromRequestParts<AppState> for AuthenticatedBrand {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        let (brand, key_label) = state.brands.authenticate(key.trim()).ok_or(ApiError::Unauthorized)?;
+        tracing::Span::current().record("brand", brand.id.as_str());
+        tracing::debug!(key = %key_label, "authenticated");
+        Ok(Self(brand))
+    }
+}

@@ -1,0 +1,186 @@
+//! The HTTP edge: one router per resource, merged here with the shared layers.
+
+mod dev;
+mod error;
+mod extract;
+mod ops;
+mod verifications;
+
+pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::brands::BrandRegistry;
+use crate::metrics::Metrics;
+use crate::settings::Mode;
+use crate::sms::DevInbox;
+use crate::store::Store;
+use crate::verifier::Verifier;
+
+/// Everything handlers share, built once at start.
+#[derive(Clone)]
+pub struct AppState {
+    pub verifier: Arc<Verifier>,
+    pub store: Arc<dyn Store>,
+    pub brands: Arc<BrandRegistry>,
+    pub metrics: Arc<Metrics>,
+    /// The dev inbox; `None` outside dev mode, which also hides `/dev/*`.
+    pub inbox: Option<Arc<DevInbox>>,
+    pub mode: Mode,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orderguard",
+        description = "Checkout 2FA gate: holds purchases until the buyer confirms an SMS code. \
+            Errors are application/problem+json; `type` is `urn:orderguard:problem:<cause>`."
+    ),
+    modifiers(&ApiKeyScheme),
+    tags(
+        (name = "verifications", description = "Verification lifecycle (API key of a brand)"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "development", description = "Dev mode only")
+    )
+)]
+struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, registered together with its OpenAPI description so the two cannot drift.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(verifications::router())
+        .merge(ops::router())
+        .merge(dev::router())
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi_json() -> &'static str {
+    static SPEC: LazyLock<String> = LazyLock::new(|| {
+        serde_json::to_string_pretty(&api_router().into_openapi()).unwrap_or_default()
+    });
+    &SPEC
+}
+
+/// Limits the HTTP layer applies.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The application's router with its layers, ready to serve.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    // Layers listed first wrap the ones after: the request id is set before the span that
+    // records it, and panics and timeouts still pass through tracing and metrics.
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_metrics))
+        .layer(CatchPanicLayer::new())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(layers)
+        .with_state(state)
+}
+
+/// The request span: method, matched route (never the raw path or query), request id, brand.
+fn make_span(request: &Request) -> tracing::Span {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), route, request_id, brand = tracing::field::Empty)
+}
+
+async fn track_metrics(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.http_request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::UnknownRoute
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(super::rfc3339(1_795_257_296_789), "2026-11-21T10:34:56.789Z");
+    }
+}

@@ -1,0 +1,67 @@
+//! Operations: liveness, readiness, metrics and the API description.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// Readiness: the database answers and brands are loaded.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready; the body says which check failed"),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match state.store.ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "readiness: database unreachable");
+            "unreachable".to_owned()
+        }
+    };
+    let brands = state.brands.len();
+    let ready = database == "ok" && brands > 0;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "database": database,
+        "backend": state.store.backend().as_str(),
+        "brands_loaded": brands,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI document")))]
+pub async fn openapi() -> Response {
+    let mut response = super::openapi_json().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,259 @@
+//! `/v1/verifications`: start, read, check, resend, cancel.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::extract::{ApiJson, AuthenticatedBrand};
+use super::{ApiError, AppState, rfc3339};
+use crate::domain::{Status, VerificationId, now_millis};
+use crate::store::{IdempotencyClaim, VerificationRecord};
+use crate::verifier::StartRequest;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start_verification))
+        .routes(routes!(get_verification))
+        .routes(routes!(check_code))
+        .routes(routes!(resend_code))
+        .routes(routes!(cancel_verification))
+}
+
+/// Start a verification: the buyer gets an SMS with a one-time code.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartVerification {
+    /// The buyer's mobile number, E.164 (`+4915123456789`) or national for the brand's country.
+    pub phone: String,
+    /// The shop's order reference, shown in the SMS (1–64 characters).
+    pub order_reference: String,
+    /// Decimal amount, e.g. `"49.90"`.
+    pub amount: String,
+    /// ISO 4217 currency, e.g. `"EUR"`.
+    pub currency: String,
+    /// Buyer's language tag, e.g. `"de"`.
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckCode {
+    /// The digits the buyer typed.
+    pub code: String,
+}
+
+/// A verification as shops see it. The phone number is masked; the code never appears.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verification {
+    pub id: String,
+    pub brand: String,
+    pub status: Status,
+    /// Masked number, e.g. `+491********89`.
+    pub phone: String,
+    pub country: String,
+    pub order_reference: String,
+    pub amount: String,
+    pub currency: String,
+    pub locale: Option<String>,
+    pub attempts_remaining: u32,
+    pub sends_remaining: u32,
+    /// When resend is allowed again (RFC 3339), while pending.
+    pub resend_available_at: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub finished_at: Option<String>,
+}
+
+impl From<&VerificationRecord> for Verification {
+    fn from(record: &VerificationRecord) -> Self {
+        let pending = record.status == Status::Pending;
+        Self {
+            id: record.id.to_string(),
+            brand: record.brand.clone(),
+            status: record.status,
+            phone: record.phone.masked(),
+            country: record.phone.country().to_owned(),
+            order_reference: record.order_reference.clone(),
+            amount: record.amount.decimal(),
+            currency: record.amount.currency().to_owned(),
+            locale: record.locale.clone(),
+            attempts_remaining: record.max_checks.saturating_sub(record.checks_used),
+            sends_remaining: record.max_sends.saturating_sub(record.sends),
+            resend_available_at: record.resend_available_at().filter(|_| pending).map(rfc3339),
+            created_at: rfc3339(record.created_at),
+            expires_at: rfc3339(record.expires_at),
+            finished_at: record.finished_at.map(rfc3339),
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<VerificationId, ApiError> {
+    // An id that is not a UUID cannot exist: same answer as an unknown one.
+    id.parse().map_err(|_| ApiError::Verify(crate::verifier::VerifyError::NotFound))
+}
+
+fn verification_response(status: StatusCode, record: &VerificationRecord) -> Response {
+    (status, axum::Json(Verification::from(record))).into_response()
+}
+
+/// Start a verification and send the first code.
+///
+/// With an `Idempotency-Key` header, a repeated request with the same body gets the first
+/// response again (header `Idempotent-Replayed: true`); the same key with a different body is
+/// refused with `idempotency_key_reused`.
+#[utoipa::path(
+    post, path = "/v1/verifications", tag = "verifications",
+    request_body = StartVerification,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1–255 visible ASCII characters")),
+    responses(
+        (status = 201, description = "Started; the SMS is on its way", body = Verification),
+        (status = 401, description = "Missing or unknown API key (`unauthorized`)"),
+        (status = 422, description = "`invalid_phone`, `country_not_allowed`, `premium_rate_number`, `shared_cost_number`, `voip_number`, `fixed_line_number`, `non_mobile_number`, `invalid_request`, `idempotency_key_reused`"),
+        (status = 502, description = "`sms_delivery_failed`: no provider took the SMS; resend later"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn start_verification(
+    State(state): State<AppState>,
+    AuthenticatedBrand(brand): AuthenticatedBrand,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<StartVerification>,
+) -> Result<Response, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(start(&state, &brand, body).await.into_response());
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters"))?;
+    let request_hash = Sha256::digest(serde_json::to_vec(&body).map_err(anyhow::Error::from)?).to_vec();
+    match state.store.idempotency_claim(&brand.id, key, &request_hash, now_millis()).await? {
+        IdempotencyClaim::Claimed => {}
+        IdempotencyClaim::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).map_err(anyhow::Error::from)?;
+            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+        IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
+    }
+    let response = start(&state, &brand, body).await.into_response();
+    let status = response.status();
+    if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
+        // Nothing was decided: let the client retry with the same key.
+        state.store.idempotency_release(&brand.id, key).await?;
+        return Ok(response);
+    }
+    // Buffer the body to store it, then answer with the same bytes.
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    state.store.idempotency_complete(&brand.id, key, status.as_u16(), &text).await?;
+    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+async fn start(state: &AppState, brand: &crate::brands::Brand, body: StartVerification) -> Result<Response, ApiError> {
+    let request = StartRequest {
+        phone: body.phone,
+        order_reference: body.order_reference,
+        amount: body.amount,
+        currency: body.currency,
+        locale: body.locale,
+    };
+    let record = state.verifier.start(brand, request).await?;
+    let mut response = verification_response(StatusCode::CREATED, &record);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", record.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Read a verification of the calling brand.
+#[utoipa::path(
+    get, path = "/v1/verifications/{id}", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    responses(
+        (status = 200, description = "The verification", body = Verification),
+        (status = 404, description = "`not_found` (also for another brand's verification)"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_verification(
+    State(state): State<AppState>,
+    AuthenticatedBrand(brand): AuthenticatedBrand,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.verifier.get(&brand, &parse_id(&id)?).await?;
+    Ok(verification_response(StatusCode::OK, &record))
+}
+
+/// Check the code the buyer typed. Wrong codes count towards the lock, per verification.
+#[utoipa::path(
+    post, path = "/v1/verifications/{id}/check", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    request_body = CheckCode,
+    responses(
+        (status = 200, description = "Approved", body = Verification),
+        (status = 409, description = "`verification_locked`, `verification_aborted`, `verification_already_approved`"),
+        (status = 410, description = "`verification_expired`"),
+        (status = 422, description = "`invalid_code` with `attempts_remaining`, or `invalid_request`"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn check_code(
+    State(state): State<AppState>,
+    AuthenticatedBrand(brand): AuthenticatedBrand,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CheckCode>,
+) -> Result<Response, ApiError> {
+    let record = state.verifier.check(&brand, &parse_id(&id)?, &body.code).await?;
+    Ok(verification_response(StatusCode::OK, &record))
+}
+
+/// Send a new code; the previous one stops working.
+#[utoipa::path(
+    post, path = "/v1/verifications/{id}/resend", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    responses(
+        (status = 200, description = "A new code was sent", body = Verification),
+        (status = 409, description = "`send_limit_reached` or the verification is no longer pending"),
+        (status = 429, description = "`resend_cooldown`, with `Retry-After` and `resend_available_at`"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn resend_code(
+    State(state): State<AppState>,
+    AuthenticatedBrand(brand): AuthenticatedBrand,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.verifier.resend(&brand, &parse_id(&id)?).await?;
+    Ok(verification_response(StatusCode::OK, &record))
+}
+
+/// Cancel a pending verification (the buyer aborted the purchase).
+#[utoipa::path(
+    post, path = "/v1/verifications/{id}/cancel", tag = "verifications",
+    params(("id" = String, Path, description = "Verification id")),
+    responses(
+        (status = 200, description = "Aborted", body = Verification),
+        (status = 409, description = "No longer pending"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_verification(
+    State(state): State<AppState>,
+    AuthenticatedBrand(brand): AuthenticatedBrand,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.verifier.cancel(&brand, &parse_id(&id)?).await?;
+    Ok(verification_response(StatusCode::OK, &record))
+}

@@ -1,0 +1,79 @@
+//! Server keys: configured in production, generated and kept in the data directory in dev mode.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use rand::TryRngCore;
+use secrecy::ExposeSecret;
+
+use crate::settings::{Mode, Settings};
+
+/// Shortest acceptable configured key.
+const MIN_KEY_LEN: usize = 32;
+
+/// The key under which codes are hashed.
+pub fn code_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = &settings.secrets.code_key {
+        let key = key.expose_secret().as_bytes();
+        if key.len() < MIN_KEY_LEN {
+            bail!("secrets.code_key must be at least {MIN_KEY_LEN} characters");
+        }
+        return Ok(key.to_vec());
+    }
+    if settings.mode == Mode::Production {
+        bail!("secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY) is required in production mode");
+    }
+    generated_key(&settings.data_dir.join("keys").join("code.key"))
+}
+
+/// Reads a hex key from `path`, creating it with 32 random bytes first if missing.
+fn generated_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return hex::decode(text.trim()).with_context(|| format!("{} is not a hex key", path.display()));
+    }
+    let mut key = vec![0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut key).context("reading the OS random generator")?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_private(path, &hex::encode(&key)).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a development key");
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_kept_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
+        let first = code_key(&settings).expect("generated");
+        assert_eq!(first.len(), 32);
+        assert_eq!(code_key(&settings).expect("read back"), first);
+    }
+
+    #[test]
+    fn production_refuses_to_generate_and_short_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let production = Settings { data_dir: dir.path().to_owned(), mode: Mode::Production, ..Settings::default() };
+        assert!(code_key(&production).is_err());
+        let mut short = Settings::default();
+        short.secrets.code_key = Some("short".to_owned().into());
+        assert!(code_key(&short).is_err());
+    }
+}

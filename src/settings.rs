@@ -1,0 +1,479 @@
+//! Configuration: defaults → TOML file → environment (`ORDERGUARD_…`, `__` between levels).
+//!
+//! The environment is applied last so that it wins, which is what operators expect on
+//! Kubernetes. Environment values are read as TOML when the setting is not a string (numbers,
+//! booleans, arrays, tables such as `[{kind="http", …}]`); quote a value to force a string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that configure the service start with this prefix.
+pub const ENV_PREFIX: &str = "ORDERGUARD_";
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `dev` (default: no setup needed) or `production` (refuses generated keys, the `log` SMS
+    /// provider and an implicit database).
+    pub mode: Mode,
+    /// Where the embedded database and generated keys live. Default `./data`.
+    pub data_dir: PathBuf,
+    /// The brands folder (`_base` plus one folder per brand). Default `./brands`.
+    pub brands_dir: PathBuf,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub secrets: SecretSettings,
+    pub sms: SmsSettings,
+    pub sweeper: SweeperSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Dev,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on. Default `127.0.0.1`.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Default 8080.
+    pub port: u16,
+    /// The URL buyers reach the service at; its host ends the SMS (WebOTP `@host #code`).
+    /// Default `http://localhost:<port>`.
+    pub public_url: Option<String>,
+    /// Requests taking longer are answered 408. Default 10000.
+    pub request_timeout_ms: u64,
+    /// Larger request bodies are refused with 413. Default 16384.
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`. Default (dev mode only): `sqlite://<data_dir>/orderguard.db`.
+    pub url: Option<String>,
+    /// Connections in the pool. Default 10.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretSettings {
+    /// Key for the codes' HMAC, at least 32 characters. Dev mode generates one in
+    /// `<data_dir>/keys/code.key` when unset; production mode requires it.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub code_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsSettings {
+    /// Providers tried in order; the next is tried on a timeout, a connection error or a 5xx.
+    /// Default (dev mode only): one `log` provider.
+    pub providers: Vec<ProviderSettings>,
+}
+
+/// One SMS provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderSettings {
+    /// Development only: writes a masked line to the log and keeps the message in the dev inbox.
+    Log {
+        /// Name in metrics and logs. Default `log`.
+        #[serde(default = "default_log_name")]
+        name: String,
+    },
+    /// A generic HTTP gateway: JSON POST of a templated body.
+    Http {
+        /// Name in metrics and logs.
+        name: String,
+        /// The gateway's URL.
+        url: String,
+        /// Give up (and fail over) after this long. Default 5000.
+        #[serde(default = "default_sms_timeout_ms")]
+        timeout_ms: u64,
+        /// Header carrying the credential, e.g. `Authorization`.
+        #[serde(default)]
+        auth_header: Option<String>,
+        /// The credential, e.g. `Bearer …`.
+        #[serde(default, serialize_with = "serialize_redacted")]
+        auth_value: Option<SecretString>,
+        /// JSON body with `{to}`, `{from}`, `{text}` and `{message_id}` placeholders, each replaced
+        /// by the JSON-escaped value. Default
+        /// `{"to":"{to}","from":"{from}","text":"{text}","reference":"{message_id}"}`.
+        #[serde(default)]
+        body_template: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweeperSettings {
+    /// How often pending verifications past their TTL are marked expired. Default 5000.
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` or `json`. Default: `pretty` in dev mode, `json` in production.
+    pub format: Option<LogFormat>,
+    /// A `tracing` filter such as `info` or `orderguard=debug,info`. `RUST_LOG` wins. Default `info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn default_log_name() -> String {
+    "log".to_owned()
+}
+
+fn default_sms_timeout_ms() -> u64 {
+    5_000
+}
+
+fn serialize_redacted<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_str("<redacted>"),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Dev,
+            data_dir: PathBuf::from("data"),
+            brands_dir: PathBuf::from("brands"),
+            http: HttpSettings::default(),
+            database: DatabaseSettings::default(),
+            secrets: SecretSettings::default(),
+            sms: SmsSettings::default(),
+            sweeper: SweeperSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            public_url: None,
+            request_timeout_ms: 10_000,
+            body_limit_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10 }
+    }
+}
+
+impl Default for SweeperSettings {
+    fn default() -> Self {
+        Self { interval_ms: 5_000 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: None, filter: "info".to_owned() }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given, it must exist; else `orderguard.toml` if present),
+    /// then the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration file {}", path.display()))?,
+            ),
+            None => std::fs::read_to_string("orderguard.toml").ok(),
+        };
+        Self::from_sources(text.as_deref(), std::env::vars())
+    }
+
+    /// Builds settings from a TOML text and `(name, value)` environment pairs.
+    pub fn from_sources(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut tree = toml::Value::try_from(Settings::default()).context("serialising defaults")?;
+        let defaults = tree.clone();
+        if let Some(text) = file {
+            let overlay: toml::Value = toml::from_str(text).context("configuration file is not valid TOML")?;
+            crate::toml_merge(&mut tree, overlay);
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != "ORDERGUARD_CONFIG")
+            .collect();
+        env.sort();
+        for (name, raw) in env {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let value = env_value(&raw, lookup(&defaults, &path));
+            set_path(&mut tree, &path, value)
+                .with_context(|| format!("environment variable {name}"))?;
+        }
+        tree.try_into().context("invalid configuration")
+    }
+
+    /// The address to bind.
+    pub fn bind_address(&self) -> anyhow::Result<SocketAddr> {
+        format!("{}:{}", self.http.host, self.http.port)
+            .parse()
+            .with_context(|| format!("http.host {:?} is not an IP address", self.http.host))
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn public_url(&self, bound_port: u16) -> String {
+        self.http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{bound_port}"))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The database URL: the configured one, or the embedded SQLite file in dev mode.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("orderguard.db").display())
+        })
+    }
+
+    /// In production mode, every setting that is missing or only fit for development, each
+    /// naming the key and its environment variable. Empty in dev mode.
+    pub fn production_problems(&self) -> Vec<String> {
+        if self.mode != Mode::Production {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        if self.database.url.is_none() {
+            problems.push(
+                "database.url (ORDERGUARD_DATABASE__URL) is not set: production needs an explicit database"
+                    .to_owned(),
+            );
+        }
+        if self.secrets.code_key.is_none() {
+            problems.push(
+                "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY) is not set: production refuses a generated key"
+                    .to_owned(),
+            );
+        }
+        if self.sms.providers.is_empty() {
+            problems.push(
+                "sms.providers (ORDERGUARD_SMS__PROVIDERS) is empty: production needs a real SMS provider"
+                    .to_owned(),
+            );
+        }
+        for (index, provider) in self.sms.providers.iter().enumerate() {
+            if let ProviderSettings::Log { .. } = provider {
+                problems.push(format!(
+                    "sms.providers[{index}] is the `log` provider, which is for development only"
+                ));
+            }
+        }
+        if self.http.public_url.is_none() {
+            problems.push(
+                "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL) is not set: buyers' links and the SMS need it"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+
+    /// Fails with all production problems at once.
+    pub fn check_production(&self) -> anyhow::Result<()> {
+        let problems = self.production_problems();
+        if !problems.is_empty() {
+            bail!("production mode cannot start:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(())
+    }
+
+    /// The effective log format.
+    pub fn log_format(&self) -> LogFormat {
+        self.log.format.unwrap_or(match self.mode {
+            Mode::Dev => LogFormat::Pretty,
+            Mode::Production => LogFormat::Json,
+        })
+    }
+}
+
+fn lookup<'a>(tree: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    path.iter().try_fold(tree, |node, key| node.get(key.as_str()))
+}
+
+/// Reads an environment value as TOML unless the setting is a string.
+fn env_value(raw: &str, default: Option<&toml::Value>) -> toml::Value {
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"));
+    match (default, parsed) {
+        (Some(toml::Value::String(_)), _) | (_, None) => toml::Value::String(raw.to_owned()),
+        (Some(_), Some(value)) => value,
+        // Unknown type (optional or list settings): structured values and quoted strings are
+        // taken as TOML; bare words stay strings.
+        (None, Some(value)) => value,
+    }
+}
+
+/// Sets `path` in `tree`, creating tables, and indexing arrays with numeric segments.
+fn set_path(tree: &mut toml::Value, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        bail!("empty setting name");
+    };
+    let mut node = tree;
+    for key in parents {
+        node = child(node, key)?;
+    }
+    match node {
+        toml::Value::Table(table) => {
+            table.insert(last.clone(), value);
+        }
+        toml::Value::Array(items) => {
+            let index = array_index(items, last)?;
+            if index == items.len() {
+                items.push(value);
+            } else {
+                items[index] = value;
+            }
+        }
+        _ => bail!("{last} is not inside a table or list"),
+    }
+    Ok(())
+}
+
+fn child<'a>(node: &'a mut toml::Value, key: &str) -> anyhow::Result<&'a mut toml::Value> {
+    match node {
+        toml::Value::Table(table) => Ok(table
+            .entry(key.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))),
+        toml::Value::Array(items) => {
+            let index = array_index(items, key)?;
+            if index == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            Ok(&mut items[index])
+        }
+        _ => bail!("{key}: the setting above it is not a table or list"),
+    }
+}
+
+fn array_index(items: &[toml::Value], key: &str) -> anyhow::Result<usize> {
+    let index: usize = key.parse().with_context(|| format!("{key} is not a list index"))?;
+    if index > items.len() {
+        bail!("list index {index} skips entries (the list has {})", items.len());
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file_and_no_environment() {
+        let settings = Settings::from_sources(None, env(&[])).expect("defaults load");
+        assert_eq!(settings.mode, Mode::Dev);
+        assert_eq!(settings.http.port, 8080);
+        assert!(settings.database_url().starts_with("sqlite://data/orderguard.db"));
+        assert!(settings.production_problems().is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        let file = "[http]\nport = 9000\nhost = \"0.0.0.0\"\n[database]\nmax_connections = 3\n";
+        let settings = Settings::from_sources(
+            Some(file),
+            env(&[
+                ("ORDERGUARD_HTTP__PORT", "9100"),
+                ("ORDERGUARD_SECRETS__CODE_KEY", "12345678901234567890123456789012"),
+                ("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http"),
+                ("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gw"),
+                ("ORDERGUARD_SMS__PROVIDERS__0__URL", "http://127.0.0.1:9/send"),
+                ("ORDERGUARD_SMS__PROVIDERS__0__TIMEOUT_MS", "250"),
+                ("OTHER_VARIABLE", "ignored"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(settings.http.port, 9100, "environment wins over the file");
+        assert_eq!(settings.http.host, "0.0.0.0", "file wins over defaults");
+        assert_eq!(settings.database.max_connections, 3);
+        let key = settings.secrets.code_key.as_ref().expect("set");
+        assert_eq!(key.expose_secret(), "12345678901234567890123456789012");
+        match &settings.sms.providers[..] {
+            [ProviderSettings::Http { name, timeout_ms, .. }] => {
+                assert_eq!((name.as_str(), *timeout_ms), ("gw", 250));
+            }
+            other => panic!("unexpected providers {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let error = Settings::from_sources(Some("[http]\nprot = 1\n"), env(&[]))
+            .expect_err("unknown key");
+        assert!(format!("{error:#}").contains("prot"), "{error:#}");
+        let error = Settings::from_sources(None, env(&[("ORDERGUARD_HTTP__PROT", "1")]))
+            .expect_err("unknown key");
+        assert!(format!("{error:#}").contains("prot"), "{error:#}");
+    }
+
+    #[test]
+    fn production_names_every_missing_setting() {
+        let settings = Settings::from_sources(Some("mode = \"production\""), env(&[])).expect("loads");
+        let problems = settings.production_problems().join("\n");
+        for key in ["database.url", "secrets.code_key", "sms.providers", "http.public_url"] {
+            assert!(problems.contains(key), "{key} missing from:\n{problems}");
+        }
+        let with_log = Settings::from_sources(
+            Some("mode = \"production\"\n[[sms.providers]]\nkind = \"log\"\n"),
+            env(&[]),
+        )
+        .expect("loads");
+        assert!(with_log.production_problems().join("\n").contains("development only"));
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let settings = Settings::from_sources(
+            None,
+            env(&[("ORDERGUARD_SECRETS__CODE_KEY", "very-secret-key-value-0123456789abcdef")]),
+        )
+        .expect("loads");
+        assert!(!format!("{settings:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,129 @@
+//! Sending SMS: a provider trait, the providers, and failover across an ordered list.
+//!
+//! Sending happens outside any database transaction: a slow provider must never hold a lock.
+
+mod http;
+mod inbox;
+
+pub use http::HttpProvider;
+pub use inbox::{DevInbox, InboxMessage, LogProvider};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{PhoneNumber, VerificationId};
+use crate::metrics::Metrics;
+use crate::settings::ProviderSettings;
+
+/// One SMS to send. `Debug` leaves the text out: it carries the code.
+pub struct SmsMessage {
+    pub message_id: uuid::Uuid,
+    pub verification_id: VerificationId,
+    pub to: PhoneNumber,
+    pub sender: String,
+    pub text: String,
+}
+
+impl std::fmt::Debug for SmsMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsMessage")
+            .field("message_id", &self.message_id)
+            .field("to", &self.to)
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a provider did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth trying the next provider: timeout, connection failure, 5xx, 429.
+    #[error("{0}")]
+    Retryable(String),
+    /// The provider refused the message itself (4xx); another provider is not tried.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SendError {
+    fn result_label(&self) -> &'static str {
+        match self {
+            Self::Retryable(reason) if reason.contains("timed out") => "timeout",
+            Self::Retryable(_) => "error",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+#[async_trait]
+pub trait SmsProvider: Send + Sync {
+    fn name(&self) -> &str;
+    /// Hands the message to the provider; returns the provider's message reference if any.
+    async fn send(&self, message: &SmsMessage) -> Result<Option<String>, SendError>;
+}
+
+/// Which provider took a message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub provider: String,
+    pub provider_reference: Option<String>,
+}
+
+/// Every provider failed.
+#[derive(Debug, thiserror::Error)]
+#[error("no SMS provider accepted the message: {0}")]
+pub struct SendFailed(pub String);
+
+/// Sends through the first provider that accepts, in configured order.
+pub struct SmsSender {
+    providers: Vec<Arc<dyn SmsProvider>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SmsSender {
+    /// Builds the providers from settings; `inbox` backs the `log` provider.
+    pub fn from_settings(
+        settings: &[ProviderSettings],
+        inbox: Option<Arc<DevInbox>>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut providers: Vec<Arc<dyn SmsProvider>> = Vec::new();
+        for provider in settings {
+            providers.push(match provider {
+                ProviderSettings::Log { name } => {
+                    let inbox = inbox.clone().ok_or_else(|| {
+                        anyhow::anyhow!("the `log` SMS provider is only available in dev mode")
+                    })?;
+                    Arc::new(LogProvider::new(name.clone(), inbox))
+                }
+                ProviderSettings::Http { .. } => Arc::new(HttpProvider::from_settings(provider)?),
+            });
+        }
+        anyhow::ensure!(!providers.is_empty(), "no SMS provider configured");
+        Ok(Self { providers, metrics })
+    }
+
+    pub async fn send(&self, message: &SmsMessage) -> Result<Delivery, SendFailed> {
+        let mut failures = Vec::new();
+        for provider in &self.providers {
+            match provider.send(message).await {
+                Ok(provider_reference) => {
+                    self.metrics.sms_sent(provider.name(), "sent");
+                    tracing::info!(provider = provider.name(), to = %message.to, "SMS handed to provider");
+                    return Ok(Delivery { provider: provider.name().to_owned(), provider_reference });
+                }
+                Err(error) => {
+                    self.metrics.sms_sent(provider.name(), error.result_label());
+                    tracing::warn!(provider = provider.name(), to = %message.to, %error, "SMS provider failed");
+                    let refused = matches!(error, SendError::Refused(_));
+                    failures.push(format!("{}: {error}", provider.name()));
+                    if refused {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(SendFailed(failures.join("; ")))
+    }
+}
