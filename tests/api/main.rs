@@ -1,1 +1,10 @@
+//! The one integration test binary: every module runs the real service over HTTP.
 
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod ops;
+mod requests;
+mod sms;
+mod verifications;

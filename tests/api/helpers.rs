@@ -1,0 +1,424 @@
+//! Test support: the real service on port 0 over a fresh database, request helpers, a real
+//! local SMS gateway, and the log audit every test runs when its app is dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, Once};
+use std::time::Duration;
+
+use orderguard::settings::{Mode, ProviderSettings, Settings};
+use orderguard::startup::Application;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// The example brand's development key, as printed in the README.
+pub const DEV_KEY: &str = "og_dev_nordwind_4f1c8e2a9b7d4e6f";
+/// A second brand that exists only in tests, to prove brands are isolated.
+pub const OTHER_KEY: &str = "og_test_otherbrand_0123456789abcdef";
+/// A German mobile number (libphonenumber's example).
+pub const PHONE: &str = "+4915123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a scenario once per backend: `both_backends!(name, …)` makes `name::sqlite` and
+/// `name::postgres` from `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log capture and audit
+// ---------------------------------------------------------------------------------------------
+
+static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Default::default);
+static SECRETS: LazyLock<Mutex<Vec<String>>> = LazyLock::new(Default::default);
+
+#[derive(Clone)]
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of this test process, at debug level for the service.
+pub fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new("orderguard=trace,tower_http=debug,sqlx=debug,info");
+        // No timestamps: their digit runs could look like codes to the audit.
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(|| LogWriter)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// Remembers a value that must never appear in a log line (a code, a phone number).
+pub fn must_not_be_logged(secret: &str) {
+    SECRETS.lock().unwrap_or_else(|e| e.into_inner()).push(secret.to_owned());
+}
+
+/// Every remembered secret found in the captured logs, with the line it is on.
+pub fn leaks_in_logs() -> Vec<String> {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut leaks = Vec::new();
+    for secret in secrets.iter() {
+        for line in logs.lines() {
+            if contains_token(line, secret) {
+                leaks.push(format!("{secret:?} in: {line}"));
+            }
+        }
+    }
+    leaks
+}
+
+/// Whether `needle` occurs in `haystack` not as part of a longer run of hex digits (so a
+/// six-digit code does not match inside a UUID).
+fn contains_token(haystack: &str, needle: &str) -> bool {
+    haystack.match_indices(needle).any(|(at, _)| {
+        let before = haystack[..at].chars().next_back();
+        let after = haystack[at + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_hexdigit()) && !after.is_some_and(|c| c.is_ascii_hexdigit())
+    })
+}
+
+pub fn captured_log_len() -> usize {
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------------------------
+
+/// The PostgreSQL server the tests use; `ORDERGUARD_TEST_POSTGRES_URL` overrides it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ORDERGUARD_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Creates an empty database for one test and returns its URL. Never skips: no server, no pass.
+pub async fn fresh_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required for the tests and did not answer at {admin}: {e}. Run the README's test command, which starts it.")
+    });
+    let name = format!("og_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut connection).await.expect("create database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+    format!("{base}/{name}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application
+// ---------------------------------------------------------------------------------------------
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A brands folder: the shipped brands plus a second test brand with its own key.
+pub fn test_brands_dir(root: &Path) -> PathBuf {
+    let dir = root.join("brands");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("brands"), &dir);
+    let other = dir.join("otherbrand");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(
+        other.join("brand.toml"),
+        format!(
+            "display_name = \"Other Brand\"\nallowed_countries = [\"DE\", \"SE\", \"GB\"]\n[[api_keys]]\nid = \"test\"\nhash = \"{}\"\n",
+            orderguard::brands::api_key_hash(OTHER_KEY)
+        ),
+    )
+    .expect("write brand");
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// Dev-mode settings for a test on `backend`, in a fresh temporary directory.
+pub async fn test_settings(backend: Backend, dir: &Path) -> Settings {
+    let mut settings = Settings { mode: Mode::Dev, data_dir: dir.join("data"), ..Settings::default() };
+    settings.brands_dir = test_brands_dir(dir);
+    settings.http.port = 0;
+    settings.sweeper.interval_ms = 100;
+    settings.database.max_connections = 5;
+    settings.database.url = Some(match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("data").join("orderguard.db").display()),
+        Backend::Postgres => fresh_postgres_database().await,
+    });
+    settings
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    capture_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = test_settings(backend, dir.path()).await;
+    configure(&mut settings);
+    let database_url = settings.database_url();
+    let app = Application::build(settings).await.expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(std::future::pending()).await.expect("server runs");
+    });
+    must_not_be_logged(PHONE);
+    must_not_be_logged(PHONE.trim_start_matches("+49"));
+    TestApp { address, client: reqwest::Client::new(), database_url, _dir: dir, task }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+        if std::thread::panicking() {
+            return;
+        }
+        let leaks = leaks_in_logs();
+        assert!(leaks.is_empty(), "secrets leaked into the logs:\n{}", leaks.join("\n"));
+        assert!(captured_log_len() > 0, "no log line was captured: the audit would be vacuous");
+    }
+}
+
+/// A response read whole: status, headers, JSON body (or `Null`).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The problem `type` without its prefix, e.g. `invalid_code`.
+    pub fn problem(&self) -> &str {
+        self.body["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(orderguard::http::PROBLEM_TYPE_PREFIX))
+            .unwrap_or("<no problem type>")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!((self.status, self.problem()), (status, kind), "unexpected answer: {self:#?}");
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:#?}");
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, headers, body }
+}
+
+pub fn start_body() -> Value {
+    json!({"phone": PHONE, "order_reference": "A-1001", "amount": "49.90", "currency": "EUR"})
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
+        read(self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Answer {
+        read(self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")).await
+    }
+
+    pub async fn start(&self, body: &Value) -> Answer {
+        self.post("/v1/verifications", DEV_KEY, body).await
+    }
+
+    /// Starts a verification for [`PHONE`] and returns its id.
+    pub async fn start_ok(&self) -> String {
+        let answer = self.start(&start_body()).await;
+        assert_eq!(answer.status, 201, "{answer:#?}");
+        answer.body["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn check(&self, id: &str, code: &str) -> Answer {
+        self.post(&format!("/v1/verifications/{id}/check"), DEV_KEY, &json!({"code": code})).await
+    }
+
+    pub async fn resend(&self, id: &str) -> Answer {
+        self.post(&format!("/v1/verifications/{id}/resend"), DEV_KEY, &json!({})).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Answer {
+        self.post(&format!("/v1/verifications/{id}/cancel"), DEV_KEY, &json!({})).await
+    }
+
+    pub async fn status(&self, id: &str) -> Answer {
+        self.get(&format!("/v1/verifications/{id}"), DEV_KEY).await
+    }
+
+    /// The codes sent for verification `id`, newest first, read from the dev inbox.
+    pub async fn codes(&self, id: &str) -> Vec<String> {
+        let inbox = read(self.client.get(self.url(&format!("/dev/inbox?verification_id={id}"))).send().await.expect("inbox")).await;
+        let codes: Vec<String> = inbox.body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["code"].as_str().expect("code").to_owned())
+            .collect();
+        codes.iter().for_each(|code| must_not_be_logged(code));
+        codes
+    }
+
+    pub async fn latest_code(&self, id: &str) -> String {
+        self.codes(id).await.into_iter().next().expect("a code was sent")
+    }
+
+    /// A code that is certainly not the current one.
+    pub async fn wrong_code(&self, id: &str) -> String {
+        let right = self.latest_code(id).await;
+        if right == "000000" { "111111".to_owned() } else { "000000".to_owned() }
+    }
+
+    /// Pretends `ms` milliseconds passed for verification `id` (moves its times back).
+    pub async fn travel(&self, id: &str, ms: i64) {
+        let sql = "UPDATE verification SET created_at = created_at - $2, expires_at = expires_at - $2, \
+                   last_sent_at = last_sent_at - $2 WHERE verification_id = $1";
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.expect("connect");
+        let done = sqlx::query(sql).bind(id).bind(ms).execute(&mut connection).await.expect("time travel");
+        assert_eq!(done.rows_affected(), 1, "no verification {id}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real SMS gateway on loopback
+// ---------------------------------------------------------------------------------------------
+
+/// How the gateway answers.
+#[derive(Debug, Clone, Copy)]
+pub enum GatewayBehaviour {
+    Accept,
+    Status(u16),
+    Hang,
+}
+
+/// An HTTP server standing in for an SMS provider: it records what it is sent.
+pub struct SmsGateway {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmsGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmsGateway {
+    pub async fn start(behaviour: GatewayBehaviour) -> Self {
+        let received: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>> = Arc::default();
+        let log = received.clone();
+        let handler = move |headers: axum::http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                log.lock().expect("lock").push((headers, value));
+                match behaviour {
+                    GatewayBehaviour::Accept => (axum::http::StatusCode::OK, axum::Json(json!({"id": "gw-1"}))),
+                    GatewayBehaviour::Status(code) => (
+                        axum::http::StatusCode::from_u16(code).expect("status"),
+                        axum::Json(json!({"error": "nope"})),
+                    ),
+                    GatewayBehaviour::Hang => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        (axum::http::StatusCode::OK, axum::Json(json!({})))
+                    }
+                }
+            }
+        };
+        let router = axum::Router::new().route("/send", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let url = format!("http://{}/send", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("gateway serves");
+        });
+        Self { url, received, task }
+    }
+
+    pub fn provider(&self, name: &str, timeout_ms: u64) -> ProviderSettings {
+        ProviderSettings::Http {
+            name: name.to_owned(),
+            url: self.url.clone(),
+            timeout_ms,
+            auth_header: Some("Authorization".to_owned()),
+            auth_value: Some("Bearer gateway-secret".to_owned().into()),
+            body_template: None,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+
+    /// The code in the last message's WebOTP line.
+    pub fn last_code(&self) -> String {
+        let received = self.received.lock().expect("lock");
+        let text = received.last().expect("a message").1["text"].as_str().expect("text").to_owned();
+        let code = text.rsplit_once(" #").expect("WebOTP line").1.to_owned();
+        must_not_be_logged(&code);
+        code
+    }
+}
+
+#[test]
+fn the_log_audit_finds_a_secret_but_not_inside_a_uuid() {
+    assert!(contains_token("sent code=482913 to", "482913"));
+    assert!(!contains_token("id=0a482913-1111", "482913"));
+    assert!(contains_token("to=+4915123456789", PHONE));
+}
