@@ -24,10 +24,16 @@ pub struct BrandId(String);
 impl BrandId {
     pub fn parse(id: &str) -> Result<Self, String> {
         let valid = (2..=40).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !id.starts_with('-');
-        if valid { Ok(Self(id.to_owned())) } else {
-            Err(format!("brand id {id:?} must be 2–40 lower-case letters, digits or dashes"))
+        if valid {
+            Ok(Self(id.to_owned()))
+        } else {
+            Err(format!(
+                "brand id {id:?} must be 2–40 lower-case letters, digits or dashes"
+            ))
         }
     }
 
@@ -121,12 +127,18 @@ impl BrandRegistry {
     /// Loads every brand under `dir`. Fails with every problem found, each as `file: key: problem`.
     pub fn load(dir: &Path, accept_dev_keys: bool) -> anyhow::Result<Self> {
         let snapshot = load_snapshot(dir)?;
-        Ok(Self { snapshot: RwLock::new(Arc::new(snapshot)), accept_dev_keys })
+        Ok(Self {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            accept_dev_keys,
+        })
     }
 
     fn current(&self) -> Arc<Snapshot> {
         // A poisoned lock still holds a complete snapshot: swaps replace the Arc whole.
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Brand>> {
@@ -156,7 +168,8 @@ impl BrandRegistry {
 }
 
 fn read_toml(path: &Path) -> anyhow::Result<toml::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
 }
 
@@ -212,33 +225,65 @@ fn load_brand(name: &str, file: &Path, base: &toml::Value) -> Result<LoadedBrand
         .try_into()
         .map_err(|e: toml::de::Error| vec![format!("{}: {}", file.display(), e.message())])?;
 
-    let mut problems: Vec<String> = parsed.limits.problems().into_iter().map(|p| at("limits", p)).collect();
+    let mut problems: Vec<String> = parsed
+        .limits
+        .problems()
+        .into_iter()
+        .map(|p| at("limits", p))
+        .collect();
     for country in &parsed.allowed_countries {
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
-            problems.push(at("allowed_countries", format!("{country:?} is not an ISO 3166 alpha-2 code")));
+            problems.push(at(
+                "allowed_countries",
+                format!("{country:?} is not an ISO 3166 alpha-2 code"),
+            ));
         }
     }
     if !parsed.sms.template.contains("{code}") {
-        problems.push(at("sms.template", "must contain the {code} placeholder".to_owned()));
+        problems.push(at(
+            "sms.template",
+            "must contain the {code} placeholder".to_owned(),
+        ));
     }
-    if parsed.sms_sender.is_empty() || parsed.sms_sender.len() > 11 && !parsed.sms_sender.starts_with('+') {
-        problems.push(at("sms_sender", "must be 1–11 characters (or a phone number)".to_owned()));
+    if parsed.sms_sender.is_empty()
+        || parsed.sms_sender.len() > 11 && !parsed.sms_sender.starts_with('+')
+    {
+        problems.push(at(
+            "sms_sender",
+            "must be 1–11 characters (or a phone number)".to_owned(),
+        ));
     }
     let mut keys = Vec::new();
     for key in &parsed.api_keys {
-        match key.hash.strip_prefix("sha256:").and_then(|h| hex::decode(h).ok()) {
+        match key
+            .hash
+            .strip_prefix("sha256:")
+            .and_then(|h| hex::decode(h).ok())
+        {
             Some(bytes) if bytes.len() == 32 => {
                 let mut digest = [0u8; 32];
                 digest.copy_from_slice(&bytes);
-                keys.push((digest, ApiKey { brand: id.clone(), label: key.id.clone(), dev_only: key.dev_only }));
+                keys.push((
+                    digest,
+                    ApiKey {
+                        brand: id.clone(),
+                        label: key.id.clone(),
+                        dev_only: key.dev_only,
+                    },
+                ));
             }
-            _ => problems.push(at("api_keys", format!("{}: hash must be sha256:<64 hex digits>", key.id))),
+            _ => problems.push(at(
+                "api_keys",
+                format!("{}: hash must be sha256:<64 hex digits>", key.id),
+            )),
         }
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let default_country = parsed.default_country.or_else(|| parsed.allowed_countries.first().cloned());
+    let default_country = parsed
+        .default_country
+        .or_else(|| parsed.allowed_countries.first().cloned());
     let brand = Brand {
         id,
         display_name: parsed.display_name,
@@ -285,7 +330,11 @@ template = "{brand}: code {code}"
     fn a_brand_inherits_base_and_overrides_only_what_it_sets() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "_base/brand.toml", BASE);
-        write(dir.path(), "acme/brand.toml", "display_name = \"Acme\"\n[limits]\nmax_checks = 3\n");
+        write(
+            dir.path(),
+            "acme/brand.toml",
+            "display_name = \"Acme\"\n[limits]\nmax_checks = 3\n",
+        );
         let registry = BrandRegistry::load(dir.path(), false).expect("loads");
         let acme = registry.get("acme").expect("acme");
         assert_eq!(acme.display_name, "Acme");
@@ -297,7 +346,10 @@ template = "{brand}: code {code}"
     fn keys_authenticate_one_brand_and_dev_keys_only_in_dev_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "_base/brand.toml", BASE);
-        let a = format!("display_name = \"A\"\n[[api_keys]]\nid = \"prod\"\nhash = \"{}\"\n", api_key_hash("key-a"));
+        let a = format!(
+            "display_name = \"A\"\n[[api_keys]]\nid = \"prod\"\nhash = \"{}\"\n",
+            api_key_hash("key-a")
+        );
         let b = format!(
             "display_name = \"B\"\n[[api_keys]]\nid = \"dev\"\nhash = \"{}\"\ndev_only = true\n",
             api_key_hash("key-b")
@@ -306,13 +358,22 @@ template = "{brand}: code {code}"
         write(dir.path(), "brand-b/brand.toml", &b);
 
         let dev = BrandRegistry::load(dir.path(), true).expect("loads");
-        assert_eq!(dev.authenticate("key-a").map(|(b, _)| b.id.to_string()), Some("brand-a".into()));
-        assert_eq!(dev.authenticate("key-b").map(|(b, _)| b.id.to_string()), Some("brand-b".into()));
+        assert_eq!(
+            dev.authenticate("key-a").map(|(b, _)| b.id.to_string()),
+            Some("brand-a".into())
+        );
+        assert_eq!(
+            dev.authenticate("key-b").map(|(b, _)| b.id.to_string()),
+            Some("brand-b".into())
+        );
         assert!(dev.authenticate("key-c").is_none());
 
         let production = BrandRegistry::load(dir.path(), false).expect("loads");
         assert!(production.authenticate("key-a").is_some());
-        assert!(production.authenticate("key-b").is_none(), "dev keys are refused in production");
+        assert!(
+            production.authenticate("key-b").is_none(),
+            "dev keys are refused in production"
+        );
     }
 
     #[test]
@@ -325,14 +386,19 @@ template = "{brand}: code {code}"
             "display_name = \"Bad\"\nallowed_countries = [\"Germany\"]\n[limits]\ncode_length = 2\n[sms]\ntemplate = \"no code\"\n",
         );
         write(dir.path(), "typo/brand.toml", "display_nme = \"Typo\"\n");
-        let error = BrandRegistry::load(dir.path(), true).expect_err("invalid").to_string();
+        let error = BrandRegistry::load(dir.path(), true)
+            .expect_err("invalid")
+            .to_string();
         for expected in [
             "bad/brand.toml: limits: code_length",
             "bad/brand.toml: allowed_countries: \"Germany\"",
             "bad/brand.toml: sms.template: must contain the {code} placeholder",
             "typo/brand.toml: unknown field `display_nme`",
         ] {
-            assert!(error.contains(expected), "missing {expected:?} in:\n{error}");
+            assert!(
+                error.contains(expected),
+                "missing {expected:?} in:\n{error}"
+            );
         }
     }
 }

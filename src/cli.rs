@@ -8,7 +8,11 @@ use crate::settings::Settings;
 use crate::startup::{Application, connect_store, shutdown_signal};
 
 #[derive(Debug, Parser)]
-#[command(name = "orderguard", version, about = "Checkout 2FA gate for telecom e-shops")]
+#[command(
+    name = "orderguard",
+    version,
+    about = "Checkout 2FA gate for telecom e-shops"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Default: ./orderguard.toml if it exists.
     #[arg(long, global = true, env = "ORDERGUARD_CONFIG")]
@@ -34,11 +38,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            if settings.mode == crate::settings::Mode::Production && settings.database.url.is_none() {
-                anyhow::bail!("database.url (ORDERGUARD_DATABASE__URL) is required in production mode");
+            if settings.mode == crate::settings::Mode::Production && settings.database.url.is_none()
+            {
+                anyhow::bail!(
+                    "database.url (ORDERGUARD_DATABASE__URL) is required in production mode"
+                );
             }
             let store = connect_store(&settings).await?;
-            tracing::info!(backend = crate::store::Store::backend(&store).as_str(), "migrations applied");
+            tracing::info!(
+                backend = crate::store::Store::backend(&store).as_str(),
+                "migrations applied"
+            );
             Ok(())
         }
     }

@@ -29,14 +29,19 @@ pub fn code_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
 /// Reads a hex key from `path`, creating it with 32 random bytes first if missing.
 fn generated_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     if let Ok(text) = std::fs::read_to_string(path) {
-        return hex::decode(text.trim()).with_context(|| format!("{} is not a hex key", path.display()));
+        return hex::decode(text.trim())
+            .with_context(|| format!("{} is not a hex key", path.display()));
     }
     let mut key = vec![0u8; 32];
-    rand::rngs::OsRng.try_fill_bytes(&mut key).context("reading the OS random generator")?;
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut key)
+        .context("reading the OS random generator")?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    write_private(path, &hex::encode(&key)).with_context(|| format!("writing {}", path.display()))?;
+    write_private(path, &hex::encode(&key))
+        .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a development key");
     Ok(key)
 }
@@ -45,7 +50,11 @@ fn generated_key(path: &Path) -> anyhow::Result<Vec<u8>> {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(text.as_bytes())
 }
 
@@ -61,7 +70,10 @@ mod tests {
     #[test]
     fn a_generated_key_is_kept_across_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = Settings { data_dir: dir.path().to_owned(), ..Settings::default() };
+        let settings = Settings {
+            data_dir: dir.path().to_owned(),
+            ..Settings::default()
+        };
         let first = code_key(&settings).expect("generated");
         assert_eq!(first.len(), 32);
         assert_eq!(code_key(&settings).expect("read back"), first);
@@ -70,7 +82,11 @@ mod tests {
     #[test]
     fn production_refuses_to_generate_and_short_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let production = Settings { data_dir: dir.path().to_owned(), mode: Mode::Production, ..Settings::default() };
+        let production = Settings {
+            data_dir: dir.path().to_owned(),
+            mode: Mode::Production,
+            ..Settings::default()
+        };
         assert!(code_key(&production).is_err());
         let mut short = Settings::default();
         short.secrets.code_key = Some("short".to_owned().into());

@@ -186,7 +186,10 @@ impl Default for HttpSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 10 }
+        Self {
+            url: None,
+            max_connections: 10,
+        }
     }
 }
 
@@ -198,7 +201,10 @@ impl Default for SweeperSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: None, filter: "info".to_owned() }
+        Self {
+            format: None,
+            filter: "info".to_owned(),
+        }
     }
 }
 
@@ -221,10 +227,12 @@ impl Settings {
         file: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut tree = toml::Value::try_from(Settings::default()).context("serialising defaults")?;
+        let mut tree =
+            toml::Value::try_from(Settings::default()).context("serialising defaults")?;
         let defaults = tree.clone();
         if let Some(text) = file {
-            let overlay: toml::Value = toml::from_str(text).context("configuration file is not valid TOML")?;
+            let overlay: toml::Value =
+                toml::from_str(text).context("configuration file is not valid TOML")?;
             crate::toml_merge(&mut tree, overlay);
         }
         let mut env: Vec<(String, String)> = env
@@ -264,7 +272,10 @@ impl Settings {
     /// The database URL: the configured one, or the embedded SQLite file in dev mode.
     pub fn database_url(&self) -> String {
         self.database.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("orderguard.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("orderguard.db").display()
+            )
         })
     }
 
@@ -313,7 +324,10 @@ impl Settings {
     pub fn check_production(&self) -> anyhow::Result<()> {
         let problems = self.production_problems();
         if !problems.is_empty() {
-            bail!("production mode cannot start:\n  - {}", problems.join("\n  - "));
+            bail!(
+                "production mode cannot start:\n  - {}",
+                problems.join("\n  - ")
+            );
         }
         Ok(())
     }
@@ -328,7 +342,8 @@ impl Settings {
 }
 
 fn lookup<'a>(tree: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
-    path.iter().try_fold(tree, |node, key| node.get(key.as_str()))
+    path.iter()
+        .try_fold(tree, |node, key| node.get(key.as_str()))
 }
 
 /// Reads an environment value as TOML unless the setting is a string.
@@ -388,9 +403,14 @@ fn child<'a>(node: &'a mut toml::Value, key: &str) -> anyhow::Result<&'a mut tom
 }
 
 fn array_index(items: &[toml::Value], key: &str) -> anyhow::Result<usize> {
-    let index: usize = key.parse().with_context(|| format!("{key} is not a list index"))?;
+    let index: usize = key
+        .parse()
+        .with_context(|| format!("{key} is not a list index"))?;
     if index > items.len() {
-        bail!("list index {index} skips entries (the list has {})", items.len());
+        bail!(
+            "list index {index} skips entries (the list has {})",
+            items.len()
+        );
     }
     Ok(index)
 }
@@ -401,7 +421,10 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -409,7 +432,11 @@ mod tests {
         let settings = Settings::from_sources(None, env(&[])).expect("defaults load");
         assert_eq!(settings.mode, Mode::Dev);
         assert_eq!(settings.http.port, 8080);
-        assert!(settings.database_url().starts_with("sqlite://data/orderguard.db"));
+        assert!(
+            settings
+                .database_url()
+                .starts_with("sqlite://data/orderguard.db")
+        );
         assert!(settings.production_problems().is_empty());
     }
 
@@ -420,10 +447,16 @@ mod tests {
             Some(file),
             env(&[
                 ("ORDERGUARD_HTTP__PORT", "9100"),
-                ("ORDERGUARD_SECRETS__CODE_KEY", "12345678901234567890123456789012"),
+                (
+                    "ORDERGUARD_SECRETS__CODE_KEY",
+                    "12345678901234567890123456789012",
+                ),
                 ("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http"),
                 ("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gw"),
-                ("ORDERGUARD_SMS__PROVIDERS__0__URL", "http://127.0.0.1:9/send"),
+                (
+                    "ORDERGUARD_SMS__PROVIDERS__0__URL",
+                    "http://127.0.0.1:9/send",
+                ),
                 ("ORDERGUARD_SMS__PROVIDERS__0__TIMEOUT_MS", "250"),
                 ("OTHER_VARIABLE", "ignored"),
             ]),
@@ -435,7 +468,11 @@ mod tests {
         let key = settings.secrets.code_key.as_ref().expect("set");
         assert_eq!(key.expose_secret(), "12345678901234567890123456789012");
         match &settings.sms.providers[..] {
-            [ProviderSettings::Http { name, timeout_ms, .. }] => {
+            [
+                ProviderSettings::Http {
+                    name, timeout_ms, ..
+                },
+            ] => {
                 assert_eq!((name.as_str(), *timeout_ms), ("gw", 250));
             }
             other => panic!("unexpected providers {other:?}"),
@@ -444,8 +481,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let error = Settings::from_sources(Some("[http]\nprot = 1\n"), env(&[]))
-            .expect_err("unknown key");
+        let error =
+            Settings::from_sources(Some("[http]\nprot = 1\n"), env(&[])).expect_err("unknown key");
         assert!(format!("{error:#}").contains("prot"), "{error:#}");
         let error = Settings::from_sources(None, env(&[("ORDERGUARD_HTTP__PROT", "1")]))
             .expect_err("unknown key");
@@ -454,9 +491,15 @@ mod tests {
 
     #[test]
     fn production_names_every_missing_setting() {
-        let settings = Settings::from_sources(Some("mode = \"production\""), env(&[])).expect("loads");
+        let settings =
+            Settings::from_sources(Some("mode = \"production\""), env(&[])).expect("loads");
         let problems = settings.production_problems().join("\n");
-        for key in ["database.url", "secrets.code_key", "sms.providers", "http.public_url"] {
+        for key in [
+            "database.url",
+            "secrets.code_key",
+            "sms.providers",
+            "http.public_url",
+        ] {
             assert!(problems.contains(key), "{key} missing from:\n{problems}");
         }
         let with_log = Settings::from_sources(
@@ -464,14 +507,22 @@ mod tests {
             env(&[]),
         )
         .expect("loads");
-        assert!(with_log.production_problems().join("\n").contains("development only"));
+        assert!(
+            with_log
+                .production_problems()
+                .join("\n")
+                .contains("development only")
+        );
     }
 
     #[test]
     fn debug_output_redacts_secrets() {
         let settings = Settings::from_sources(
             None,
-            env(&[("ORDERGUARD_SECRETS__CODE_KEY", "very-secret-key-value-0123456789abcdef")]),
+            env(&[(
+                "ORDERGUARD_SECRETS__CODE_KEY",
+                "very-secret-key-value-0123456789abcdef",
+            )]),
         )
         .expect("loads");
         assert!(!format!("{settings:?}").contains("very-secret"));

@@ -27,7 +27,8 @@ pub struct Application {
 
 /// Connects to the configured database and applies its migrations.
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
-    let store = SqlStore::connect(&settings.database_url(), settings.database.max_connections).await?;
+    let store =
+        SqlStore::connect(&settings.database_url(), settings.database.max_connections).await?;
     store.migrate().await?;
     Ok(store)
 }
@@ -42,26 +43,53 @@ impl Application {
         let metrics = Arc::new(Metrics::new()?);
         let inbox = dev.then(|| Arc::new(DevInbox::default()));
         let providers = if settings.sms.providers.is_empty() && dev {
-            vec![ProviderSettings::Log { name: "log".to_owned() }]
+            vec![ProviderSettings::Log {
+                name: "log".to_owned(),
+            }]
         } else {
             settings.sms.providers.clone()
         };
-        let sms = Arc::new(SmsSender::from_settings(&providers, inbox.clone(), metrics.clone())?);
+        let sms = Arc::new(SmsSender::from_settings(
+            &providers,
+            inbox.clone(),
+            metrics.clone(),
+        )?);
 
         let address = settings.bind_address()?;
-        let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
         let public_url = settings.public_url(port);
         let otp_host = otp_host(&public_url)?;
 
-        let verifier = Arc::new(Verifier::new(store.clone(), sms, CodeHasher::new(&code_key), metrics.clone(), otp_host));
-        let state = AppState { verifier, store, brands: Arc::new(brands), metrics, inbox, mode: settings.mode };
+        let verifier = Arc::new(Verifier::new(
+            store.clone(),
+            sms,
+            CodeHasher::new(&code_key),
+            metrics.clone(),
+            otp_host,
+        ));
+        let state = AppState {
+            verifier,
+            store,
+            brands: Arc::new(brands),
+            metrics,
+            inbox,
+            mode: settings.mode,
+        };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
         };
         tracing::info!(%address, port, %public_url, mode = ?settings.mode, backend = state.store.backend().as_str(), "orderguard built");
-        Ok(Self { listener, port, state, limits, sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)) })
+        Ok(Self {
+            listener,
+            port,
+            state,
+            limits,
+            sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
+        })
     }
 
     /// The port actually bound (useful with port 0).
@@ -70,9 +98,16 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains requests and stops the sweeper.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sweeper = tokio::spawn(crate::sweeper::run(self.state.verifier.clone(), self.sweep_interval, stop_rx));
+        let sweeper = tokio::spawn(crate::sweeper::run(
+            self.state.verifier.clone(),
+            self.sweep_interval,
+            stop_rx,
+        ));
         let router = crate::http::router(self.state, self.limits);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
@@ -88,10 +123,17 @@ impl Application {
 
 /// The host of the public URL, for the WebOTP line.
 fn otp_host(public_url: &str) -> anyhow::Result<String> {
-    let without_scheme = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);
+    let without_scheme = public_url
+        .split_once("://")
+        .map_or(public_url, |(_, rest)| rest);
     let authority = without_scheme.split('/').next().unwrap_or_default();
-    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-    anyhow::ensure!(!host.is_empty(), "http.public_url {public_url:?} has no host");
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    anyhow::ensure!(
+        !host.is_empty(),
+        "http.public_url {public_url:?} has no host"
+    );
     Ok(host.to_owned())
 }
 
@@ -127,7 +169,13 @@ pub async fn shutdown_signal() {
 mod tests {
     #[test]
     fn the_otp_host_is_the_public_urls_host_without_port() {
-        assert_eq!(super::otp_host("https://pay.example.com/base").expect("host"), "pay.example.com");
-        assert_eq!(super::otp_host("http://localhost:8080").expect("host"), "localhost");
+        assert_eq!(
+            super::otp_host("https://pay.example.com/base").expect("host"),
+            "pay.example.com"
+        );
+        assert_eq!(
+            super::otp_host("http://localhost:8080").expect("host"),
+            "localhost"
+        );
     }
 }

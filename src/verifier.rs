@@ -30,7 +30,10 @@ pub enum VerifyError {
     #[error(transparent)]
     Phone(#[from] PhoneError),
     #[error("{field}: {message}")]
-    InvalidField { field: &'static str, message: String },
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     #[error("no such verification")]
     NotFound,
     #[error("the verification has expired")]
@@ -59,7 +62,10 @@ impl From<MoneyError> for VerifyError {
             MoneyError::Currency => "currency",
             MoneyError::Amount(_) => "amount",
         };
-        Self::InvalidField { field, message: error.to_string() }
+        Self::InvalidField {
+            field,
+            message: error.to_string(),
+        }
     }
 }
 
@@ -80,15 +86,29 @@ impl Verifier {
         metrics: Arc<Metrics>,
         otp_host: String,
     ) -> Self {
-        Self { store, sms, hasher, metrics, otp_host }
+        Self {
+            store,
+            sms,
+            hasher,
+            metrics,
+            otp_host,
+        }
     }
 
     /// Starts a verification and sends the first code.
-    pub async fn start(&self, brand: &Brand, request: StartRequest) -> Result<VerificationRecord, VerifyError> {
+    pub async fn start(
+        &self,
+        brand: &Brand,
+        request: StartRequest,
+    ) -> Result<VerificationRecord, VerifyError> {
         let order_reference = validate_text("order_reference", &request.order_reference, 64)?;
         let amount = Money::parse(&request.amount, &request.currency)?;
         let locale = request.locale.as_deref().map(validate_locale).transpose()?;
-        let phone = PhoneNumber::parse(&request.phone, brand.default_country.as_deref(), &brand.allowed_countries)?;
+        let phone = PhoneNumber::parse(
+            &request.phone,
+            brand.default_country.as_deref(),
+            &brand.allowed_countries,
+        )?;
 
         let id = VerificationId::new();
         let code = OtpCode::generate(brand.limits.code_length);
@@ -112,39 +132,69 @@ impl Verifier {
     }
 
     /// A brand's verification, with an overdue pending one reported (and marked) expired.
-    pub async fn get(&self, brand: &Brand, id: &VerificationId) -> Result<VerificationRecord, VerifyError> {
-        let mut record = self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)?;
+    pub async fn get(
+        &self,
+        brand: &Brand,
+        id: &VerificationId,
+    ) -> Result<VerificationRecord, VerifyError> {
+        let mut record = self
+            .store
+            .get_verification(&brand.id, id)
+            .await?
+            .ok_or(VerifyError::NotFound)?;
         let now = now_millis();
         if record.status == Status::Pending && record.expires_at <= now {
             self.finish(&record, Status::Expired, now).await?;
-            record = self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)?;
+            record = self
+                .store
+                .get_verification(&brand.id, id)
+                .await?
+                .ok_or(VerifyError::NotFound)?;
         }
         Ok(record)
     }
 
     /// Checks a code. The attempt is counted in the database before the comparison.
-    pub async fn check(&self, brand: &Brand, id: &VerificationId, input: &str) -> Result<VerificationRecord, VerifyError> {
+    pub async fn check(
+        &self,
+        brand: &Brand,
+        id: &VerificationId,
+        input: &str,
+    ) -> Result<VerificationRecord, VerifyError> {
         let trimmed: String = input.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
         if !(4..=10).contains(&trimmed.len()) || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(VerifyError::InvalidField { field: "code", message: "must be 4–10 digits".to_owned() });
+            return Err(VerifyError::InvalidField {
+                field: "code",
+                message: "must be 4–10 digits".to_owned(),
+            });
         }
         let now = now_millis();
-        let (checks_used, max_checks, code_hash) = match self.store.count_check(&brand.id, id, now).await? {
-            CheckCount::Counted { checks_used, max_checks, code_hash } => (checks_used, max_checks, code_hash),
-            CheckCount::Refused(record) => return Err(self.refusal(&record, now).await),
-            CheckCount::NotFound => return Err(VerifyError::NotFound),
-        };
+        let (checks_used, max_checks, code_hash) =
+            match self.store.count_check(&brand.id, id, now).await? {
+                CheckCount::Counted {
+                    checks_used,
+                    max_checks,
+                    code_hash,
+                } => (checks_used, max_checks, code_hash),
+                CheckCount::Refused(record) => return Err(self.refusal(&record, now).await),
+                CheckCount::NotFound => return Err(VerifyError::NotFound),
+            };
         // The HMAC covers every digit, so a code of the wrong length simply does not match.
         let correct = OtpCode::parse(&trimmed, trimmed.len() as u8)
             .is_some_and(|code| self.hasher.verify(id, &code, &code_hash));
         let record = |status| async move {
-            let record = self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)?;
+            let record = self
+                .store
+                .get_verification(&brand.id, id)
+                .await?
+                .ok_or(VerifyError::NotFound)?;
             tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, status, "code checked");
             Ok::<_, VerifyError>(record)
         };
         if correct {
             if self.store.finish(id, Status::Approved, now).await? {
-                self.metrics.verification_finished(brand.id.as_str(), Status::Approved.as_str());
+                self.metrics
+                    .verification_finished(brand.id.as_str(), Status::Approved.as_str());
                 return record("approved").await;
             }
             // Another request finished it between our count and now (a parallel correct check).
@@ -153,20 +203,37 @@ impl Verifier {
         }
         if checks_used >= max_checks {
             if self.store.finish(id, Status::Locked, now).await? {
-                self.metrics.verification_finished(brand.id.as_str(), Status::Locked.as_str());
+                self.metrics
+                    .verification_finished(brand.id.as_str(), Status::Locked.as_str());
             }
             tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, "wrong code, locked");
             return Err(VerifyError::Locked);
         }
         tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, "wrong code");
-        Err(VerifyError::InvalidCode { attempts_remaining: max_checks - checks_used })
+        Err(VerifyError::InvalidCode {
+            attempts_remaining: max_checks - checks_used,
+        })
     }
 
     /// Sends a new code (the previous one stops working), within the send limit and cooldown.
-    pub async fn resend(&self, brand: &Brand, id: &VerificationId) -> Result<VerificationRecord, VerifyError> {
+    pub async fn resend(
+        &self,
+        brand: &Brand,
+        id: &VerificationId,
+    ) -> Result<VerificationRecord, VerifyError> {
         let code = OtpCode::generate(brand.limits.code_length);
         let now = now_millis();
-        match self.store.reserve_send(&brand.id, id, &self.hasher.hash(id, &code), brand.limits.code_length, now).await? {
+        match self
+            .store
+            .reserve_send(
+                &brand.id,
+                id,
+                &self.hasher.hash(id, &code),
+                brand.limits.code_length,
+                now,
+            )
+            .await?
+        {
             SendReservation::Reserved(record) => {
                 tracing::info!(verification_id = %id, brand = %brand.id, send = record.sends, "code resent");
                 self.send_code(brand, &record, &code).await?;
@@ -178,34 +245,56 @@ impl Verifier {
     }
 
     /// Cancels a pending verification (the buyer aborted the purchase).
-    pub async fn cancel(&self, brand: &Brand, id: &VerificationId) -> Result<VerificationRecord, VerifyError> {
-        let record = self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)?;
+    pub async fn cancel(
+        &self,
+        brand: &Brand,
+        id: &VerificationId,
+    ) -> Result<VerificationRecord, VerifyError> {
+        let record = self
+            .store
+            .get_verification(&brand.id, id)
+            .await?
+            .ok_or(VerifyError::NotFound)?;
         let now = now_millis();
         if record.status != Status::Pending || record.expires_at <= now {
             return Err(self.refusal(&record, now).await);
         }
         if !self.finish(&record, Status::Aborted, now).await? {
-            let current = self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)?;
+            let current = self
+                .store
+                .get_verification(&brand.id, id)
+                .await?
+                .ok_or(VerifyError::NotFound)?;
             return Err(self.refusal(&current, now).await);
         }
         tracing::info!(verification_id = %id, brand = %brand.id, "verification aborted");
-        self.store.get_verification(&brand.id, id).await?.ok_or(VerifyError::NotFound)
+        self.store
+            .get_verification(&brand.id, id)
+            .await?
+            .ok_or(VerifyError::NotFound)
     }
 
     /// Marks overdue pending verifications expired; returns how many.
     pub async fn expire_due(&self) -> anyhow::Result<usize> {
         let expired = self.store.expire_due(now_millis(), 500).await?;
         for (id, brand) in &expired {
-            self.metrics.verification_finished(brand, Status::Expired.as_str());
+            self.metrics
+                .verification_finished(brand, Status::Expired.as_str());
             tracing::info!(verification_id = %id, brand, "verification expired");
         }
         Ok(expired.len())
     }
 
-    async fn finish(&self, record: &VerificationRecord, to: Status, now: Millis) -> anyhow::Result<bool> {
+    async fn finish(
+        &self,
+        record: &VerificationRecord,
+        to: Status,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
         let finished = self.store.finish(&record.id, to, now).await?;
         if finished {
-            self.metrics.verification_finished(&record.brand, to.as_str());
+            self.metrics
+                .verification_finished(&record.brand, to.as_str());
         }
         Ok(finished)
     }
@@ -213,16 +302,23 @@ impl Verifier {
     /// Why `record` does not accept the operation, marking an overdue one expired.
     async fn refusal(&self, record: &VerificationRecord, now: Millis) -> VerifyError {
         match record.status {
-            Status::Pending if record.expires_at <= now => match self.finish(record, Status::Expired, now).await {
-                Ok(_) => VerifyError::Expired,
-                Err(error) => VerifyError::Internal(error),
-            },
+            Status::Pending if record.expires_at <= now => {
+                match self.finish(record, Status::Expired, now).await {
+                    Ok(_) => VerifyError::Expired,
+                    Err(error) => VerifyError::Internal(error),
+                }
+            }
             // The last allowed check is being compared right now; it will lock or approve.
             Status::Pending if record.checks_used >= record.max_checks => VerifyError::Locked,
             Status::Pending if record.sends >= record.max_sends => VerifyError::SendLimitReached,
             Status::Pending => match record.resend_available_at() {
-                Some(available_at) if available_at > now => VerifyError::ResendCooldown { available_at },
-                _ => VerifyError::Internal(anyhow::anyhow!("verification {} refused for no known reason", record.id)),
+                Some(available_at) if available_at > now => {
+                    VerifyError::ResendCooldown { available_at }
+                }
+                _ => VerifyError::Internal(anyhow::anyhow!(
+                    "verification {} refused for no known reason",
+                    record.id
+                )),
             },
             Status::Approved => VerifyError::AlreadyApproved,
             Status::Locked => VerifyError::Locked,
@@ -231,7 +327,12 @@ impl Verifier {
         }
     }
 
-    async fn send_code(&self, brand: &Brand, record: &VerificationRecord, code: &OtpCode) -> Result<(), VerifyError> {
+    async fn send_code(
+        &self,
+        brand: &Brand,
+        record: &VerificationRecord,
+        code: &OtpCode,
+    ) -> Result<(), VerifyError> {
         let message = SmsMessage {
             message_id: uuid::Uuid::now_v7(),
             verification_id: record.id,
@@ -243,7 +344,9 @@ impl Verifier {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(verification_id = %record.id, brand = %brand.id, %error, "sending the code failed");
-                Err(VerifyError::SmsFailed { verification_id: record.id })
+                Err(VerifyError::SmsFailed {
+                    verification_id: record.id,
+                })
             }
         }
     }
@@ -274,8 +377,14 @@ fn validate_text(field: &'static str, value: &str, max: usize) -> Result<String,
 }
 
 fn validate_locale(locale: &str) -> Result<String, VerifyError> {
-    let valid = (2..=10).contains(&locale.len()) && locale.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
-    if valid { Ok(locale.to_owned()) } else {
-        Err(VerifyError::InvalidField { field: "locale", message: "must be a language tag such as \"de\" or \"sv-SE\"".to_owned() })
+    let valid = (2..=10).contains(&locale.len())
+        && locale.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+    if valid {
+        Ok(locale.to_owned())
+    } else {
+        Err(VerifyError::InvalidField {
+            field: "locale",
+            message: "must be a language tag such as \"de\" or \"sv-SE\"".to_owned(),
+        })
     }
 }

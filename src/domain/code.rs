@@ -5,8 +5,8 @@
 //! useless for another. Comparison goes through `Mac::verify_slice`, which is constant time.
 
 use hmac::{Hmac, Mac};
-use rand::{Rng, rngs::OsRng};
 use rand::TryRngCore;
+use rand::{Rng, rngs::OsRng};
 use sha2::Sha256;
 
 use super::VerificationId;
@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn parsing_ignores_separators_and_rejects_wrong_lengths() {
-        assert_eq!(OtpCode::parse("123 456", 6).map(|c| c.0), Some("123456".into()));
+        assert_eq!(
+            OtpCode::parse("123 456", 6).map(|c| c.0),
+            Some("123456".into())
+        );
         assert!(OtpCode::parse("12345", 6).is_none());
         assert!(OtpCode::parse("12345a", 6).is_none());
         assert!(format!("{:?}", OtpCode::parse("123456", 6)).contains("redacted"));

@@ -13,7 +13,9 @@ pub struct Money {
 pub enum MoneyError {
     #[error("currency must be an ISO 4217 code of three capital letters")]
     Currency,
-    #[error("amount must be a non-negative decimal with at most {0} decimal places, like \"49.90\"")]
+    #[error(
+        "amount must be a non-negative decimal with at most {0} decimal places, like \"49.90\""
+    )]
     Amount(u32),
 }
 
@@ -45,8 +47,15 @@ impl Money {
         }
         let whole: i64 = whole.parse().map_err(|_| error())?;
         let padded = format!("{fraction:0<width$}", width = exp as usize);
-        let fraction: i64 = if padded.is_empty() { 0 } else { padded.parse().map_err(|_| error())? };
-        Ok(Self { minor: whole * 10i64.pow(exp) + fraction, currency: currency.to_owned() })
+        let fraction: i64 = if padded.is_empty() {
+            0
+        } else {
+            padded.parse().map_err(|_| error())?
+        };
+        Ok(Self {
+            minor: whole * 10i64.pow(exp) + fraction,
+            currency: currency.to_owned(),
+        })
     }
 
     /// Rebuilds an amount read back from storage.
@@ -69,7 +78,12 @@ impl Money {
             return self.minor.to_string();
         }
         let scale = 10i64.pow(exp);
-        format!("{}.{:0width$}", self.minor / scale, self.minor % scale, width = exp as usize)
+        format!(
+            "{}.{:0width$}",
+            self.minor / scale,
+            self.minor % scale,
+            width = exp as usize
+        )
     }
 }
 
@@ -85,8 +99,13 @@ mod tests {
 
     #[test]
     fn amounts_round_trip_through_minor_units() {
-        let cases = [("49.90", "EUR", 4990, "49.90"), ("49.9", "EUR", 4990, "49.90"),
-            ("5", "SEK", 500, "5.00"), ("1200", "JPY", 1200, "1200"), ("1.005", "KWD", 1005, "1.005")];
+        let cases = [
+            ("49.90", "EUR", 4990, "49.90"),
+            ("49.9", "EUR", 4990, "49.90"),
+            ("5", "SEK", 500, "5.00"),
+            ("1200", "JPY", 1200, "1200"),
+            ("1.005", "KWD", 1005, "1.005"),
+        ];
         for (input, currency, minor, shown) in cases {
             let money = Money::parse(input, currency).unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(money.minor(), minor, "{input} {currency}");
@@ -96,9 +115,21 @@ mod tests {
 
     #[test]
     fn malformed_amounts_and_currencies_are_refused() {
-        for (input, currency) in [("-1", "EUR"), ("1.999", "EUR"), ("1.", "EUR"), ("", "EUR"),
-            ("1e3", "EUR"), ("1.5", "JPY"), ("10", "eur"), ("10", "EURO"), ("9999999999999", "EUR")] {
-            assert!(Money::parse(input, currency).is_err(), "{input} {currency} should fail");
+        for (input, currency) in [
+            ("-1", "EUR"),
+            ("1.999", "EUR"),
+            ("1.", "EUR"),
+            ("", "EUR"),
+            ("1e3", "EUR"),
+            ("1.5", "JPY"),
+            ("10", "eur"),
+            ("10", "EURO"),
+            ("9999999999999", "EUR"),
+        ] {
+            assert!(
+                Money::parse(input, currency).is_err(),
+                "{input} {currency} should fail"
+            );
         }
     }
 }

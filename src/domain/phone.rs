@@ -102,7 +102,13 @@ pub fn mask(number: &str) -> String {
     chars
         .iter()
         .enumerate()
-        .map(|(i, c)| if i < keep_head || i >= chars.len() - keep_tail { *c } else { '*' })
+        .map(|(i, c)| {
+            if i < keep_head || i >= chars.len() - keep_tail {
+                *c
+            } else {
+                '*'
+            }
+        })
         .collect()
 }
 
@@ -135,7 +141,8 @@ mod tests {
             ("070-123 45 67", Some("SE"), "+46701234567", "SE"),
         ];
         for (input, hint, e164, country) in cases {
-            let number = PhoneNumber::parse(input, hint, &any()).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let number =
+                PhoneNumber::parse(input, hint, &any()).unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(number.e164(), e164, "{input}");
             assert_eq!(number.country(), country, "{input}");
         }
@@ -154,7 +161,11 @@ mod tests {
             ("+49 151 234", PhoneError::Invalid),
         ];
         for (input, expected) in cases {
-            assert_eq!(PhoneNumber::parse(input, None, &any()), Err(expected), "{input}");
+            assert_eq!(
+                PhoneNumber::parse(input, None, &any()),
+                Err(expected),
+                "{input}"
+            );
         }
     }
 

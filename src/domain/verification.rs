@@ -62,8 +62,13 @@ impl Status {
         }
     }
 
-    pub const ALL: [Status; 5] =
-        [Self::Pending, Self::Approved, Self::Locked, Self::Aborted, Self::Expired];
+    pub const ALL: [Status; 5] = [
+        Self::Pending,
+        Self::Approved,
+        Self::Locked,
+        Self::Aborted,
+        Self::Expired,
+    ];
 }
 
 impl FromStr for Status {
@@ -110,16 +115,28 @@ impl Limits {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !super::code::CODE_LENGTHS.contains(&self.code_length) {
-            problems.push(format!("code_length: must be between 4 and 10, not {}", self.code_length));
+            problems.push(format!(
+                "code_length: must be between 4 and 10, not {}",
+                self.code_length
+            ));
         }
         if !(30..=3600).contains(&self.ttl_seconds) {
-            problems.push(format!("ttl_seconds: must be between 30 and 3600, not {}", self.ttl_seconds));
+            problems.push(format!(
+                "ttl_seconds: must be between 30 and 3600, not {}",
+                self.ttl_seconds
+            ));
         }
         if !(1..=20).contains(&self.max_checks) {
-            problems.push(format!("max_checks: must be between 1 and 20, not {}", self.max_checks));
+            problems.push(format!(
+                "max_checks: must be between 1 and 20, not {}",
+                self.max_checks
+            ));
         }
         if !(1..=10).contains(&self.max_sends) {
-            problems.push(format!("max_sends: must be between 1 and 10, not {}", self.max_sends));
+            problems.push(format!(
+                "max_sends: must be between 1 and 10, not {}",
+                self.max_sends
+            ));
         }
         if self.resend_cooldown_seconds > 600 {
             problems.push(format!(
@@ -146,7 +163,11 @@ mod tests {
     #[test]
     fn default_limits_are_valid_and_out_of_range_limits_are_named() {
         assert!(Limits::default().problems().is_empty());
-        let bad = Limits { code_length: 3, max_checks: 0, ..Limits::default() };
+        let bad = Limits {
+            code_length: 3,
+            max_checks: 0,
+            ..Limits::default()
+        };
         let problems = bad.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("code_length:"));

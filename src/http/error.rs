@@ -20,7 +20,11 @@ pub enum ApiError {
     #[error("missing or unknown API key")]
     Unauthorized,
     #[error("{detail}")]
-    Request { status: StatusCode, kind: &'static str, detail: String },
+    Request {
+        status: StatusCode,
+        kind: &'static str,
+        detail: String,
+    },
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -35,7 +39,11 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(detail: impl Into<String>) -> Self {
-        Self::Request { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "invalid_request", detail: detail.into() }
+        Self::Request {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "invalid_request",
+            detail: detail.into(),
+        }
     }
 
     /// Status, stable type name, title, and extension members.
@@ -61,38 +69,67 @@ impl ApiError {
                 }
                 VerifyError::InvalidField { field, .. } => {
                     extra.insert("field".into(), json!(field));
-                    (S::UNPROCESSABLE_ENTITY, "invalid_request", "Invalid request")
+                    (
+                        S::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        "Invalid request",
+                    )
                 }
                 VerifyError::NotFound => (S::NOT_FOUND, "not_found", "Verification not found"),
                 VerifyError::Expired => (S::GONE, "verification_expired", "Verification expired"),
                 VerifyError::Locked => (S::CONFLICT, "verification_locked", "Verification locked"),
-                VerifyError::Aborted => (S::CONFLICT, "verification_aborted", "Verification aborted"),
-                VerifyError::AlreadyApproved => {
-                    (S::CONFLICT, "verification_already_approved", "Verification already approved")
+                VerifyError::Aborted => {
+                    (S::CONFLICT, "verification_aborted", "Verification aborted")
                 }
+                VerifyError::AlreadyApproved => (
+                    S::CONFLICT,
+                    "verification_already_approved",
+                    "Verification already approved",
+                ),
                 VerifyError::InvalidCode { attempts_remaining } => {
                     extra.insert("attempts_remaining".into(), json!(attempts_remaining));
                     (S::UNPROCESSABLE_ENTITY, "invalid_code", "Invalid code")
                 }
                 VerifyError::ResendCooldown { available_at } => {
-                    extra.insert("resend_available_at".into(), json!(super::rfc3339(*available_at)));
+                    extra.insert(
+                        "resend_available_at".into(),
+                        json!(super::rfc3339(*available_at)),
+                    );
                     (S::TOO_MANY_REQUESTS, "resend_cooldown", "Resend cooldown")
                 }
-                VerifyError::SendLimitReached => (S::CONFLICT, "send_limit_reached", "Send limit reached"),
+                VerifyError::SendLimitReached => {
+                    (S::CONFLICT, "send_limit_reached", "Send limit reached")
+                }
                 VerifyError::SmsFailed { verification_id } => {
                     extra.insert("verification_id".into(), json!(verification_id));
-                    (S::BAD_GATEWAY, "sms_delivery_failed", "SMS could not be sent")
+                    (
+                        S::BAD_GATEWAY,
+                        "sms_delivery_failed",
+                        "SMS could not be sent",
+                    )
                 }
-                VerifyError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+                VerifyError::Internal(_) => {
+                    (S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+                }
             },
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::Request { status, kind, .. } => (*status, *kind, "Bad request"),
-            Self::IdempotencyMismatch => {
-                (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "Idempotency key reused")
-            }
-            Self::IdempotencyInProgress => (S::CONFLICT, "idempotency_key_in_use", "Idempotency key in use"),
+            Self::IdempotencyMismatch => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+            ),
+            Self::IdempotencyInProgress => (
+                S::CONFLICT,
+                "idempotency_key_in_use",
+                "Idempotency key in use",
+            ),
             Self::UnknownRoute => (S::NOT_FOUND, "unknown_route", "Unknown route"),
-            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            Self::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         };
         (status, kind, title, extra)
@@ -101,9 +138,11 @@ impl ApiError {
     /// Seconds after which a retry can succeed, for `Retry-After`.
     fn retry_after(&self) -> Option<i64> {
         match self {
-            Self::Verify(VerifyError::ResendCooldown { available_at }) => {
-                Some(((available_at - now_millis()) as f64 / 1000.0).ceil().max(1.0) as i64)
-            }
+            Self::Verify(VerifyError::ResendCooldown { available_at }) => Some(
+                ((available_at - now_millis()) as f64 / 1000.0)
+                    .ceil()
+                    .max(1.0) as i64,
+            ),
             Self::IdempotencyInProgress => Some(1),
             _ => None,
         }
@@ -129,7 +168,10 @@ impl IntoResponse for ApiError {
         body.insert("detail".into(), json!(detail));
         let mut response = (status, Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(seconds) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -144,7 +186,9 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let (status, kind) = match &rejection {
             JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            JsonRejection::JsonDataError(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+            }
             JsonRejection::MissingJsonContentType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -153,6 +197,10 @@ impl From<JsonRejection> for ApiError {
             }
             other => (other.status(), "invalid_request"),
         };
-        Self::Request { status, kind, detail: rejection.body_text() }
+        Self::Request {
+            status,
+            kind,
+            detail: rejection.body_text(),
+        }
     }
 }

@@ -30,14 +30,20 @@ pub struct AuthenticatedBrand(pub Arc<Brand>);
 impl FromRequestParts<AppState> for AuthenticatedBrand {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        let (brand, key_label) = state.brands.authenticate(key.trim()).ok_or(ApiError::Unauthorized)?;
+        let (brand, key_label) = state
+            .brands
+            .authenticate(key.trim())
+            .ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("brand", brand.id.as_str());
         tracing::debug!(key = %key_label, "authenticated");
         Ok(Self(brand))

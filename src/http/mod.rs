@@ -109,9 +109,15 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
                 .make_span_with(make_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track_metrics,
+        ))
         .layer(CatchPanicLayer::new())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -122,7 +128,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
 
 /// The request span: method, matched route (never the raw path or query), request id, brand.
 fn make_span(request: &Request) -> tracing::Span {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -131,7 +140,11 @@ fn make_span(request: &Request) -> tracing::Span {
     tracing::info_span!("request", method = %request.method(), route, request_id, brand = tracing::field::Empty)
 }
 
-async fn track_metrics(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+async fn track_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -139,7 +152,12 @@ async fn track_metrics(State(metrics): State<Arc<Metrics>>, request: Request, ne
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics.http_request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics.http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
@@ -181,6 +199,9 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(super::rfc3339(1_795_257_296_789), "2026-11-21T10:34:56.789Z");
+        assert_eq!(
+            super::rfc3339(1_795_257_296_789),
+            "2026-11-21T10:34:56.789Z"
+        );
     }
 }

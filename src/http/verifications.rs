@@ -84,7 +84,10 @@ impl From<&VerificationRecord> for Verification {
             locale: record.locale.clone(),
             attempts_remaining: record.max_checks.saturating_sub(record.checks_used),
             sends_remaining: record.max_sends.saturating_sub(record.sends),
-            resend_available_at: record.resend_available_at().filter(|_| pending).map(rfc3339),
+            resend_available_at: record
+                .resend_available_at()
+                .filter(|_| pending)
+                .map(rfc3339),
             created_at: rfc3339(record.created_at),
             expires_at: rfc3339(record.expires_at),
             finished_at: record.finished_at.map(rfc3339),
@@ -94,7 +97,8 @@ impl From<&VerificationRecord> for Verification {
 
 fn parse_id(id: &str) -> Result<VerificationId, ApiError> {
     // An id that is not a UUID cannot exist: same answer as an unknown one.
-    id.parse().map_err(|_| ApiError::Verify(crate::verifier::VerifyError::NotFound))
+    id.parse()
+        .map_err(|_| ApiError::Verify(crate::verifier::VerifyError::NotFound))
 }
 
 fn verification_response(status: StatusCode, record: &VerificationRecord) -> Response {
@@ -131,16 +135,31 @@ pub async fn start_verification(
         .to_str()
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters"))?;
-    let request_hash = Sha256::digest(serde_json::to_vec(&body).map_err(anyhow::Error::from)?).to_vec();
-    match state.store.idempotency_claim(&brand.id, key, &request_hash, now_millis()).await? {
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters")
+        })?;
+    let request_hash =
+        Sha256::digest(serde_json::to_vec(&body).map_err(anyhow::Error::from)?).to_vec();
+    match state
+        .store
+        .idempotency_claim(&brand.id, key, &request_hash, now_millis())
+        .await?
+    {
         IdempotencyClaim::Claimed => {}
         IdempotencyClaim::Replay { status, body } => {
             let status = StatusCode::from_u16(status).map_err(anyhow::Error::from)?;
-            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+            let content_type = if status.is_success() {
+                "application/json"
+            } else {
+                "application/problem+json"
+            };
             let mut response = (status, body).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(response);
         }
         IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
@@ -155,13 +174,22 @@ pub async fn start_verification(
     }
     // Buffer the body to store it, then answer with the same bytes.
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    state.store.idempotency_complete(&brand.id, key, status.as_u16(), &text).await?;
+    state
+        .store
+        .idempotency_complete(&brand.id, key, status.as_u16(), &text)
+        .await?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
-async fn start(state: &AppState, brand: &crate::brands::Brand, body: StartVerification) -> Result<Response, ApiError> {
+async fn start(
+    state: &AppState,
+    brand: &crate::brands::Brand,
+    body: StartVerification,
+) -> Result<Response, ApiError> {
     let request = StartRequest {
         phone: body.phone,
         order_reference: body.order_reference,
@@ -215,7 +243,10 @@ pub async fn check_code(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CheckCode>,
 ) -> Result<Response, ApiError> {
-    let record = state.verifier.check(&brand, &parse_id(&id)?, &body.code).await?;
+    let record = state
+        .verifier
+        .check(&brand, &parse_id(&id)?, &body.code)
+        .await?;
     Ok(verification_response(StatusCode::OK, &record))
 }
 

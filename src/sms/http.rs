@@ -22,35 +22,64 @@ pub struct HttpProvider {
 
 impl HttpProvider {
     pub fn from_settings(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        let ProviderSettings::Http { name, url, timeout_ms, auth_header, auth_value, body_template } =
-            settings
+        let ProviderSettings::Http {
+            name,
+            url,
+            timeout_ms,
+            auth_header,
+            auth_value,
+            body_template,
+        } = settings
         else {
             anyhow::bail!("not an http provider");
         };
-        let template = body_template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned());
+        let template = body_template
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned());
         // Render once with sample values so a broken template fails at start, not at send.
-        serde_json::from_str::<serde_json::Value>(&render(&template, &[("to", "+1"), ("from", "x"), ("text", "x"), ("message_id", "x")]))
-            .with_context(|| format!("sms provider {name}: body_template does not render to JSON"))?;
+        serde_json::from_str::<serde_json::Value>(&render(
+            &template,
+            &[
+                ("to", "+1"),
+                ("from", "x"),
+                ("text", "x"),
+                ("message_id", "x"),
+            ],
+        ))
+        .with_context(|| format!("sms provider {name}: body_template does not render to JSON"))?;
         let auth = match (auth_header, auth_value) {
             (Some(header), Some(value)) => Some((header.clone(), value.clone())),
             (None, None) => None,
-            _ => anyhow::bail!("sms provider {name}: set both auth_header and auth_value, or neither"),
+            _ => anyhow::bail!(
+                "sms provider {name}: set both auth_header and auth_value, or neither"
+            ),
         };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(*timeout_ms))
             .connect_timeout(Duration::from_millis(*timeout_ms))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { name: name.clone(), url: url.clone(), client, auth, template })
+        Ok(Self {
+            name: name.clone(),
+            url: url.clone(),
+            client,
+            auth,
+            template,
+        })
     }
 }
 
 /// Replaces each `{name}` with the JSON-escaped value (without quotes: the template has them).
 fn render(template: &str, values: &[(&str, &str)]) -> String {
-    values.iter().fold(template.to_owned(), |body, (name, value)| {
-        let escaped = serde_json::to_string(value).unwrap_or_default();
-        body.replace(&format!("{{{name}}}"), &escaped[1..escaped.len().saturating_sub(1)])
-    })
+    values
+        .iter()
+        .fold(template.to_owned(), |body, (name, value)| {
+            let escaped = serde_json::to_string(value).unwrap_or_default();
+            body.replace(
+                &format!("{{{name}}}"),
+                &escaped[1..escaped.len().saturating_sub(1)],
+            )
+        })
 }
 
 #[async_trait]
@@ -107,7 +136,15 @@ mod tests {
 
     #[test]
     fn placeholders_are_json_escaped() {
-        let body = render(DEFAULT_TEMPLATE, &[("to", "+4915"), ("from", "A\"B"), ("text", "l1\nl2"), ("message_id", "m")]);
+        let body = render(
+            DEFAULT_TEMPLATE,
+            &[
+                ("to", "+4915"),
+                ("from", "A\"B"),
+                ("text", "l1\nl2"),
+                ("message_id", "m"),
+            ],
+        );
         let value: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
         assert_eq!(value["from"], "A\"B");
         assert_eq!(value["text"], "l1\nl2");

@@ -56,7 +56,9 @@ impl DevInbox {
 pub fn webotp_code(text: &str) -> Option<String> {
     let line = text.lines().last()?;
     let (_, code) = line.rsplit_once(" #")?;
-    code.bytes().all(|b| b.is_ascii_digit()).then(|| code.to_owned())
+    code.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| code.to_owned())
 }
 
 /// Development provider: logs a masked line and keeps the message in the dev inbox.
@@ -98,7 +100,10 @@ mod tests {
 
     #[test]
     fn the_code_is_read_from_the_webotp_line() {
-        assert_eq!(webotp_code("Acme: 123456\n\n@shop.example #123456").as_deref(), Some("123456"));
+        assert_eq!(
+            webotp_code("Acme: 123456\n\n@shop.example #123456").as_deref(),
+            Some("123456")
+        );
         assert_eq!(webotp_code("no otp line"), None);
     }
 }

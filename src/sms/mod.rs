@@ -111,7 +111,10 @@ impl SmsSender {
                 Ok(provider_reference) => {
                     self.metrics.sms_sent(provider.name(), "sent");
                     tracing::info!(provider = provider.name(), to = %message.to, "SMS handed to provider");
-                    return Ok(Delivery { provider: provider.name().to_owned(), provider_reference });
+                    return Ok(Delivery {
+                        provider: provider.name().to_owned(),
+                        provider_reference,
+                    });
                 }
                 Err(error) => {
                     self.metrics.sms_sent(provider.name(), error.result_label());

@@ -87,7 +87,11 @@ impl VerificationRecord {
 #[derive(Debug)]
 pub enum CheckCount {
     /// The attempt was counted; compare against `code_hash`.
-    Counted { checks_used: u32, max_checks: u32, code_hash: Vec<u8> },
+    Counted {
+        checks_used: u32,
+        max_checks: u32,
+        code_hash: Vec<u8>,
+    },
     /// Not counted: the verification is not open for checks; here it is as it stands.
     Refused(Box<VerificationRecord>),
     NotFound,
@@ -126,33 +130,60 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_verification(&self, new: &NewVerification) -> anyhow::Result<()>;
 
     /// A brand's verification; another brand's id is `None`, as is an unknown id.
-    async fn get_verification(&self, brand: &BrandId, id: &VerificationId)
-    -> anyhow::Result<Option<VerificationRecord>>;
+    async fn get_verification(
+        &self,
+        brand: &BrandId,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<VerificationRecord>>;
 
     /// Atomically raises the check counter if the verification is pending, unexpired and under
     /// its limit. Parallel calls can never count more than `max_checks`.
-    async fn count_check(&self, brand: &BrandId, id: &VerificationId, now: Millis)
-    -> anyhow::Result<CheckCount>;
+    async fn count_check(
+        &self,
+        brand: &BrandId,
+        id: &VerificationId,
+        now: Millis,
+    ) -> anyhow::Result<CheckCount>;
 
     /// Moves a pending verification to a final status. `false` if it was no longer pending.
     async fn finish(&self, id: &VerificationId, to: Status, now: Millis) -> anyhow::Result<bool>;
 
     /// Atomically counts a resend and swaps in the new code hash, if the verification is
     /// pending, unexpired, under its send limit and past its cooldown.
-    async fn reserve_send(&self, brand: &BrandId, id: &VerificationId, code_hash: &[u8], code_length: u8, now: Millis)
-    -> anyhow::Result<SendReservation>;
+    async fn reserve_send(
+        &self,
+        brand: &BrandId,
+        id: &VerificationId,
+        code_hash: &[u8],
+        code_length: u8,
+        now: Millis,
+    ) -> anyhow::Result<SendReservation>;
 
     /// Marks every pending verification past its expiry as expired (at most `limit`), and
     /// returns them as `(verification, brand)`. Safe to run on several instances at once.
-    async fn expire_due(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<(VerificationId, String)>>;
+    async fn expire_due(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(VerificationId, String)>>;
 
     /// Claims `key` for a request whose body hashes to `request_hash`.
-    async fn idempotency_claim(&self, brand: &BrandId, key: &str, request_hash: &[u8], now: Millis)
-    -> anyhow::Result<IdempotencyClaim>;
+    async fn idempotency_claim(
+        &self,
+        brand: &BrandId,
+        key: &str,
+        request_hash: &[u8],
+        now: Millis,
+    ) -> anyhow::Result<IdempotencyClaim>;
 
     /// Stores the response to replay for a claimed key.
-    async fn idempotency_complete(&self, brand: &BrandId, key: &str, status: u16, body: &str)
-    -> anyhow::Result<()>;
+    async fn idempotency_complete(
+        &self,
+        brand: &BrandId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> anyhow::Result<()>;
 
     /// Gives a claimed key up (the request failed in a way worth retrying).
     async fn idempotency_release(&self, brand: &BrandId, key: &str) -> anyhow::Result<()>;

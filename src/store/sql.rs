@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::{CheckCount, IdempotencyClaim, NewVerification, SendReservation, Store, VerificationRecord};
+use super::{
+    CheckCount, IdempotencyClaim, NewVerification, SendReservation, Store, VerificationRecord,
+};
 use crate::brands::BrandId;
 use crate::domain::{Millis, Money, PhoneNumber, Status, VerificationId};
 
@@ -69,9 +71,11 @@ impl SqlStore {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
-                            .await?;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
                     }
                     Ok(())
                 })
@@ -89,24 +93,39 @@ impl SqlStore {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.context("applying database migrations")
+        migrator
+            .run(&self.pool)
+            .await
+            .context("applying database migrations")
     }
 
-    async fn fetch_record(&self, id: &VerificationId) -> anyhow::Result<Option<VerificationRecord>> {
+    async fn fetch_record(
+        &self,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<VerificationRecord>> {
         let sql = format!("SELECT {RECORD_COLUMNS} FROM verification WHERE verification_id = $1");
-        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| record_from_row(&row)).transpose()
     }
 }
 
 fn create_sqlite_parent_dir(url: &str) -> anyhow::Result<()> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    if let Some(parent) = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(())
 }
@@ -187,7 +206,10 @@ impl Store for SqlStore {
         brand: &BrandId,
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>> {
-        Ok(self.fetch_record(id).await?.filter(|record| record.brand == brand.as_str()))
+        Ok(self
+            .fetch_record(id)
+            .await?
+            .filter(|record| record.brand == brand.as_str()))
     }
 
     async fn count_check(
@@ -271,7 +293,11 @@ impl Store for SqlStore {
         })
     }
 
-    async fn expire_due(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<(VerificationId, String)>> {
+    async fn expire_due(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(VerificationId, String)>> {
         // The outer status test re-checks each row under its lock, so two instances sweeping
         // at once expire each verification once.
         let rows = sqlx::query(
@@ -324,7 +350,9 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         // Released between our insert and this read: the caller may simply retry.
-        let Some(row) = row else { return Ok(IdempotencyClaim::InProgress) };
+        let Some(row) = row else {
+            return Ok(IdempotencyClaim::InProgress);
+        };
         let stored_hash: Vec<u8> = row.try_get("request_hash")?;
         if stored_hash != request_hash {
             return Ok(IdempotencyClaim::Mismatch);
@@ -340,7 +368,13 @@ impl Store for SqlStore {
         })
     }
 
-    async fn idempotency_complete(&self, brand: &BrandId, key: &str, status: u16, body: &str) -> anyhow::Result<()> {
+    async fn idempotency_complete(
+        &self,
+        brand: &BrandId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE idempotency SET response_status = $3, response_body = $4 \
              WHERE brand_id = $1 AND idempotency_key = $2",

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{
-    DEV_KEY, GatewayBehaviour, OTHER_KEY, SmsGateway, fresh_postgres_database, read, start_body, test_brands_dir,
+    DEV_KEY, GatewayBehaviour, OTHER_KEY, SmsGateway, fresh_postgres_database, read, start_body,
+    test_brands_dir,
 };
 
 /// Kills the child if the test ends early.
@@ -30,7 +31,11 @@ fn orderguard(dir: &Path) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
@@ -51,7 +56,10 @@ async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Chil
 /// Sends SIGTERM and waits for the exit status.
 async fn terminate(mut running: Running) -> std::process::ExitStatus {
     let pid = running.0.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(sent.success());
     for _ in 0..100 {
         if let Some(status) = running.0.try_wait().expect("wait") {
@@ -66,7 +74,11 @@ async fn terminate(mut running: Running) -> std::process::ExitStatus {
 fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
     test_brands_dir(dir.path());
-    let output = orderguard(dir.path()).arg("serve").env("ORDERGUARD_MODE", "production").output().expect("run");
+    let output = orderguard(dir.path())
+        .arg("serve")
+        .env("ORDERGUARD_MODE", "production")
+        .output()
+        .expect("run");
     assert!(!output.status.success(), "must refuse to start");
     let stderr = String::from_utf8_lossy(&output.stderr);
     for setting in [
@@ -75,7 +87,10 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
         "sms.providers (ORDERGUARD_SMS__PROVIDERS)",
         "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL)",
     ] {
-        assert!(stderr.contains(setting), "{setting} not named in:\n{stderr}");
+        assert!(
+            stderr.contains(setting),
+            "{setting} not named in:\n{stderr}"
+        );
     }
     assert!(!dir.path().join("data").exists(), "nothing was created");
 
@@ -86,7 +101,10 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
         .output()
         .expect("run");
     assert!(!with_log.status.success());
-    assert!(String::from_utf8_lossy(&with_log.stderr).contains("`log` provider, which is for development only"));
+    assert!(
+        String::from_utf8_lossy(&with_log.stderr)
+            .contains("`log` provider, which is for development only")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +120,10 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
         .env("ORDERGUARD_HTTP__PORT", port.to_string())
         .env("ORDERGUARD_HTTP__PUBLIC_URL", "https://pay.example.test")
         .env("ORDERGUARD_DATABASE__URL", fresh_postgres_database().await)
-        .env("ORDERGUARD_SECRETS__CODE_KEY", "a-production-key-of-at-least-32-characters")
+        .env(
+            "ORDERGUARD_SECRETS__CODE_KEY",
+            "a-production-key-of-at-least-32-characters",
+        )
         .env("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http")
         .env("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gateway")
         .env("ORDERGUARD_SMS__PROVIDERS__0__URL", &gateway.url)
@@ -114,13 +135,31 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
     let client = reqwest::Client::new();
     wait_until_ready(&client, &base, &mut running.0).await;
 
-    let post = |key: &'static str| client.post(format!("{base}/v1/verifications")).bearer_auth(key).json(&start_body()).send();
-    read(post(DEV_KEY).await.expect("send")).await.assert_problem(401, "unauthorized");
+    let post = |key: &'static str| {
+        client
+            .post(format!("{base}/v1/verifications"))
+            .bearer_auth(key)
+            .json(&start_body())
+            .send()
+    };
+    read(post(DEV_KEY).await.expect("send"))
+        .await
+        .assert_problem(401, "unauthorized");
     let started = read(post(OTHER_KEY).await.expect("send")).await;
     assert_eq!(started.status, 201, "{started:#?}");
-    let text = gateway.received.lock().expect("lock")[0].1["text"].as_str().expect("text").to_owned();
-    assert!(text.contains("@pay.example.test #"), "WebOTP host from public_url: {text}");
-    let inbox = client.get(format!("{base}/dev/inbox")).send().await.expect("inbox");
+    let text = gateway.received.lock().expect("lock")[0].1["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    assert!(
+        text.contains("@pay.example.test #"),
+        "WebOTP host from public_url: {text}"
+    );
+    let inbox = client
+        .get(format!("{base}/dev/inbox"))
+        .send()
+        .await
+        .expect("inbox");
     assert_eq!(inbox.status(), 404, "no dev inbox in production");
 
     let status = terminate(running).await;
@@ -132,11 +171,24 @@ async fn migrate_applies_the_migrations_of_both_backends_and_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
     for url in [sqlite, fresh_postgres_database().await] {
-        let output = orderguard(dir.path()).arg("migrate").env("ORDERGUARD_DATABASE__URL", &url).output().expect("run");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = orderguard(dir.path())
+            .arg("migrate")
+            .env("ORDERGUARD_DATABASE__URL", &url)
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         sqlx::any::install_default_drivers();
-        let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.expect("connect");
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM verification").fetch_one(&mut connection).await.expect("table exists");
+        let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM verification")
+            .fetch_one(&mut connection)
+            .await
+            .expect("table exists");
         assert_eq!(count, 0, "{url}");
     }
 }
@@ -158,12 +210,25 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
     wait_until_ready(&client, &base, &mut running.0).await;
 
     let started = read(
-        client.post(format!("{base}/v1/verifications")).bearer_auth(DEV_KEY).json(&start_body()).send().await.expect("send"),
+        client
+            .post(format!("{base}/v1/verifications"))
+            .bearer_auth(DEV_KEY)
+            .json(&start_body())
+            .send()
+            .await
+            .expect("send"),
     )
     .await;
     assert_eq!(started.status, 201, "{started:#?}");
     let id = started.body["id"].as_str().expect("id");
-    let inbox = read(client.get(format!("{base}/dev/inbox?verification_id={id}")).send().await.expect("inbox")).await;
+    let inbox = read(
+        client
+            .get(format!("{base}/dev/inbox?verification_id={id}"))
+            .send()
+            .await
+            .expect("inbox"),
+    )
+    .await;
     let code = inbox.body["messages"][0]["code"].as_str().expect("code");
     let checked = read(
         client
@@ -176,7 +241,13 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
     )
     .await;
     assert_eq!(checked.body["status"], "approved", "{checked:#?}");
-    assert!(dir.path().join("data/orderguard.db").exists(), "embedded SQLite in ./data");
-    assert!(dir.path().join("data/keys/code.key").exists(), "dev key generated in ./data");
+    assert!(
+        dir.path().join("data/orderguard.db").exists(),
+        "embedded SQLite in ./data"
+    );
+    assert!(
+        dir.path().join("data/keys/code.key").exists(),
+        "dev key generated in ./data"
+    );
     assert!(terminate(running).await.success());
 }

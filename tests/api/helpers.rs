@@ -55,7 +55,9 @@ struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -67,7 +69,8 @@ impl std::io::Write for LogWriter {
 pub fn capture_logs() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::new("orderguard=trace,tower_http=debug,sqlx=debug,info");
+        let filter =
+            tracing_subscriber::EnvFilter::new("orderguard=trace,tower_http=debug,sqlx=debug,info");
         // No timestamps: their digit runs could look like codes to the audit.
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -81,12 +84,16 @@ pub fn capture_logs() {
 
 /// Remembers a value that must never appear in a log line (a code, a phone number).
 pub fn must_not_be_logged(secret: &str) {
-    SECRETS.lock().unwrap_or_else(|e| e.into_inner()).push(secret.to_owned());
+    SECRETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(secret.to_owned());
 }
 
 /// Every remembered secret found in the captured logs, with the line it is on.
 pub fn leaks_in_logs() -> Vec<String> {
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let logs =
+        String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut leaks = Vec::new();
     for secret in secrets.iter() {
@@ -105,7 +112,8 @@ fn contains_token(haystack: &str, needle: &str) -> bool {
     haystack.match_indices(needle).any(|(at, _)| {
         let before = haystack[..at].chars().next_back();
         let after = haystack[at + needle.len()..].chars().next();
-        !before.is_some_and(|c| c.is_ascii_hexdigit()) && !after.is_some_and(|c| c.is_ascii_hexdigit())
+        !before.is_some_and(|c| c.is_ascii_hexdigit())
+            && !after.is_some_and(|c| c.is_ascii_hexdigit())
     })
 }
 
@@ -119,7 +127,8 @@ pub fn captured_log_len() -> usize {
 
 /// The PostgreSQL server the tests use; `ORDERGUARD_TEST_POSTGRES_URL` overrides it.
 pub fn postgres_admin_url() -> String {
-    std::env::var("ORDERGUARD_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("ORDERGUARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// Creates an empty database for one test and returns its URL. Never skips: no server, no pass.
@@ -129,8 +138,14 @@ pub async fn fresh_postgres_database() -> String {
         panic!("PostgreSQL is required for the tests and did not answer at {admin}: {e}. Run the README's test command, which starts it.")
     });
     let name = format!("og_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut connection).await.expect("create database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base)
+        .to_owned();
     format!("{base}/{name}")
 }
 
@@ -177,13 +192,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// Dev-mode settings for a test on `backend`, in a fresh temporary directory.
 pub async fn test_settings(backend: Backend, dir: &Path) -> Settings {
-    let mut settings = Settings { mode: Mode::Dev, data_dir: dir.join("data"), ..Settings::default() };
+    let mut settings = Settings {
+        mode: Mode::Dev,
+        data_dir: dir.join("data"),
+        ..Settings::default()
+    };
     settings.brands_dir = test_brands_dir(dir);
     settings.http.port = 0;
     settings.sweeper.interval_ms = 100;
     settings.database.max_connections = 5;
     settings.database.url = Some(match backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("data").join("orderguard.db").display()),
+        Backend::Sqlite => format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("data").join("orderguard.db").display()
+        ),
         Backend::Postgres => fresh_postgres_database().await,
     });
     settings
@@ -199,14 +221,24 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     let mut settings = test_settings(backend, dir.path()).await;
     configure(&mut settings);
     let database_url = settings.database_url();
-    let app = Application::build(settings).await.expect("application builds");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let task = tokio::spawn(async move {
-        app.run_until_stopped(std::future::pending()).await.expect("server runs");
+        app.run_until_stopped(std::future::pending())
+            .await
+            .expect("server runs");
     });
     must_not_be_logged(PHONE);
     must_not_be_logged(PHONE.trim_start_matches("+49"));
-    TestApp { address, client: reqwest::Client::new(), database_url, _dir: dir, task }
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url,
+        _dir: dir,
+        task,
+    }
 }
 
 impl Drop for TestApp {
@@ -216,8 +248,15 @@ impl Drop for TestApp {
             return;
         }
         let leaks = leaks_in_logs();
-        assert!(leaks.is_empty(), "secrets leaked into the logs:\n{}", leaks.join("\n"));
-        assert!(captured_log_len() > 0, "no log line was captured: the audit would be vacuous");
+        assert!(
+            leaks.is_empty(),
+            "secrets leaked into the logs:\n{}",
+            leaks.join("\n")
+        );
+        assert!(
+            captured_log_len() > 0,
+            "no log line was captured: the audit would be vacuous"
+        );
     }
 }
 
@@ -244,8 +283,16 @@ impl Answer {
 
     #[track_caller]
     pub fn assert_problem(&self, status: u16, kind: &str) {
-        assert_eq!((self.status, self.problem()), (status, kind), "unexpected answer: {self:#?}");
-        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:#?}");
+        assert_eq!(
+            (self.status, self.problem()),
+            (status, kind),
+            "unexpected answer: {self:#?}"
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:#?}"
+        );
     }
 }
 
@@ -254,7 +301,11 @@ pub async fn read(response: reqwest::Response) -> Answer {
     let headers = response.headers().clone();
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, headers, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn start_body() -> Value {
@@ -267,11 +318,51 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
-        read(self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.expect("request")).await
+        read(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(key)
+                .json(body)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// A GET without an API key.
+    pub async fn get_public(&self, path: &str) -> Answer {
+        read(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        response.text().await.expect("metrics text")
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Answer {
-        read(self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")).await
+        read(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn start(&self, body: &Value) -> Answer {
@@ -286,15 +377,30 @@ impl TestApp {
     }
 
     pub async fn check(&self, id: &str, code: &str) -> Answer {
-        self.post(&format!("/v1/verifications/{id}/check"), DEV_KEY, &json!({"code": code})).await
+        self.post(
+            &format!("/v1/verifications/{id}/check"),
+            DEV_KEY,
+            &json!({"code": code}),
+        )
+        .await
     }
 
     pub async fn resend(&self, id: &str) -> Answer {
-        self.post(&format!("/v1/verifications/{id}/resend"), DEV_KEY, &json!({})).await
+        self.post(
+            &format!("/v1/verifications/{id}/resend"),
+            DEV_KEY,
+            &json!({}),
+        )
+        .await
     }
 
     pub async fn cancel(&self, id: &str) -> Answer {
-        self.post(&format!("/v1/verifications/{id}/cancel"), DEV_KEY, &json!({})).await
+        self.post(
+            &format!("/v1/verifications/{id}/cancel"),
+            DEV_KEY,
+            &json!({}),
+        )
+        .await
     }
 
     pub async fn status(&self, id: &str) -> Answer {
@@ -303,7 +409,14 @@ impl TestApp {
 
     /// The codes sent for verification `id`, newest first, read from the dev inbox.
     pub async fn codes(&self, id: &str) -> Vec<String> {
-        let inbox = read(self.client.get(self.url(&format!("/dev/inbox?verification_id={id}"))).send().await.expect("inbox")).await;
+        let inbox = read(
+            self.client
+                .get(self.url(&format!("/dev/inbox?verification_id={id}")))
+                .send()
+                .await
+                .expect("inbox"),
+        )
+        .await;
         let codes: Vec<String> = inbox.body["messages"]
             .as_array()
             .expect("messages")
@@ -315,13 +428,21 @@ impl TestApp {
     }
 
     pub async fn latest_code(&self, id: &str) -> String {
-        self.codes(id).await.into_iter().next().expect("a code was sent")
+        self.codes(id)
+            .await
+            .into_iter()
+            .next()
+            .expect("a code was sent")
     }
 
     /// A code that is certainly not the current one.
     pub async fn wrong_code(&self, id: &str) -> String {
         let right = self.latest_code(id).await;
-        if right == "000000" { "111111".to_owned() } else { "000000".to_owned() }
+        if right == "000000" {
+            "111111".to_owned()
+        } else {
+            "000000".to_owned()
+        }
     }
 
     /// Pretends `ms` milliseconds passed for verification `id` (moves its times back).
@@ -329,8 +450,15 @@ impl TestApp {
         let sql = "UPDATE verification SET created_at = created_at - $2, expires_at = expires_at - $2, \
                    last_sent_at = last_sent_at - $2 WHERE verification_id = $1";
         sqlx::any::install_default_drivers();
-        let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.expect("connect");
-        let done = sqlx::query(sql).bind(id).bind(ms).execute(&mut connection).await.expect("time travel");
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        let done = sqlx::query(sql)
+            .bind(id)
+            .bind(ms)
+            .execute(&mut connection)
+            .await
+            .expect("time travel");
         assert_eq!(done.rows_affected(), 1, "no verification {id}");
     }
 }
@@ -370,7 +498,10 @@ impl SmsGateway {
                 let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
                 log.lock().expect("lock").push((headers, value));
                 match behaviour {
-                    GatewayBehaviour::Accept => (axum::http::StatusCode::OK, axum::Json(json!({"id": "gw-1"}))),
+                    GatewayBehaviour::Accept => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"id": "gw-1"})),
+                    ),
                     GatewayBehaviour::Status(code) => (
                         axum::http::StatusCode::from_u16(code).expect("status"),
                         axum::Json(json!({"error": "nope"})),
@@ -383,12 +514,18 @@ impl SmsGateway {
             }
         };
         let router = axum::Router::new().route("/send", axum::routing::post(handler));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
         let url = format!("http://{}/send", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.expect("gateway serves");
         });
-        Self { url, received, task }
+        Self {
+            url,
+            received,
+            task,
+        }
     }
 
     pub fn provider(&self, name: &str, timeout_ms: u64) -> ProviderSettings {
@@ -409,7 +546,10 @@ impl SmsGateway {
     /// The code in the last message's WebOTP line.
     pub fn last_code(&self) -> String {
         let received = self.received.lock().expect("lock");
-        let text = received.last().expect("a message").1["text"].as_str().expect("text").to_owned();
+        let text = received.last().expect("a message").1["text"]
+            .as_str()
+            .expect("text")
+            .to_owned();
         let code = text.rsplit_once(" #").expect("WebOTP line").1.to_owned();
         must_not_be_logged(&code);
         code

@@ -7,4 +7,5 @@ mod concurrency;
 mod ops;
 mod requests;
 mod sms;
+mod store;
 mod verifications;

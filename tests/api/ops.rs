@@ -13,9 +13,12 @@ both_backends!(
 
 async fn health_and_readiness_report_the_database_and_brands(backend: Backend) {
     let app = spawn_app(backend).await;
-    let health = read(app.client.get(app.url("/healthz")).send().await.expect("healthz")).await;
-    assert_eq!((health.status, &health.body["status"]), (200, &serde_json::json!("ok")));
-    let ready = read(app.client.get(app.url("/readyz")).send().await.expect("readyz")).await;
+    let health = app.get_public("/healthz").await;
+    assert_eq!(
+        (health.status, &health.body["status"]),
+        (200, &serde_json::json!("ok"))
+    );
+    let ready = app.get_public("/readyz").await;
     assert_eq!(ready.status, 200, "{ready:#?}");
     assert_eq!(ready.body["database"], "ok");
     assert_eq!(ready.body["brands_loaded"], 2);
@@ -29,14 +32,38 @@ async fn health_and_readiness_report_the_database_and_brands(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_when_the_database_is_gone() {
     let app = spawn_app(Backend::Postgres).await;
-    let name = app.database_url.rsplit('/').next().expect("name").to_owned();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::postgres_admin_url()).await.expect("admin");
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.expect("drop");
+    let name = app
+        .database_url
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_owned();
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::postgres_admin_url())
+            .await
+            .expect("admin");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("drop");
 
-    let ready = read(app.client.get(app.url("/readyz")).send().await.expect("readyz")).await;
-    assert_eq!((ready.status, &ready.body["database"]), (503, &serde_json::json!("unreachable")), "{ready:#?}");
-    let health = app.client.get(app.url("/healthz")).send().await.expect("healthz");
-    assert_eq!(health.status(), 200, "liveness does not depend on the database");
+    let ready = app.get_public("/readyz").await;
+    assert_eq!(
+        (ready.status, &ready.body["database"]),
+        (503, &serde_json::json!("unreachable")),
+        "{ready:#?}"
+    );
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(
+        health.status(),
+        200,
+        "liveness does not depend on the database"
+    );
 }
 
 async fn metrics_count_requests_by_route_verifications_and_sms(backend: Backend) {
@@ -46,8 +73,18 @@ async fn metrics_count_requests_by_route_verifications_and_sms(backend: Backend)
     assert_eq!(app.check(&id, &code).await.status, 200);
     app.get("/v1/verifications/does-not-exist", DEV_KEY).await;
 
-    let response = app.client.get(app.url("/metrics")).send().await.expect("metrics");
-    assert!(response.headers()["content-type"].to_str().expect("ct").starts_with("text/plain"));
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/plain")
+    );
     let metrics = response.text().await.expect("text");
     for expected in [
         r#"orderguard_http_requests_total{method="POST",route="/v1/verifications",status="201"} 1"#,
@@ -58,16 +95,26 @@ async fn metrics_count_requests_by_route_verifications_and_sms(backend: Backend)
         r#"orderguard_verifications_finished_total{brand="nordwind",status="approved"} 1"#,
         r#"orderguard_sms_sends_total{provider="log",result="sent"} 1"#,
     ] {
-        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
     }
-    assert!(!metrics.contains("does-not-exist"), "raw paths never become labels");
+    assert!(
+        !metrics.contains("does-not-exist"),
+        "raw paths never become labels"
+    );
 }
 
 async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(backend: Backend) {
     let app = spawn_app(backend).await;
-    let spec = read(app.client.get(app.url("/openapi.json")).send().await.expect("spec")).await;
+    let spec = app.get_public("/openapi.json").await;
     assert_eq!(spec.status, 200);
-    assert!(spec.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(
+        spec.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
 
     let mut listed = BTreeSet::new();
     for (path, item) in spec.body["paths"].as_object().expect("paths") {
@@ -96,13 +143,25 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
     for operation in &listed {
         let (method, path) = operation.split_once(' ').expect("method and path");
         let url = app.url(&path.replace("{id}", &uuid::Uuid::now_v7().to_string()));
-        let request = app.client.request(method.parse().expect("method"), url).bearer_auth(DEV_KEY);
-        let answer = read(request.json(&serde_json::json!({})).send().await.expect("send")).await;
+        let request = app
+            .client
+            .request(method.parse().expect("method"), url)
+            .bearer_auth(DEV_KEY);
+        let answer = read(
+            request
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .expect("send"),
+        )
+        .await;
         assert!(
             !matches!(answer.problem(), "unknown_route" | "method_not_allowed"),
             "{operation} is documented but not routed: {answer:#?}"
         );
     }
-    let schemas = spec.body["components"]["schemas"].as_object().expect("schemas");
+    let schemas = spec.body["components"]["schemas"]
+        .as_object()
+        .expect("schemas");
     assert!(schemas.contains_key("StartVerification") && schemas.contains_key("Verification"));
 }

@@ -24,31 +24,88 @@ async fn malformed_requests_get_a_problem_each(backend: Backend) {
             .send()
     };
 
-    read(post("{\"phone\": ".into(), "application/json").await.expect("send")).await.assert_problem(400, "malformed_json");
+    read(
+        post("{\"phone\": ".into(), "application/json")
+            .await
+            .expect("send"),
+    )
+    .await
+    .assert_problem(400, "malformed_json");
 
     let mut unknown = start_body();
     unknown["coupon"] = json!("FREE");
-    let answer = read(post(unknown.to_string(), "application/json").await.expect("send")).await;
+    let answer = read(
+        post(unknown.to_string(), "application/json")
+            .await
+            .expect("send"),
+    )
+    .await;
     answer.assert_problem(422, "invalid_request");
-    assert!(answer.body["detail"].as_str().is_some_and(|d| d.contains("coupon")), "{answer:#?}");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("coupon")),
+        "{answer:#?}"
+    );
 
-    let answer = read(post(json!({"phone": "+4915123456789"}).to_string(), "application/json").await.expect("send")).await;
+    let answer = read(
+        post(
+            json!({"phone": "+4915123456789"}).to_string(),
+            "application/json",
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
     answer.assert_problem(422, "invalid_request");
-    assert!(answer.body["detail"].as_str().is_some_and(|d| d.contains("order_reference")), "{answer:#?}");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("order_reference")),
+        "{answer:#?}"
+    );
 
-    read(post(start_body().to_string(), "text/plain").await.expect("send")).await.assert_problem(415, "unsupported_media_type");
+    read(
+        post(start_body().to_string(), "text/plain")
+            .await
+            .expect("send"),
+    )
+    .await
+    .assert_problem(415, "unsupported_media_type");
 
     let mut huge = start_body();
     huge["order_reference"] = json!("x".repeat(20_000));
-    read(post(huge.to_string(), "application/json").await.expect("send")).await.assert_problem(413, "payload_too_large");
+    read(
+        post(huge.to_string(), "application/json")
+            .await
+            .expect("send"),
+    )
+    .await
+    .assert_problem(413, "payload_too_large");
 
-    app.get("/v1/verifications/not-a-uuid", DEV_KEY).await.assert_problem(404, "not_found");
-    app.get(&format!("/v1/verifications/{}", uuid::Uuid::now_v7()), DEV_KEY).await.assert_problem(404, "not_found");
-    let inbox = read(app.client.get(app.url("/dev/inbox")).send().await.expect("inbox")).await;
-    assert_eq!(inbox.body["messages"].as_array().map(Vec::len), Some(0), "nothing was started");
+    app.get("/v1/verifications/not-a-uuid", DEV_KEY)
+        .await
+        .assert_problem(404, "not_found");
+    app.get(
+        &format!("/v1/verifications/{}", uuid::Uuid::now_v7()),
+        DEV_KEY,
+    )
+    .await
+    .assert_problem(404, "not_found");
+    let inbox = app.get_public("/dev/inbox").await;
+    assert_eq!(
+        inbox.body["messages"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was started"
+    );
 }
 
-async fn start_with_key(app: &crate::helpers::TestApp, api_key: &str, key: &str, body: &serde_json::Value) -> crate::helpers::Answer {
+async fn start_with_key(
+    app: &crate::helpers::TestApp,
+    api_key: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> crate::helpers::Answer {
     read(
         app.client
             .post(app.url("/v1/verifications"))
@@ -76,7 +133,9 @@ async fn the_same_idempotency_key_and_body_replays_the_first_response(backend: B
     // Refusals are replayed too: same key, same (invalid) body, same problem.
     let mut bad = start_body();
     bad["phone"] = json!("12");
-    start_with_key(&app, DEV_KEY, "bad-1", &bad).await.assert_problem(422, "invalid_phone");
+    start_with_key(&app, DEV_KEY, "bad-1", &bad)
+        .await
+        .assert_problem(422, "invalid_phone");
     let replay = start_with_key(&app, DEV_KEY, "bad-1", &bad).await;
     replay.assert_problem(422, "invalid_phone");
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
@@ -84,13 +143,24 @@ async fn the_same_idempotency_key_and_body_replays_the_first_response(backend: B
 
 async fn the_same_idempotency_key_with_another_body_is_refused(backend: Backend) {
     let app = spawn_app(backend).await;
-    assert_eq!(start_with_key(&app, DEV_KEY, "k-1", &start_body()).await.status, 201);
+    assert_eq!(
+        start_with_key(&app, DEV_KEY, "k-1", &start_body())
+            .await
+            .status,
+        201
+    );
     let mut other = start_body();
     other["amount"] = json!("99.00");
-    start_with_key(&app, DEV_KEY, "k-1", &other).await.assert_problem(422, "idempotency_key_reused");
+    start_with_key(&app, DEV_KEY, "k-1", &other)
+        .await
+        .assert_problem(422, "idempotency_key_reused");
     let mut spaced = start_body();
     spaced["amount"] = json!("49.90");
-    assert_eq!(start_with_key(&app, DEV_KEY, "k-1", &spaced).await.status, 201, "same body, other formatting");
+    assert_eq!(
+        start_with_key(&app, DEV_KEY, "k-1", &spaced).await.status,
+        201,
+        "same body, other formatting"
+    );
 }
 
 async fn idempotency_keys_of_different_brands_do_not_meet(backend: Backend) {
@@ -105,7 +175,16 @@ async fn idempotency_keys_of_different_brands_do_not_meet(backend: Backend) {
 
 async fn unknown_routes_and_methods_are_problems(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.get("/v2/nothing", DEV_KEY).await.assert_problem(404, "unknown_route");
-    let answer = read(app.client.delete(app.url("/v1/verifications")).send().await.expect("send")).await;
+    app.get("/v2/nothing", DEV_KEY)
+        .await
+        .assert_problem(404, "unknown_route");
+    let answer = read(
+        app.client
+            .delete(app.url("/v1/verifications"))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
     answer.assert_problem(405, "method_not_allowed");
 }

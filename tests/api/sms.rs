@@ -20,54 +20,97 @@ async fn the_http_provider_posts_the_message_with_its_credential(backend: Backen
     let id = app.start_ok().await;
     assert_eq!(gateway.count(), 1);
     let (headers, body) = gateway.received.lock().expect("lock")[0].clone();
-    assert_eq!(headers.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer gateway-secret"));
-    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
-    assert_eq!((&body["to"], &body["from"]), (&serde_json::json!(PHONE), &serde_json::json!("Nordwind")));
+    assert_eq!(
+        headers.get("authorization").and_then(|v| v.to_str().ok()),
+        Some("Bearer gateway-secret")
+    );
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(
+        (&body["to"], &body["from"]),
+        (&serde_json::json!(PHONE), &serde_json::json!("Nordwind"))
+    );
     assert!(body["reference"].as_str().is_some_and(|r| !r.is_empty()));
     let code = gateway.last_code();
     let approved = app.check(&id, &code).await;
     assert_eq!(approved.status, 200, "{approved:#?}");
-    let inbox = crate::helpers::read(app.client.get(app.url("/dev/inbox")).send().await.expect("inbox")).await;
-    assert_eq!(inbox.body["messages"].as_array().map(Vec::len), Some(0), "the log provider was not used");
+    let inbox = app.get_public("/dev/inbox").await;
+    assert_eq!(
+        inbox.body["messages"].as_array().map(Vec::len),
+        Some(0),
+        "the log provider was not used"
+    );
 }
 
 async fn a_failing_gateway_fails_over_to_the_next(backend: Backend) {
     let broken = SmsGateway::start(GatewayBehaviour::Status(503)).await;
     let working = SmsGateway::start(GatewayBehaviour::Accept).await;
-    let providers = vec![broken.provider("primary", 2_000), working.provider("secondary", 2_000)];
+    let providers = vec![
+        broken.provider("primary", 2_000),
+        working.provider("secondary", 2_000),
+    ];
     let app = spawn_app_with(backend, move |s| s.sms.providers = providers).await;
 
     let id = app.start_ok().await;
     assert_eq!((broken.count(), working.count()), (1, 1), "tried in order");
     assert_eq!(app.check(&id, &working.last_code()).await.status, 200);
-    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(r#"orderguard_sms_sends_total{provider="primary",result="error"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"orderguard_sms_sends_total{provider="secondary",result="sent"} 1"#), "{metrics}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderguard_sms_sends_total{provider="primary",result="error"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"orderguard_sms_sends_total{provider="secondary",result="sent"} 1"#),
+        "{metrics}"
+    );
 }
 
 async fn a_hanging_gateway_times_out_and_fails_over(backend: Backend) {
     let hanging = SmsGateway::start(GatewayBehaviour::Hang).await;
     let working = SmsGateway::start(GatewayBehaviour::Accept).await;
-    let providers = vec![hanging.provider("slow", 300), working.provider("backup", 2_000)];
+    let providers = vec![
+        hanging.provider("slow", 300),
+        working.provider("backup", 2_000),
+    ];
     let app = spawn_app_with(backend, move |s| s.sms.providers = providers).await;
 
-    let started = tokio::time::timeout(Duration::from_secs(10), app.start_ok()).await.expect("start returns");
+    let started = tokio::time::timeout(Duration::from_secs(10), app.start_ok())
+        .await
+        .expect("start returns");
     assert_eq!(working.count(), 1);
     assert_eq!(app.check(&started, &working.last_code()).await.status, 200);
-    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(r#"orderguard_sms_sends_total{provider="slow",result="timeout"} 1"#), "{metrics}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderguard_sms_sends_total{provider="slow",result="timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 async fn a_refusing_gateway_does_not_fail_over_and_the_start_says_so(backend: Backend) {
     let refusing = SmsGateway::start(GatewayBehaviour::Status(400)).await;
     let working = SmsGateway::start(GatewayBehaviour::Accept).await;
-    let providers = vec![refusing.provider("strict", 2_000), working.provider("backup", 2_000)];
+    let providers = vec![
+        refusing.provider("strict", 2_000),
+        working.provider("backup", 2_000),
+    ];
     let app = spawn_app_with(backend, move |s| s.sms.providers = providers).await;
 
     let answer = app.start(&crate::helpers::start_body()).await;
     answer.assert_problem(502, "sms_delivery_failed");
-    assert_eq!((refusing.count(), working.count()), (1, 0), "a 4xx is final");
-    let id = answer.body["verification_id"].as_str().expect("the verification id is given");
+    assert_eq!(
+        (refusing.count(), working.count()),
+        (1, 0),
+        "a 4xx is final"
+    );
+    let id = answer.body["verification_id"]
+        .as_str()
+        .expect("the verification id is given");
     let status = app.status(id).await;
-    assert_eq!((status.status, &status.body["status"]), (200, &serde_json::json!("pending")), "{status:#?}");
+    assert_eq!(
+        (status.status, &status.body["status"]),
+        (200, &serde_json::json!("pending")),
+        "{status:#?}"
+    );
 }

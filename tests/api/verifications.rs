@@ -28,15 +28,31 @@ async fn a_correct_code_approves_the_verification(backend: Backend) {
     let started = app.start(&start_body()).await;
     assert_eq!(started.status, 201, "{started:#?}");
     let id = started.body["id"].as_str().expect("id").to_owned();
-    assert_eq!(started.header("location"), Some(format!("/v1/verifications/{id}").as_str()));
+    assert_eq!(
+        started.header("location"),
+        Some(format!("/v1/verifications/{id}").as_str())
+    );
     assert_eq!(started.body["status"], "pending");
-    assert_eq!(started.body["phone"], "+491********89", "the number is masked");
+    assert_eq!(
+        started.body["phone"], "+491********89",
+        "the number is masked"
+    );
     assert_eq!(started.body["country"], "DE");
     assert_eq!(
-        (&started.body["order_reference"], &started.body["amount"], &started.body["currency"]),
+        (
+            &started.body["order_reference"],
+            &started.body["amount"],
+            &started.body["currency"]
+        ),
         (&json!("A-1001"), &json!("49.90"), &json!("EUR"))
     );
-    assert_eq!((&started.body["attempts_remaining"], &started.body["sends_remaining"]), (&json!(5), &json!(2)));
+    assert_eq!(
+        (
+            &started.body["attempts_remaining"],
+            &started.body["sends_remaining"]
+        ),
+        (&json!(5), &json!(2))
+    );
 
     let code = app.latest_code(&id).await;
     let checked = app.check(&id, &code).await;
@@ -45,7 +61,10 @@ async fn a_correct_code_approves_the_verification(backend: Backend) {
     assert!(checked.body["finished_at"].is_string());
 
     let read = app.status(&id).await;
-    assert_eq!((read.status, &read.body["status"]), (200, &json!("approved")));
+    assert_eq!(
+        (read.status, &read.body["status"]),
+        (200, &json!("approved"))
+    );
     assert_eq!(read.body["order_reference"], "A-1001");
     let again = app.check(&id, &code).await;
     again.assert_problem(409, "verification_already_approved");
@@ -54,18 +73,23 @@ async fn a_correct_code_approves_the_verification(backend: Backend) {
 async fn the_sms_names_brand_and_amount_and_ends_with_the_webotp_line(backend: Backend) {
     let app = spawn_app(backend).await;
     let id = app.start_ok().await;
-    let inbox = crate::helpers::read(
-        app.client.get(app.url(&format!("/dev/inbox?verification_id={id}"))).send().await.expect("inbox"),
-    )
-    .await;
+    let inbox = app
+        .get_public(&format!("/dev/inbox?verification_id={id}"))
+        .await;
     let message = &inbox.body["messages"][0];
     let code = message["code"].as_str().expect("code");
     crate::helpers::must_not_be_logged(code);
     let text = message["text"].as_str().expect("text");
     assert_eq!(message["to"], PHONE);
     assert_eq!(message["sender"], "Nordwind");
-    assert!(text.contains("Nordwind Mobil") && text.contains("49.90 EUR") && text.contains("A-1001"), "{text}");
-    assert!(text.ends_with(&format!("\n\n@localhost #{code}")), "WebOTP line missing: {text:?}");
+    assert!(
+        text.contains("Nordwind Mobil") && text.contains("49.90 EUR") && text.contains("A-1001"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!("\n\n@localhost #{code}")),
+        "WebOTP line missing: {text:?}"
+    );
     assert_eq!(code.len(), 6);
 }
 
@@ -79,10 +103,14 @@ async fn wrong_codes_count_down_and_the_last_allowed_one_locks(backend: Backend)
         answer.assert_problem(422, "invalid_code");
         assert_eq!(answer.body["attempts_remaining"], remaining);
     }
-    app.check(&id, &wrong).await.assert_problem(409, "verification_locked");
+    app.check(&id, &wrong)
+        .await
+        .assert_problem(409, "verification_locked");
 
     let right = app.latest_code(&id).await;
-    app.check(&id, &right).await.assert_problem(409, "verification_locked");
+    app.check(&id, &right)
+        .await
+        .assert_problem(409, "verification_locked");
     assert_eq!(app.status(&id).await.body["status"], "locked");
 }
 
@@ -101,10 +129,16 @@ async fn resend_sends_a_new_code_and_the_old_one_stops_working(backend: Backend)
 
     // A fresh code collides with the old one once in a million; then there is nothing to prove.
     if second != first {
-        app.check(&id, &first).await.assert_problem(422, "invalid_code");
+        app.check(&id, &first)
+            .await
+            .assert_problem(422, "invalid_code");
     }
     let approved = app.check(&id, &second).await;
-    assert_eq!((approved.status, &approved.body["status"]), (200, &json!("approved")), "{approved:#?}");
+    assert_eq!(
+        (approved.status, &approved.body["status"]),
+        (200, &json!("approved")),
+        "{approved:#?}"
+    );
 }
 
 async fn resend_within_the_cooldown_is_refused_with_retry_after(backend: Backend) {
@@ -113,9 +147,16 @@ async fn resend_within_the_cooldown_is_refused_with_retry_after(backend: Backend
 
     let answer = app.resend(&id).await;
     answer.assert_problem(429, "resend_cooldown");
-    let retry_after: u64 = answer.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    let retry_after: u64 = answer
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
     assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
-    assert!(answer.body["resend_available_at"].is_string(), "{answer:#?}");
+    assert!(
+        answer.body["resend_available_at"].is_string(),
+        "{answer:#?}"
+    );
     assert_eq!(app.codes(&id).await.len(), 1, "no second SMS");
 }
 
@@ -127,7 +168,9 @@ async fn resend_beyond_the_send_limit_is_refused(backend: Backend) {
         assert_eq!(app.resend(&id).await.status, 200);
     }
     app.travel(&id, 31_000).await;
-    app.resend(&id).await.assert_problem(409, "send_limit_reached");
+    app.resend(&id)
+        .await
+        .assert_problem(409, "send_limit_reached");
     assert_eq!(app.codes(&id).await.len(), 3, "exactly max_sends SMS");
 }
 
@@ -137,11 +180,21 @@ async fn cancel_aborts_and_later_actions_are_refused(backend: Backend) {
     let code = app.latest_code(&id).await;
 
     let cancelled = app.cancel(&id).await;
-    assert_eq!((cancelled.status, &cancelled.body["status"]), (200, &json!("aborted")), "{cancelled:#?}");
-    app.check(&id, &code).await.assert_problem(409, "verification_aborted");
-    app.cancel(&id).await.assert_problem(409, "verification_aborted");
+    assert_eq!(
+        (cancelled.status, &cancelled.body["status"]),
+        (200, &json!("aborted")),
+        "{cancelled:#?}"
+    );
+    app.check(&id, &code)
+        .await
+        .assert_problem(409, "verification_aborted");
+    app.cancel(&id)
+        .await
+        .assert_problem(409, "verification_aborted");
     app.travel(&id, 31_000).await;
-    app.resend(&id).await.assert_problem(409, "verification_aborted");
+    app.resend(&id)
+        .await
+        .assert_problem(409, "verification_aborted");
 }
 
 async fn an_overdue_verification_is_expired_and_refuses_codes(backend: Backend) {
@@ -150,9 +203,13 @@ async fn an_overdue_verification_is_expired_and_refuses_codes(backend: Backend) 
     let code = app.latest_code(&id).await;
     app.travel(&id, 301_000).await;
 
-    app.check(&id, &code).await.assert_problem(410, "verification_expired");
+    app.check(&id, &code)
+        .await
+        .assert_problem(410, "verification_expired");
     assert_eq!(app.status(&id).await.body["status"], "expired");
-    app.cancel(&id).await.assert_problem(410, "verification_expired");
+    app.cancel(&id)
+        .await
+        .assert_problem(410, "verification_expired");
 }
 
 async fn spawn_app_without_sweeper(backend: Backend) -> crate::helpers::TestApp {
@@ -168,7 +225,9 @@ async fn the_sweeper_expires_overdue_verifications_by_itself(backend: Backend) {
     sqlx::any::install_default_drivers();
     let mut status = String::new();
     for _ in 0..50 {
-        let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.database_url).await.expect("connect");
+        let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.database_url)
+            .await
+            .expect("connect");
         status = sqlx::query_scalar("SELECT status FROM verification WHERE verification_id = $1")
             .bind(&id)
             .fetch_one(&mut connection)
@@ -179,10 +238,15 @@ async fn the_sweeper_expires_overdue_verifications_by_itself(backend: Backend) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(status, "expired", "the sweeper did not expire the verification within 5 s");
-    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert_eq!(
+        status, "expired",
+        "the sweeper did not expire the verification within 5 s"
+    );
+    let metrics = app.metrics().await;
     assert!(
-        metrics.contains(r#"orderguard_verifications_finished_total{brand="nordwind",status="expired"} 1"#),
+        metrics.contains(
+            r#"orderguard_verifications_finished_total{brand="nordwind",status="expired"} 1"#
+        ),
         "{metrics}"
     );
 }
@@ -203,10 +267,18 @@ async fn numbers_are_refused_with_a_problem_type_per_cause(backend: Backend) {
         let mut body = start_body();
         body["phone"] = json!(phone);
         let answer = app.post("/v1/verifications", key, &body).await;
-        assert_eq!((answer.status, answer.problem()), (422, expected), "phone {phone}: {answer:#?}");
+        assert_eq!(
+            (answer.status, answer.problem()),
+            (422, expected),
+            "phone {phone}: {answer:#?}"
+        );
     }
-    let inbox = crate::helpers::read(app.client.get(app.url("/dev/inbox")).send().await.expect("inbox")).await;
-    assert_eq!(inbox.body["messages"].as_array().map(Vec::len), Some(0), "no SMS for refused numbers");
+    let inbox = app.get_public("/dev/inbox").await;
+    assert_eq!(
+        inbox.body["messages"].as_array().map(Vec::len),
+        Some(0),
+        "no SMS for refused numbers"
+    );
 }
 
 async fn a_national_number_is_normalised_with_the_brands_country(backend: Backend) {
@@ -215,10 +287,18 @@ async fn a_national_number_is_normalised_with_the_brands_country(backend: Backen
     body["phone"] = json!("0151 2345 6789");
     let answer = app.start(&body).await;
     assert_eq!(answer.status, 201, "{answer:#?}");
-    assert_eq!((&answer.body["phone"], &answer.body["country"]), (&json!("+491********89"), &json!("DE")));
+    assert_eq!(
+        (&answer.body["phone"], &answer.body["country"]),
+        (&json!("+491********89"), &json!("DE"))
+    );
     let id = answer.body["id"].as_str().expect("id");
-    let inbox = crate::helpers::read(app.client.get(app.url(&format!("/dev/inbox?verification_id={id}"))).send().await.expect("inbox")).await;
-    assert_eq!(inbox.body["messages"][0]["to"], PHONE, "sent to the E.164 form");
+    let inbox = app
+        .get_public(&format!("/dev/inbox?verification_id={id}"))
+        .await;
+    assert_eq!(
+        inbox.body["messages"][0]["to"], PHONE,
+        "sent to the E.164 form"
+    );
 }
 
 async fn invalid_order_fields_are_refused_with_the_field_named(backend: Backend) {
@@ -246,27 +326,56 @@ async fn a_brand_cannot_see_or_touch_another_brands_verification(backend: Backen
     let code = app.latest_code(&id).await;
     let base = format!("/v1/verifications/{id}");
 
-    app.get(&base, OTHER_KEY).await.assert_problem(404, "not_found");
-    app.post(&format!("{base}/check"), OTHER_KEY, &json!({"code": code})).await.assert_problem(404, "not_found");
-    app.post(&format!("{base}/cancel"), OTHER_KEY, &json!({})).await.assert_problem(404, "not_found");
+    app.get(&base, OTHER_KEY)
+        .await
+        .assert_problem(404, "not_found");
+    app.post(&format!("{base}/check"), OTHER_KEY, &json!({"code": code}))
+        .await
+        .assert_problem(404, "not_found");
+    app.post(&format!("{base}/cancel"), OTHER_KEY, &json!({}))
+        .await
+        .assert_problem(404, "not_found");
     app.travel(&id, 31_000).await;
-    app.post(&format!("{base}/resend"), OTHER_KEY, &json!({})).await.assert_problem(404, "not_found");
+    app.post(&format!("{base}/resend"), OTHER_KEY, &json!({}))
+        .await
+        .assert_problem(404, "not_found");
 
     let own = app.status(&id).await;
-    assert_eq!((&own.body["status"], &own.body["attempts_remaining"]), (&json!("pending"), &json!(5)), "untouched");
-    assert_eq!(app.codes(&id).await.len(), 1, "no SMS sent by the other brand");
-    assert_eq!(app.check(&id, &code).await.status, 200, "the owner can still approve");
+    assert_eq!(
+        (&own.body["status"], &own.body["attempts_remaining"]),
+        (&json!("pending"), &json!(5)),
+        "untouched"
+    );
+    assert_eq!(
+        app.codes(&id).await.len(),
+        1,
+        "no SMS sent by the other brand"
+    );
+    assert_eq!(
+        app.check(&id, &code).await.status,
+        200,
+        "the owner can still approve"
+    );
 }
 
 async fn requests_without_a_valid_key_are_unauthorized(backend: Backend) {
     let app = spawn_app(backend).await;
     let no_key = crate::helpers::read(
-        app.client.post(app.url("/v1/verifications")).json(&start_body()).send().await.expect("request"),
+        app.client
+            .post(app.url("/v1/verifications"))
+            .json(&start_body())
+            .send()
+            .await
+            .expect("request"),
     )
     .await;
     no_key.assert_problem(401, "unauthorized");
     assert_eq!(no_key.header("www-authenticate"), Some("Bearer"));
-    app.post("/v1/verifications", "og_dev_nordwind_wrong", &start_body()).await.assert_problem(401, "unauthorized");
+    app.post("/v1/verifications", "og_dev_nordwind_wrong", &start_body())
+        .await
+        .assert_problem(401, "unauthorized");
     let id = app.start_ok().await;
-    app.get(&format!("/v1/verifications/{id}"), "").await.assert_problem(401, "unauthorized");
+    app.get(&format!("/v1/verifications/{id}"), "")
+        .await
+        .assert_problem(401, "unauthorized");
 }

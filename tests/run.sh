@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The test command: brings up what the tests need on a fresh Debian machine, then runs every test.
+#
+#   bash tests/run.sh [extra nextest/cargo-test arguments]
+#
+# PostgreSQL: used if one answers at $ORDERGUARD_TEST_POSTGRES_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres); else an installed cluster is started; else
+# Debian's postgresql package is installed (as root) and started. If none of that works the
+# script stops with a message: the PostgreSQL tests are never skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
+
+export ORDERGUARD_TEST_POSTGRES_URL="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+ensure_psql() {
+  command -v psql >/dev/null && return 0
+  log "installing the PostgreSQL client (postgresql-client)"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+}
+
+postgres_answers() {
+  psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc 'SELECT 1' >/dev/null 2>&1
+}
+
+start_installed_cluster() {
+  command -v pg_ctlcluster >/dev/null || return 1
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$version" ] || return 1
+  log "starting the installed PostgreSQL $version cluster"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 30); do postgres_answers && return 0; sleep 1; done
+  return 1
+}
+
+install_postgres() {
+  log "no PostgreSQL answers: installing Debian's postgresql package"
+  as_root apt-get update -qq || return 1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || return 1
+  start_installed_cluster || true
+  # A fresh Debian cluster asks for passwords over TCP: give the postgres role one and use it.
+  as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" || return 1
+  export ORDERGUARD_TEST_POSTGRES_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+  for _ in $(seq 1 30); do postgres_answers && return 0; sleep 1; done
+  return 1
+}
+
+ensure_psql || { log "cannot install psql; install postgresql-client and retry"; exit 1; }
+if ! postgres_answers && ! start_installed_cluster && ! install_postgres; then
+  log "PostgreSQL is required and none could be reached or started at $ORDERGUARD_TEST_POSTGRES_URL."
+  log "Start one (or set ORDERGUARD_TEST_POSTGRES_URL) and run this again."
+  exit 1
+fi
+log "PostgreSQL answers at ${ORDERGUARD_TEST_POSTGRES_URL%%@*}@…"
+
+# Databases the previous runs created; each test makes its own.
+psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'og_test_%'" \
+  | while read -r name; do psql "$ORDERGUARD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null || true; done
+
+if cargo nextest --version >/dev/null 2>&1; then
+  profile=default
+  [ "${CI:-}" = true ] && profile=ci
+  cargo nextest run --profile "$profile" --no-fail-fast "$@"
+else
+  log "cargo-nextest not found: running the same tests with cargo test"
+  cargo test --no-fail-fast "$@"
+fi
