@@ -231,10 +231,19 @@ fn load_brand(name: &str, file: &Path, base: &toml::Value) -> Result<LoadedBrand
         .into_iter()
         .map(|p| at("limits", p))
         .collect();
-    for country in &parsed.allowed_countries {
+    let countries = parsed
+        .allowed_countries
+        .iter()
+        .map(|c| ("allowed_countries", c));
+    for (key, country) in countries.chain(
+        parsed
+            .default_country
+            .iter()
+            .map(|c| ("default_country", c)),
+    ) {
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
             problems.push(at(
-                "allowed_countries",
+                key,
                 format!("{country:?} is not an ISO 3166 alpha-2 code"),
             ));
         }
@@ -246,7 +255,7 @@ fn load_brand(name: &str, file: &Path, base: &toml::Value) -> Result<LoadedBrand
         ));
     }
     if parsed.sms_sender.is_empty()
-        || parsed.sms_sender.len() > 11 && !parsed.sms_sender.starts_with('+')
+        || (parsed.sms_sender.len() > 11 && !parsed.sms_sender.starts_with('+'))
     {
         problems.push(at(
             "sms_sender",

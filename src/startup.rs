@@ -76,7 +76,6 @@ impl Application {
             brands: Arc::new(brands),
             metrics,
             inbox,
-            mode: settings.mode,
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,

@@ -144,7 +144,8 @@ impl Verifier {
             .ok_or(VerifyError::NotFound)?;
         let now = now_millis();
         if record.status == Status::Pending && record.expires_at <= now {
-            self.finish(&record, Status::Expired, now).await?;
+            self.finish(&record.brand, &record.id, Status::Expired, now)
+                .await?;
             record = self
                 .store
                 .get_verification(&brand.id, id)
@@ -192,9 +193,10 @@ impl Verifier {
             Ok::<_, VerifyError>(record)
         };
         if correct {
-            if self.store.finish(id, Status::Approved, now).await? {
-                self.metrics
-                    .verification_finished(brand.id.as_str(), Status::Approved.as_str());
+            if self
+                .finish(brand.id.as_str(), id, Status::Approved, now)
+                .await?
+            {
                 return record("approved").await;
             }
             // Another request finished it between our count and now (a parallel correct check).
@@ -202,10 +204,8 @@ impl Verifier {
             return Err(self.refusal(&current, now).await);
         }
         if checks_used >= max_checks {
-            if self.store.finish(id, Status::Locked, now).await? {
-                self.metrics
-                    .verification_finished(brand.id.as_str(), Status::Locked.as_str());
-            }
+            self.finish(brand.id.as_str(), id, Status::Locked, now)
+                .await?;
             tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, "wrong code, locked");
             return Err(VerifyError::Locked);
         }
@@ -259,7 +259,10 @@ impl Verifier {
         if record.status != Status::Pending || record.expires_at <= now {
             return Err(self.refusal(&record, now).await);
         }
-        if !self.finish(&record, Status::Aborted, now).await? {
+        if !self
+            .finish(&record.brand, &record.id, Status::Aborted, now)
+            .await?
+        {
             let current = self
                 .store
                 .get_verification(&brand.id, id)
@@ -285,16 +288,17 @@ impl Verifier {
         Ok(expired.len())
     }
 
+    /// Moves a pending verification to `to`, counting it; `false` if it was no longer pending.
     async fn finish(
         &self,
-        record: &VerificationRecord,
+        brand: &str,
+        id: &VerificationId,
         to: Status,
         now: Millis,
     ) -> anyhow::Result<bool> {
-        let finished = self.store.finish(&record.id, to, now).await?;
+        let finished = self.store.finish(id, to, now).await?;
         if finished {
-            self.metrics
-                .verification_finished(&record.brand, to.as_str());
+            self.metrics.verification_finished(brand, to.as_str());
         }
         Ok(finished)
     }
@@ -303,7 +307,10 @@ impl Verifier {
     async fn refusal(&self, record: &VerificationRecord, now: Millis) -> VerifyError {
         match record.status {
             Status::Pending if record.expires_at <= now => {
-                match self.finish(record, Status::Expired, now).await {
+                match self
+                    .finish(&record.brand, &record.id, Status::Expired, now)
+                    .await
+                {
                     Ok(_) => VerifyError::Expired,
                     Err(error) => VerifyError::Internal(error),
                 }

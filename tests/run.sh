@@ -69,5 +69,5 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --profile "$profile" --no-fail-fast "$@"
 else
   log "cargo-nextest not found: running the same tests with cargo test"
-  cargo test --no-fail-fast "$@"
+  cargo test --no-fail-fast --lib --test api "$@"
 fi

@@ -1,10 +1,11 @@
 //! Dev-mode helpers: the SMS inbox of the `log` provider. Absent (404) in production.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::extract::ApiQuery;
 use super::{ApiError, AppState};
 use crate::sms::InboxMessage;
 
@@ -33,7 +34,7 @@ pub struct Inbox {
 ))]
 pub async fn list_inbox(
     State(state): State<AppState>,
-    Query(filter): Query<InboxFilter>,
+    ApiQuery(filter): ApiQuery<InboxFilter>,
 ) -> Result<Response, ApiError> {
     let inbox = state.inbox.as_ref().ok_or(ApiError::UnknownRoute)?;
     let messages = inbox.list(filter.to.as_deref(), filter.verification_id.as_deref());

@@ -2,7 +2,7 @@
 //! with a stable `type` per cause. 5xx bodies say nothing internal; the cause is logged once here.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -179,6 +179,16 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::Request {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_query",
+            detail: rejection.body_text(),
+        }
     }
 }
 

@@ -15,11 +15,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -27,7 +26,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::brands::BrandRegistry;
 use crate::metrics::Metrics;
-use crate::settings::Mode;
 use crate::sms::DevInbox;
 use crate::store::Store;
 use crate::verifier::Verifier;
@@ -41,7 +39,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The dev inbox; `None` outside dev mode, which also hides `/dev/*`.
     pub inbox: Option<Arc<DevInbox>>,
-    pub mode: Mode,
 }
 
 #[derive(OpenApi)]
@@ -113,10 +110,14 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             state.metrics.clone(),
             track_metrics,
         ))
-        .layer(CatchPanicLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+            },
+        ))
+        .layer(middleware::from_fn_with_state(
             limits.request_timeout,
+            enforce_timeout,
         ));
     router
         .fallback(unknown_route)
@@ -159,6 +160,19 @@ async fn track_metrics(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Answers `request_timeout` when a request takes longer than the limit.
+async fn enforce_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Request {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "request_timeout",
+            detail: format!("the request took longer than {} ms", limit.as_millis()),
+        }
+        .into_response(),
+    }
 }
 
 async fn unknown_route() -> ApiError {

@@ -53,11 +53,11 @@ async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Chil
     panic!("orderguard did not become ready within 20 s");
 }
 
-/// Sends SIGTERM and waits for the exit status.
-async fn terminate(mut running: Running) -> std::process::ExitStatus {
+/// Sends `signal` (`TERM`, `INT`) and waits for the exit status.
+async fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
     let pid = running.0.id().to_string();
     let sent = Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .expect("kill");
     assert!(sent.success());
@@ -67,7 +67,7 @@ async fn terminate(mut running: Running) -> std::process::ExitStatus {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("orderguard did not stop within 10 s of SIGTERM");
+    panic!("orderguard did not stop within 10 s of SIG{signal}");
 }
 
 #[test]
@@ -162,7 +162,7 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
         .expect("inbox");
     assert_eq!(inbox.status(), 404, "no dev inbox in production");
 
-    let status = terminate(running).await;
+    let status = stop(running, "TERM").await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
@@ -249,5 +249,8 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
         dir.path().join("data/keys/code.key").exists(),
         "dev key generated in ./data"
     );
-    assert!(terminate(running).await.success());
+    assert!(
+        stop(running, "INT").await.success(),
+        "Ctrl-C (SIGINT) stops it cleanly too"
+    );
 }

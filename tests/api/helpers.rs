@@ -170,7 +170,7 @@ pub fn test_brands_dir(root: &Path) -> PathBuf {
     std::fs::write(
         other.join("brand.toml"),
         format!(
-            "display_name = \"Other Brand\"\nallowed_countries = [\"DE\", \"SE\", \"GB\"]\n[[api_keys]]\nid = \"test\"\nhash = \"{}\"\n",
+            "display_name = \"Other Brand\"\nallowed_countries = [\"DE\", \"SE\", \"GB\"]\n[limits]\nmax_checks = 3\ncode_length = 8\n[[api_keys]]\nid = \"test\"\nhash = \"{}\"\n",
             orderguard::brands::api_key_hash(OTHER_KEY)
         ),
     )

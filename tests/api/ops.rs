@@ -9,7 +9,43 @@ both_backends!(
     health_and_readiness_report_the_database_and_brands,
     metrics_count_requests_by_route_verifications_and_sms,
     the_openapi_document_lists_every_route_and_every_listed_route_exists,
+    every_response_carries_a_request_id,
+    bad_query_parameters_get_a_problem,
 );
+
+async fn every_response_carries_a_request_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let generated = app.get_public("/healthz").await;
+    let id = generated.header("x-request-id").expect("x-request-id");
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "a generated UUID, got {id}"
+    );
+    let problem = app.get("/v1/verifications/x", DEV_KEY).await;
+    assert!(
+        problem.header("x-request-id").is_some(),
+        "problems carry it too"
+    );
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "shop-req-42")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        given.headers()["x-request-id"],
+        "shop-req-42",
+        "a caller's id is kept"
+    );
+}
+
+async fn bad_query_parameters_get_a_problem(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.get_public("/dev/inbox?colour=red")
+        .await
+        .assert_problem(400, "invalid_query");
+}
 
 async fn health_and_readiness_report_the_database_and_brands(backend: Backend) {
     let app = spawn_app(backend).await;

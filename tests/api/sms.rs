@@ -10,6 +10,8 @@ both_backends!(
     a_failing_gateway_fails_over_to_the_next,
     a_hanging_gateway_times_out_and_fails_over,
     a_refusing_gateway_does_not_fail_over_and_the_start_says_so,
+    a_custom_body_template_shapes_the_gateway_request,
+    a_request_slower_than_the_limit_gets_a_timeout_problem,
 );
 
 async fn the_http_provider_posts_the_message_with_its_credential(backend: Backend) {
@@ -113,4 +115,41 @@ async fn a_refusing_gateway_does_not_fail_over_and_the_start_says_so(backend: Ba
         (200, &serde_json::json!("pending")),
         "{status:#?}"
     );
+}
+
+async fn a_custom_body_template_shapes_the_gateway_request(backend: Backend) {
+    let gateway = SmsGateway::start(GatewayBehaviour::Accept).await;
+    let mut provider = gateway.provider("custom", 2_000);
+    if let orderguard::settings::ProviderSettings::Http { body_template, .. } = &mut provider {
+        *body_template =
+            Some(r#"{"msisdn":"{to}","sender":"{from}","message":{"body":"{text}"}}"#.to_owned());
+    }
+    let app = spawn_app_with(backend, move |s| s.sms.providers = vec![provider]).await;
+
+    let id = app.start_ok().await;
+    let body = gateway.received.lock().expect("lock")[0].1.clone();
+    assert_eq!(
+        (&body["msisdn"], &body["sender"]),
+        (&serde_json::json!(PHONE), &serde_json::json!("Nordwind"))
+    );
+    let text = body["message"]["body"]
+        .as_str()
+        .expect("templated text")
+        .to_owned();
+    let code = text.rsplit_once(" #").expect("WebOTP line").1.to_owned();
+    crate::helpers::must_not_be_logged(&code);
+    assert_eq!(app.check(&id, &code).await.status, 200);
+}
+
+async fn a_request_slower_than_the_limit_gets_a_timeout_problem(backend: Backend) {
+    let hanging = SmsGateway::start(GatewayBehaviour::Hang).await;
+    let provider = hanging.provider("slow", 10_000);
+    let app = spawn_app_with(backend, move |s| {
+        s.sms.providers = vec![provider];
+        s.http.request_timeout_ms = 300;
+    })
+    .await;
+    app.start(&crate::helpers::start_body())
+        .await
+        .assert_problem(408, "request_timeout");
 }

@@ -1,6 +1,7 @@
 //! The verification lifecycle through the API, on both backends.
 
 use serde_json::json;
+use sha2::Digest;
 
 use crate::both_backends;
 use crate::helpers::{Backend, DEV_KEY, OTHER_KEY, PHONE, spawn_app, start_body};
@@ -20,6 +21,8 @@ both_backends!(
     invalid_order_fields_are_refused_with_the_field_named,
     a_brand_cannot_see_or_touch_another_brands_verification,
     requests_without_a_valid_key_are_unauthorized,
+    a_brands_limits_override_the_defaults,
+    codes_are_stored_only_as_keyed_hashes,
 );
 
 async fn a_correct_code_approves_the_verification(backend: Backend) {
@@ -378,4 +381,76 @@ async fn requests_without_a_valid_key_are_unauthorized(backend: Backend) {
     app.get(&format!("/v1/verifications/{id}"), "")
         .await
         .assert_problem(401, "unauthorized");
+}
+
+async fn a_brands_limits_override_the_defaults(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // otherbrand sets max_checks = 3 and code_length = 8 in its brand.toml.
+    let started = app
+        .post("/v1/verifications", OTHER_KEY, &start_body())
+        .await;
+    assert_eq!(
+        (started.status, &started.body["attempts_remaining"]),
+        (201, &json!(3)),
+        "{started:#?}"
+    );
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    let code = app.latest_code(&id).await;
+    assert_eq!(code.len(), 8, "eight-digit codes");
+    let path = format!("/v1/verifications/{id}/check");
+    let wrong = if code == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    app.post(&path, OTHER_KEY, &json!({"code": wrong}))
+        .await
+        .assert_problem(422, "invalid_code");
+    app.post(&path, OTHER_KEY, &json!({"code": wrong}))
+        .await
+        .assert_problem(422, "invalid_code");
+    app.post(&path, OTHER_KEY, &json!({"code": wrong}))
+        .await
+        .assert_problem(409, "verification_locked");
+}
+
+async fn codes_are_stored_only_as_keyed_hashes(backend: Backend) {
+    use sqlx::{Column, Row};
+    let app = spawn_app(backend).await;
+    let id = app.start_ok().await;
+    let code = app.latest_code(&id).await;
+
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let row = sqlx::query("SELECT * FROM verification WHERE verification_id = $1")
+        .bind(&id)
+        .fetch_one(&mut connection)
+        .await
+        .expect("row");
+    let numeric_code: i64 = code.parse().expect("digits");
+    for column in row.columns() {
+        let name = column.name();
+        if let Ok(Some(text)) = row.try_get::<Option<String>, _>(name) {
+            assert!(!text.contains(&code), "column {name} holds the code");
+        } else if let Ok(Some(bytes)) = row.try_get::<Option<Vec<u8>>, _>(name) {
+            assert_eq!(bytes.len(), 32, "column {name}: an HMAC-SHA256");
+            assert!(
+                !bytes.windows(code.len()).any(|w| w == code.as_bytes()),
+                "column {name} holds the code"
+            );
+            let plain: [u8; 32] = sha2::Sha256::digest(code.as_bytes()).into();
+            assert_ne!(
+                bytes,
+                plain.to_vec(),
+                "column {name}: an unkeyed hash of the code"
+            );
+        } else if let Ok(Some(number)) = row.try_get::<Option<i64>, _>(name) {
+            assert_ne!(
+                number, numeric_code,
+                "column {name} holds the code as a number"
+            );
+        }
+    }
 }
