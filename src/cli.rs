@@ -45,6 +45,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = connect_store(&settings).await?;
+            if let Some(url) = &settings.clickhouse.url {
+                let sink =
+                    crate::events::clickhouse::ClickHouseSink::new(url, &settings.clickhouse);
+                sink.ensure_migrated().await?;
+                tracing::info!("ClickHouse migrations applied");
+            }
             tracing::info!(
                 backend = crate::store::Store::backend(&store).as_str(),
                 "migrations applied"

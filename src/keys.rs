@@ -13,17 +13,43 @@ const MIN_KEY_LEN: usize = 32;
 
 /// The key under which codes are hashed.
 pub fn code_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
-    if let Some(key) = &settings.secrets.code_key {
+    server_key(
+        settings,
+        settings.secrets.code_key.as_ref(),
+        "code_key",
+        "code.key",
+    )
+}
+
+/// The pepper of the pseudonyms in events.
+pub fn event_pepper(settings: &Settings) -> anyhow::Result<Vec<u8>> {
+    server_key(
+        settings,
+        settings.secrets.event_pepper.as_ref(),
+        "event_pepper",
+        "event.pepper",
+    )
+}
+
+/// A configured secret, or in dev mode one generated once into `<data_dir>/keys/<file>`.
+fn server_key(
+    settings: &Settings,
+    configured: Option<&secrecy::SecretString>,
+    setting: &str,
+    file: &str,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = configured {
         let key = key.expose_secret().as_bytes();
         if key.len() < MIN_KEY_LEN {
-            bail!("secrets.code_key must be at least {MIN_KEY_LEN} characters");
+            bail!("secrets.{setting} must be at least {MIN_KEY_LEN} characters");
         }
         return Ok(key.to_vec());
     }
     if settings.mode == Mode::Production {
-        bail!("secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY) is required in production mode");
+        let env = format!("ORDERGUARD_SECRETS__{}", setting.to_ascii_uppercase());
+        bail!("secrets.{setting} ({env}) is required in production mode");
     }
-    generated_key(&settings.data_dir.join("keys").join("code.key"))
+    generated_key(&settings.data_dir.join("keys").join(file))
 }
 
 /// Reads a hex key from `path`, creating it with 32 random bytes first if missing.
@@ -77,6 +103,8 @@ mod tests {
         let first = code_key(&settings).expect("generated");
         assert_eq!(first.len(), 32);
         assert_eq!(code_key(&settings).expect("read back"), first);
+        let pepper = event_pepper(&settings).expect("generated");
+        assert_ne!(pepper, first, "each key is its own");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod brands;
 pub mod cli;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Prometheus metrics, registered once in the application's own registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -11,6 +12,12 @@ pub struct Metrics {
     verifications_started: IntCounterVec,
     verifications_finished: IntCounterVec,
     sms_sends: IntCounterVec,
+    outbox_pending: IntGauge,
+    outbox_oldest_age: Gauge,
+    events_shipped: IntCounterVec,
+    clickhouse_errors: IntCounterVec,
+    events_dead_lettered: IntCounterVec,
+    sms_receipts: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +66,42 @@ impl Metrics {
         registry.register(Box::new(verifications_started.clone()))?;
         registry.register(Box::new(verifications_finished.clone()))?;
         registry.register(Box::new(sms_sends.clone()))?;
+        let outbox_pending = IntGauge::new("outbox_pending", "Events waiting in the outbox")?;
+        let outbox_oldest_age = Gauge::new(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest event waiting in the outbox",
+        )?;
+        let events_shipped = IntCounterVec::new(
+            Opts::new("events_shipped_total", "Events the sink acknowledged"),
+            &["sink"],
+        )?;
+        let clickhouse_errors = IntCounterVec::new(
+            Opts::new(
+                "clickhouse_errors_total",
+                "Failed ClickHouse inserts: unavailable (retried) or rejected (bad data)",
+            ),
+            &["kind"],
+        )?;
+        let events_dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "events_dead_lettered_total",
+                "Events moved to the dead-letter table",
+            ),
+            &["sink"],
+        )?;
+        let sms_receipts = IntCounterVec::new(
+            Opts::new(
+                "sms_receipts_total",
+                "Delivery receipts by provider and result",
+            ),
+            &["provider", "result"],
+        )?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+        registry.register(Box::new(outbox_oldest_age.clone()))?;
+        registry.register(Box::new(events_shipped.clone()))?;
+        registry.register(Box::new(clickhouse_errors.clone()))?;
+        registry.register(Box::new(events_dead_lettered.clone()))?;
+        registry.register(Box::new(sms_receipts.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -66,6 +109,12 @@ impl Metrics {
             verifications_started,
             verifications_finished,
             sms_sends,
+            outbox_pending,
+            outbox_oldest_age,
+            events_shipped,
+            clickhouse_errors,
+            events_dead_lettered,
+            sms_receipts,
         })
     }
 
@@ -90,6 +139,36 @@ impl Metrics {
 
     pub fn sms_sent(&self, provider: &str, result: &str) {
         self.sms_sends.with_label_values(&[provider, result]).inc();
+    }
+
+    pub fn outbox(&self, pending: i64, oldest_age_seconds: f64) {
+        self.outbox_pending.set(pending);
+        self.outbox_oldest_age.set(oldest_age_seconds);
+    }
+
+    pub fn events_shipped(&self, sink: &str, count: usize) {
+        self.events_shipped
+            .with_label_values(&[sink])
+            .inc_by(count as u64);
+    }
+
+    /// A failed write to the event sink; counted in `clickhouse_errors_total` for ClickHouse.
+    pub fn sink_error(&self, sink: &str, kind: &str) {
+        if sink == "clickhouse" {
+            self.clickhouse_errors.with_label_values(&[kind]).inc();
+        }
+    }
+
+    pub fn events_dead_lettered(&self, sink: &str, count: usize) {
+        self.events_dead_lettered
+            .with_label_values(&[sink])
+            .inc_by(count as u64);
+    }
+
+    pub fn sms_receipt(&self, provider: &str, result: &str) {
+        self.sms_receipts
+            .with_label_values(&[provider, result])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

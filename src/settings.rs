@@ -30,6 +30,8 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub sms: SmsSettings,
     pub sweeper: SweeperSettings,
+    pub events: EventSettings,
+    pub clickhouse: ClickHouseSettings,
     pub log: LogSettings,
 }
 
@@ -72,6 +74,10 @@ pub struct SecretSettings {
     /// `<data_dir>/keys/code.key` when unset; production mode requires it.
     #[serde(serialize_with = "serialize_redacted")]
     pub code_key: Option<SecretString>,
+    /// Key of the keyed hashes (pseudonyms) of phone numbers, customers and IPs in events, at
+    /// least 32 characters. Dev mode generates one in `<data_dir>/keys/event.pepper`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub event_pepper: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -80,6 +86,10 @@ pub struct SmsSettings {
     /// Providers tried in order; the next is tried on a timeout, a connection error or a 5xx.
     /// Default (dev mode only): one `log` provider.
     pub providers: Vec<ProviderSettings>,
+    /// Shared secret that signs delivery receipts posted to `/v1/callbacks/sms/http`.
+    /// Receipts are refused while it is unset.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub receipt_secret: Option<SecretString>,
 }
 
 /// One SMS provider.
@@ -120,6 +130,79 @@ pub enum ProviderSettings {
 pub struct SweeperSettings {
     /// How often pending verifications past their TTL are marked expired. Default 5000.
     pub interval_ms: u64,
+}
+
+/// The event pipeline: outbox, relay, pseudonyms.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// National digits kept after the country code in `number_prefix` (`+49151`). Default 3.
+    pub prefix_digits: u8,
+    /// Most events per shipped batch. Default 5000.
+    pub batch_rows: usize,
+    /// Most payload bytes per shipped batch. Default 8 MiB.
+    pub batch_bytes: usize,
+    /// How long the relay waits when the outbox is empty. Default 500.
+    pub period_ms: u64,
+    /// How long a claimed batch is reserved for one instance. Default 30000.
+    pub lease_ms: u64,
+    /// First retry delay when the sink fails; doubles up to `retry_max_ms`. Default 200.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay. Default 30000.
+    pub retry_max_ms: u64,
+    /// JSON-lines file used when no ClickHouse is configured. Default `<data_dir>/events.jsonl`.
+    pub jsonl_path: Option<PathBuf>,
+    /// The JSON-lines file is rotated beyond this size. Default 64 MiB.
+    pub jsonl_rotate_bytes: u64,
+    /// Name of this instance in events. Default `$HOSTNAME`, else `orderguard`.
+    pub instance: Option<String>,
+}
+
+/// Where events go in production. Unset `url` means the JSON-lines file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSettings {
+    /// HTTP URL, e.g. `http://clickhouse:8123`. Default: unset (JSON lines).
+    pub url: Option<String>,
+    /// Database holding the `events` table; created if missing. Default `orderguard`.
+    pub database: String,
+    pub user: Option<String>,
+    #[serde(serialize_with = "serialize_redacted")]
+    pub password: Option<SecretString>,
+    /// Months events are kept (TTL). Default 13.
+    pub retention_months: u32,
+    /// Timeout of one insert. Default 30000.
+    pub timeout_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            prefix_digits: 3,
+            batch_rows: 5_000,
+            batch_bytes: 8 * 1024 * 1024,
+            period_ms: 500,
+            lease_ms: 30_000,
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            jsonl_path: None,
+            jsonl_rotate_bytes: 64 * 1024 * 1024,
+            instance: None,
+        }
+    }
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            database: "orderguard".to_owned(),
+            user: None,
+            password: None,
+            retention_months: 13,
+            timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -167,6 +250,8 @@ impl Default for Settings {
             secrets: SecretSettings::default(),
             sms: SmsSettings::default(),
             sweeper: SweeperSettings::default(),
+            events: EventSettings::default(),
+            clickhouse: ClickHouseSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -298,6 +383,12 @@ impl Settings {
                     .to_owned(),
             );
         }
+        if self.secrets.event_pepper.is_none() {
+            problems.push(
+                "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER) is not set: production refuses a generated pepper"
+                    .to_owned(),
+            );
+        }
         if self.sms.providers.is_empty() {
             problems.push(
                 "sms.providers (ORDERGUARD_SMS__PROVIDERS) is empty: production needs a real SMS provider"
@@ -330,6 +421,23 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The JSON-lines file of the embedded default.
+    pub fn jsonl_path(&self) -> PathBuf {
+        self.events
+            .jsonl_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("events.jsonl"))
+    }
+
+    /// This instance's name in events.
+    pub fn instance(&self) -> String {
+        self.events
+            .instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "orderguard".to_owned())
     }
 
     /// The effective log format.
@@ -497,6 +605,7 @@ mod tests {
         for key in [
             "database.url",
             "secrets.code_key",
+            "secrets.event_pepper",
             "sms.providers",
             "http.public_url",
         ] {

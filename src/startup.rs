@@ -5,10 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::brands::BrandRegistry;
 use crate::domain::CodeHasher;
+use crate::events::clickhouse::ClickHouseSink;
+use crate::events::jsonl::JsonLinesSink;
+use crate::events::relay::{EventSink, Relay, RelaySettings};
+use crate::events::{EventFactory, Pseudonymizer};
 use crate::http::{AppState, HttpLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Mode, ProviderSettings, Settings};
@@ -23,6 +28,37 @@ pub struct Application {
     state: AppState,
     limits: HttpLimits,
     sweep_interval: Duration,
+    relay: Relay,
+}
+
+/// The event sink the settings ask for: ClickHouse when `clickhouse.url` is set (its
+/// migrations tried now; if ClickHouse is down they are retried before the first insert),
+/// else the JSON-lines file.
+pub async fn event_sink(settings: &Settings) -> anyhow::Result<Arc<dyn EventSink>> {
+    let Some(url) = &settings.clickhouse.url else {
+        return Ok(Arc::new(JsonLinesSink::new(
+            settings.jsonl_path(),
+            settings.events.jsonl_rotate_bytes,
+        )?));
+    };
+    let sink = ClickHouseSink::new(url, &settings.clickhouse);
+    if let Err(error) = sink.ensure_migrated().await {
+        tracing::warn!(error = %format!("{error:#}"), "ClickHouse is not ready; events wait in the outbox");
+    }
+    Ok(Arc::new(sink))
+}
+
+/// The relay's batching and retry settings.
+pub fn relay_settings(settings: &Settings) -> RelaySettings {
+    let events = &settings.events;
+    RelaySettings {
+        batch_rows: events.batch_rows.max(1),
+        batch_bytes: events.batch_bytes.max(1),
+        period: Duration::from_millis(events.period_ms.max(1)),
+        lease: Duration::from_millis(events.lease_ms.max(1_000)),
+        retry_initial: Duration::from_millis(events.retry_initial_ms.max(1)),
+        retry_max: Duration::from_millis(events.retry_max_ms.max(1)),
+    }
 }
 
 /// Connects to the configured database and applies its migrations.
@@ -63,19 +99,40 @@ impl Application {
         let public_url = settings.public_url(port);
         let otp_host = otp_host(&public_url)?;
 
+        let instance = settings.instance();
+        let pepper = crate::keys::event_pepper(&settings)?;
+        let events = EventFactory::new(
+            Pseudonymizer::new(&pepper),
+            usize::from(settings.events.prefix_digits),
+            instance.clone(),
+        );
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             sms,
             CodeHasher::new(&code_key),
+            events,
             metrics.clone(),
             otp_host,
         ));
+        let sink = event_sink(&settings).await?;
+        let relay = Relay::new(
+            store.clone(),
+            sink,
+            metrics.clone(),
+            relay_settings(&settings),
+            format!("{instance}:{}", uuid::Uuid::now_v7()),
+        );
         let state = AppState {
             verifier,
             store,
             brands: Arc::new(brands),
             metrics,
             inbox,
+            receipt_secret: settings
+                .sms
+                .receipt_secret
+                .as_ref()
+                .map(|s| Arc::from(s.expose_secret().as_bytes())),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
@@ -88,6 +145,7 @@ impl Application {
             state,
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
+            relay,
         })
     }
 
@@ -107,6 +165,7 @@ impl Application {
             self.sweep_interval,
             stop_rx,
         ));
+        let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
         let router = crate::http::router(self.state, self.limits);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
@@ -114,8 +173,11 @@ impl Application {
                 tracing::info!("shutting down: draining requests");
             })
             .await;
+        // Workers stop after the last request: its events are in the outbox, and the relay
+        // ships what it has claimed before stopping (the rest waits for the next start).
         let _ = stop_tx.send(true);
         sweeper.await.context("sweeper task")?;
+        relay.await.context("relay task")?;
         served.context("serving HTTP")
     }
 }

@@ -10,9 +10,13 @@ use crate::domain::{
     CodeHasher, Millis, Money, OtpCode, PhoneError, PhoneNumber, Status, VerificationId,
     money::MoneyError, now_millis,
 };
+use crate::events::{BlockedStart, EventFactory, EventType, user_agent_family};
 use crate::metrics::Metrics;
-use crate::sms::{SmsMessage, SmsSender};
-use crate::store::{CheckCount, NewVerification, SendReservation, Store, VerificationRecord};
+use crate::sms::{SmsMessage, SmsSender, segments};
+use crate::store::{
+    CheckCount, CheckDecision, NewVerification, SendReservation, SmsRecord, Store,
+    VerificationRecord,
+};
 
 /// What a shop gives to start a verification (raw; validated by [`Verifier::start`]).
 #[derive(Debug, Clone)]
@@ -22,6 +26,12 @@ pub struct StartRequest {
     pub amount: String,
     pub currency: String,
     pub locale: Option<String>,
+    /// The shop's customer reference; only its pseudonym is kept.
+    pub customer_reference: Option<String>,
+    /// The buyer's IP address as the shop saw it; only its pseudonym is kept.
+    pub client_ip: Option<String>,
+    /// The buyer's User-Agent; only its coarse family is kept.
+    pub user_agent: Option<String>,
 }
 
 /// Why an operation was refused. Each variant has a stable problem type at the HTTP edge.
@@ -73,6 +83,7 @@ pub struct Verifier {
     store: Arc<dyn Store>,
     sms: Arc<SmsSender>,
     hasher: CodeHasher,
+    events: EventFactory,
     metrics: Arc<Metrics>,
     /// The host in the SMS's WebOTP line.
     otp_host: String,
@@ -83,6 +94,7 @@ impl Verifier {
         store: Arc<dyn Store>,
         sms: Arc<SmsSender>,
         hasher: CodeHasher,
+        events: EventFactory,
         metrics: Arc<Metrics>,
         otp_host: String,
     ) -> Self {
@@ -90,6 +102,7 @@ impl Verifier {
             store,
             sms,
             hasher,
+            events,
             metrics,
             otp_host,
         }
@@ -104,14 +117,52 @@ impl Verifier {
         let order_reference = validate_text("order_reference", &request.order_reference, 64)?;
         let amount = Money::parse(&request.amount, &request.currency)?;
         let locale = request.locale.as_deref().map(validate_locale).transpose()?;
-        let phone = PhoneNumber::parse(
+        let customer_reference = request
+            .customer_reference
+            .as_deref()
+            .map(|c| validate_text("customer_reference", c, 128))
+            .transpose()?;
+        let client_ip = request.client_ip.as_deref().map(validate_ip).transpose()?;
+        let user_agent = request.user_agent.as_deref().unwrap_or_default();
+        let now = now_millis();
+        let phone = match PhoneNumber::parse(
             &request.phone,
             brand.default_country.as_deref(),
             &brand.allowed_countries,
-        )?;
+        ) {
+            Ok(phone) => phone,
+            Err(error) => {
+                // A rule refused the number (country, number type): that is a blocked start.
+                if error != PhoneError::Invalid {
+                    let parsed =
+                        PhoneNumber::parse(&request.phone, brand.default_country.as_deref(), &[])
+                            .ok();
+                    let blocked = BlockedStart {
+                        rule: error.kind(),
+                        phone: parsed.as_ref(),
+                        country: match &error {
+                            PhoneError::CountryNotAllowed(country) => Some(country.as_str()),
+                            _ => None,
+                        },
+                        customer_reference: customer_reference.as_deref().unwrap_or_default(),
+                        client_ip: client_ip.as_deref().unwrap_or_default(),
+                        user_agent,
+                        locale: locale.as_deref().unwrap_or_default(),
+                        amount_minor: amount.minor(),
+                        currency: amount.currency(),
+                    };
+                    self.store
+                        .append_events(&[self.events.blocked(brand.id.as_str(), &blocked, now)])
+                        .await?;
+                    tracing::info!(brand = %brand.id, rule = error.kind(), "verification blocked");
+                }
+                return Err(error.into());
+            }
+        };
 
         let id = VerificationId::new();
         let code = OtpCode::generate(brand.limits.code_length);
+        let pseudonymizer = self.events.pseudonymizer();
         let new = NewVerification {
             id,
             brand: brand.id.clone(),
@@ -121,11 +172,20 @@ impl Verifier {
             locale,
             code_hash: self.hasher.hash(&id, &code),
             limits: brand.limits,
-            now: now_millis(),
+            now,
+            customer_pseudonym: pseudonymizer.pseudonym(
+                "customer",
+                customer_reference.as_deref().unwrap_or_default(),
+            ),
+            ip_pseudonym: pseudonymizer.pseudonym("ip", client_ip.as_deref().unwrap_or_default()),
+            user_agent_family: user_agent_family(user_agent).to_owned(),
         };
-        self.store.insert_verification(&new).await?;
-        self.metrics.verification_started(brand.id.as_str());
         let record = VerificationRecord::pending(&new);
+        let started = self
+            .events
+            .verification(&record, EventType::VerificationStarted, now);
+        self.store.insert_verification(&new, &[started]).await?;
+        self.metrics.verification_started(brand.id.as_str());
         tracing::info!(verification_id = %id, brand = %brand.id, to = %record.phone, "verification started");
         self.send_code(brand, &record, &code).await?;
         Ok(record)
@@ -144,8 +204,7 @@ impl Verifier {
             .ok_or(VerifyError::NotFound)?;
         let now = now_millis();
         if record.status == Status::Pending && record.expires_at <= now {
-            self.finish(&record.brand, &record.id, Status::Expired, now)
-                .await?;
+            self.finish(&record, Status::Expired, now).await?;
             record = self
                 .store
                 .get_verification(&brand.id, id)
@@ -155,7 +214,8 @@ impl Verifier {
         Ok(record)
     }
 
-    /// Checks a code. The attempt is counted in the database before the comparison.
+    /// Checks a code. In one transaction the attempt is counted, the code compared, and the
+    /// outcome stored with its events.
     pub async fn check(
         &self,
         brand: &Brand,
@@ -169,50 +229,64 @@ impl Verifier {
                 message: "must be 4–10 digits".to_owned(),
             });
         }
-        let now = now_millis();
-        let (checks_used, max_checks, code_hash) =
-            match self.store.count_check(&brand.id, id, now).await? {
-                CheckCount::Counted {
-                    checks_used,
-                    max_checks,
-                    code_hash,
-                } => (checks_used, max_checks, code_hash),
-                CheckCount::Refused(record) => return Err(self.refusal(&record, now).await),
-                CheckCount::NotFound => return Err(VerifyError::NotFound),
-            };
         // The HMAC covers every digit, so a code of the wrong length simply does not match.
-        let correct = OtpCode::parse(&trimmed, trimmed.len() as u8)
-            .is_some_and(|code| self.hasher.verify(id, &code, &code_hash));
-        let record = |status| async move {
-            let record = self
-                .store
-                .get_verification(&brand.id, id)
-                .await?
-                .ok_or(VerifyError::NotFound)?;
-            tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, status, "code checked");
-            Ok::<_, VerifyError>(record)
-        };
-        if correct {
-            if self
-                .finish(brand.id.as_str(), id, Status::Approved, now)
-                .await?
-            {
-                return record("approved").await;
+        let code = OtpCode::parse(&trimmed, trimmed.len() as u8);
+        let now = now_millis();
+        let decide = |record: &VerificationRecord, stored: &[u8]| {
+            let correct = code
+                .as_ref()
+                .is_some_and(|code| self.hasher.verify(id, code, stored));
+            let mut checked = self
+                .events
+                .verification(record, EventType::CodeChecked, now);
+            checked.attempt = u16::try_from(record.checks_used).unwrap_or(u16::MAX);
+            checked.outcome = if correct { "correct" } else { "incorrect" }.to_owned();
+            let finish = if correct {
+                Some(Status::Approved)
+            } else if record.checks_used >= record.max_checks {
+                Some(Status::Locked)
+            } else {
+                None
+            };
+            let mut events = vec![checked];
+            if finish.is_some() {
+                let kind = if correct {
+                    EventType::VerificationApproved
+                } else {
+                    EventType::VerificationLocked
+                };
+                let mut event = self.events.verification(record, kind, now);
+                event.attempt = u16::try_from(record.checks_used).unwrap_or(u16::MAX);
+                events.push(event);
             }
-            // Another request finished it between our count and now (a parallel correct check).
-            let current = record("not pending").await?;
-            return Err(self.refusal(&current, now).await);
+            CheckDecision { finish, events }
+        };
+        let record = match self.store.check_code(&brand.id, id, now, &decide).await? {
+            CheckCount::Counted(record) => *record,
+            CheckCount::Refused(record) => return Err(self.refusal(&record, now).await),
+            CheckCount::NotFound => return Err(VerifyError::NotFound),
+        };
+        let attempt = record.checks_used;
+        match record.status {
+            Status::Approved => {
+                self.metrics
+                    .verification_finished(brand.id.as_str(), Status::Approved.as_str());
+                tracing::info!(verification_id = %id, brand = %brand.id, attempt, "code correct, approved");
+                Ok(record)
+            }
+            Status::Locked => {
+                self.metrics
+                    .verification_finished(brand.id.as_str(), Status::Locked.as_str());
+                tracing::info!(verification_id = %id, brand = %brand.id, attempt, "wrong code, locked");
+                Err(VerifyError::Locked)
+            }
+            _ => {
+                tracing::info!(verification_id = %id, brand = %brand.id, attempt, "wrong code");
+                Err(VerifyError::InvalidCode {
+                    attempts_remaining: record.max_checks.saturating_sub(attempt),
+                })
+            }
         }
-        if checks_used >= max_checks {
-            self.finish(brand.id.as_str(), id, Status::Locked, now)
-                .await?;
-            tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, "wrong code, locked");
-            return Err(VerifyError::Locked);
-        }
-        tracing::info!(verification_id = %id, brand = %brand.id, attempt = checks_used, "wrong code");
-        Err(VerifyError::InvalidCode {
-            attempts_remaining: max_checks - checks_used,
-        })
     }
 
     /// Sends a new code (the previous one stops working), within the send limit and cooldown.
@@ -223,14 +297,21 @@ impl Verifier {
     ) -> Result<VerificationRecord, VerifyError> {
         let code = OtpCode::generate(brand.limits.code_length);
         let now = now_millis();
+        let resent = |record: &VerificationRecord| {
+            let mut event = self.events.verification(record, EventType::CodeResent, now);
+            event.attempt = u16::try_from(record.sends).unwrap_or(u16::MAX);
+            vec![event]
+        };
+        let code_hash = self.hasher.hash(id, &code);
         match self
             .store
             .reserve_send(
                 &brand.id,
                 id,
-                &self.hasher.hash(id, &code),
+                &code_hash,
                 brand.limits.code_length,
                 now,
+                &resent,
             )
             .await?
         {
@@ -259,10 +340,7 @@ impl Verifier {
         if record.status != Status::Pending || record.expires_at <= now {
             return Err(self.refusal(&record, now).await);
         }
-        if !self
-            .finish(&record.brand, &record.id, Status::Aborted, now)
-            .await?
-        {
+        if !self.finish(&record, Status::Aborted, now).await? {
             let current = self
                 .store
                 .get_verification(&brand.id, id)
@@ -279,26 +357,81 @@ impl Verifier {
 
     /// Marks overdue pending verifications expired; returns how many.
     pub async fn expire_due(&self) -> anyhow::Result<usize> {
-        let expired = self.store.expire_due(now_millis(), 500).await?;
-        for (id, brand) in &expired {
+        let now = now_millis();
+        let expired_event = |record: &VerificationRecord| {
+            vec![
+                self.events
+                    .verification(record, EventType::VerificationExpired, now),
+            ]
+        };
+        let expired = self.store.expire_due(now, 500, &expired_event).await?;
+        for record in &expired {
             self.metrics
-                .verification_finished(brand, Status::Expired.as_str());
-            tracing::info!(verification_id = %id, brand, "verification expired");
+                .verification_finished(&record.brand, Status::Expired.as_str());
+            tracing::info!(verification_id = %record.id, brand = record.brand, "verification expired");
         }
         Ok(expired.len())
     }
 
-    /// Moves a pending verification to `to`, counting it; `false` if it was no longer pending.
+    /// Applies a delivery receipt from a provider.
+    pub async fn sms_receipt(
+        &self,
+        provider: &str,
+        reference: &str,
+        delivered: bool,
+        reason: &str,
+    ) -> anyhow::Result<ReceiptResult> {
+        let now = now_millis();
+        let events = |record: &VerificationRecord, sms: &SmsRecord| {
+            let kind = if delivered {
+                EventType::SmsDelivered
+            } else {
+                EventType::SmsUndelivered
+            };
+            let mut event = self.events.verification(record, kind, now);
+            event.sms_provider = sms.provider.clone();
+            event.sms_segments = sms.segments;
+            event.outcome = if delivered {
+                "delivered"
+            } else {
+                "undelivered"
+            }
+            .to_owned();
+            event.reason = reason.chars().take(200).collect();
+            vec![event]
+        };
+        let outcome = self
+            .store
+            .sms_receipt(reference, delivered, now, &events)
+            .await?;
+        let result = match outcome {
+            crate::store::ReceiptOutcome::Recorded => ReceiptResult::Recorded,
+            crate::store::ReceiptOutcome::AlreadyFinal => ReceiptResult::Duplicate,
+            crate::store::ReceiptOutcome::UnknownMessage => ReceiptResult::UnknownMessage,
+        };
+        self.metrics.sms_receipt(provider, result.as_str());
+        Ok(result)
+    }
+
+    /// Moves a pending verification to `to` with its event; `false` if it was no longer pending.
     async fn finish(
         &self,
-        brand: &str,
-        id: &VerificationId,
+        record: &VerificationRecord,
         to: Status,
         now: Millis,
     ) -> anyhow::Result<bool> {
-        let finished = self.store.finish(id, to, now).await?;
+        let kind = match to {
+            Status::Aborted => EventType::VerificationAborted,
+            Status::Expired => EventType::VerificationExpired,
+            Status::Approved => EventType::VerificationApproved,
+            Status::Locked => EventType::VerificationLocked,
+            Status::Pending => anyhow::bail!("a verification cannot finish as pending"),
+        };
+        let event = self.events.verification(record, kind, now);
+        let finished = self.store.finish(&record.id, to, now, &[event]).await?;
         if finished {
-            self.metrics.verification_finished(brand, to.as_str());
+            self.metrics
+                .verification_finished(&record.brand, to.as_str());
         }
         Ok(finished)
     }
@@ -307,10 +440,7 @@ impl Verifier {
     async fn refusal(&self, record: &VerificationRecord, now: Millis) -> VerifyError {
         match record.status {
             Status::Pending if record.expires_at <= now => {
-                match self
-                    .finish(&record.brand, &record.id, Status::Expired, now)
-                    .await
-                {
+                match self.finish(record, Status::Expired, now).await {
                     Ok(_) => VerifyError::Expired,
                     Err(error) => VerifyError::Internal(error),
                 }
@@ -334,6 +464,7 @@ impl Verifier {
         }
     }
 
+    /// Sends the code (never inside a transaction), then records the SMS and its event.
     async fn send_code(
         &self,
         brand: &Brand,
@@ -347,7 +478,42 @@ impl Verifier {
             sender: brand.sms_sender.clone(),
             text: self.sms_text(brand, record, code),
         };
-        match self.sms.send(&message).await {
+        let segments = u8::try_from(segments::count(&message.text).segments).unwrap_or(u8::MAX);
+        let result = self.sms.send(&message).await;
+        let now = now_millis();
+        let (kind, provider, provider_reference, status, reason) = match &result {
+            Ok(delivery) => (
+                EventType::SmsSent,
+                delivery.provider.clone(),
+                delivery.provider_reference.clone(),
+                "sent",
+                String::new(),
+            ),
+            Err(failed) => (
+                EventType::SmsFailed,
+                failed.last_provider.clone(),
+                None,
+                "failed",
+                failed.reason(),
+            ),
+        };
+        let mut event = self.events.verification(record, kind, now);
+        event.sms_provider = provider.clone();
+        event.sms_segments = segments;
+        event.attempt = u16::try_from(record.sends).unwrap_or(u16::MAX);
+        event.reason = reason;
+        let sms = SmsRecord {
+            message_id: message.message_id.to_string(),
+            verification_id: record.id,
+            brand: record.brand.clone(),
+            provider,
+            provider_reference,
+            segments,
+            status: status.to_owned(),
+            sent_at: now,
+        };
+        self.store.record_sms(&sms, &[event]).await?;
+        match result {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(verification_id = %record.id, brand = %brand.id, %error, "sending the code failed");
@@ -369,6 +535,25 @@ impl Verifier {
             .replace("{minutes}", &minutes.to_string())
             .replace("{code}", code.expose());
         format!("{text}\n\n@{} #{}", self.otp_host, code.expose())
+    }
+}
+
+/// What became of a delivery receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptResult {
+    Recorded,
+    /// The message already had its final status: a repeated receipt.
+    Duplicate,
+    UnknownMessage,
+}
+
+impl ReceiptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Duplicate => "duplicate",
+            Self::UnknownMessage => "unknown_message",
+        }
     }
 }
 
@@ -394,4 +579,14 @@ fn validate_locale(locale: &str) -> Result<String, VerifyError> {
             message: "must be a language tag such as \"de\" or \"sv-SE\"".to_owned(),
         })
     }
+}
+
+fn validate_ip(ip: &str) -> Result<String, VerifyError> {
+    ip.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| VerifyError::InvalidField {
+            field: "client_ip",
+            message: "must be an IPv4 or IPv6 address".to_owned(),
+        })
 }

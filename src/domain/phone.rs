@@ -12,6 +12,7 @@ use phonenumber::{Mode, Type, country};
 pub struct PhoneNumber {
     e164: String,
     country: String,
+    calling_code: u16,
 }
 
 /// Why a phone number was refused. Each cause has its own problem type at the HTTP edge.
@@ -31,6 +32,22 @@ pub enum PhoneError {
     FixedLine,
     #[error("only mobile numbers can receive codes (this is a {0} number)")]
     NotMobile(&'static str),
+}
+
+impl PhoneError {
+    /// The stable name of the cause: the problem type at the HTTP edge and the rule name in
+    /// `verification_blocked` events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid_phone",
+            Self::CountryNotAllowed(_) => "country_not_allowed",
+            Self::PremiumRate => "premium_rate_number",
+            Self::SharedCost => "shared_cost_number",
+            Self::Voip => "voip_number",
+            Self::FixedLine => "fixed_line_number",
+            Self::NotMobile(_) => "non_mobile_number",
+        }
+    }
 }
 
 impl PhoneNumber {
@@ -70,12 +87,28 @@ impl PhoneNumber {
             _ => return Err(PhoneError::NotMobile("non-mobile")),
         }
         let e164 = number.format().mode(Mode::E164).to_string();
-        Ok(Self { e164, country })
+        Ok(Self {
+            e164,
+            country,
+            calling_code: number.country().code(),
+        })
     }
 
     /// Rebuilds a number read back from storage, where it was stored already validated.
     pub fn from_stored(e164: String, country: String) -> Self {
-        Self { e164, country }
+        let calling_code = phonenumber::metadata::DATABASE
+            .by_id(country.as_str())
+            .map_or(0, |metadata| metadata.country_code());
+        Self {
+            e164,
+            country,
+            calling_code,
+        }
+    }
+
+    /// Digits in the country calling code (`49` → 2).
+    pub fn calling_code_len(&self) -> usize {
+        self.calling_code.to_string().len()
     }
 
     /// The full number. Only for the SMS provider and the store; never for logs or responses.

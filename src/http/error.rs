@@ -53,19 +53,10 @@ impl ApiError {
         let (status, kind, title) = match self {
             Self::Verify(error) => match error {
                 VerifyError::Phone(phone) => {
-                    let (kind, title) = match phone {
-                        PhoneError::Invalid => ("invalid_phone", "Invalid phone number"),
-                        PhoneError::CountryNotAllowed(country) => {
-                            extra.insert("country".into(), json!(country));
-                            ("country_not_allowed", "Country not allowed")
-                        }
-                        PhoneError::PremiumRate => ("premium_rate_number", "Premium-rate number"),
-                        PhoneError::SharedCost => ("shared_cost_number", "Shared-cost number"),
-                        PhoneError::Voip => ("voip_number", "VoIP number"),
-                        PhoneError::FixedLine => ("fixed_line_number", "Fixed-line number"),
-                        PhoneError::NotMobile(_) => ("non_mobile_number", "Not a mobile number"),
-                    };
-                    (S::UNPROCESSABLE_ENTITY, kind, title)
+                    if let PhoneError::CountryNotAllowed(country) = phone {
+                        extra.insert("country".into(), json!(country));
+                    }
+                    (S::UNPROCESSABLE_ENTITY, phone.kind(), phone_title(phone))
                 }
                 VerifyError::InvalidField { field, .. } => {
                     extra.insert("field".into(), json!(field));
@@ -146,6 +137,18 @@ impl ApiError {
             Self::IdempotencyInProgress => Some(1),
             _ => None,
         }
+    }
+}
+
+fn phone_title(error: &PhoneError) -> &'static str {
+    match error {
+        PhoneError::Invalid => "Invalid phone number",
+        PhoneError::CountryNotAllowed(_) => "Country not allowed",
+        PhoneError::PremiumRate => "Premium-rate number",
+        PhoneError::SharedCost => "Shared-cost number",
+        PhoneError::Voip => "VoIP number",
+        PhoneError::FixedLine => "Fixed-line number",
+        PhoneError::NotMobile(_) => "Not a mobile number",
     }
 }
 

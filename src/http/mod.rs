@@ -1,5 +1,6 @@
 //! The HTTP edge: one router per resource, merged here with the shared layers.
 
+mod callbacks;
 mod dev;
 mod error;
 mod extract;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The dev inbox; `None` outside dev mode, which also hides `/dev/*`.
     pub inbox: Option<Arc<DevInbox>>,
+    /// Signs delivery receipts; `None` refuses them.
+    pub receipt_secret: Option<Arc<[u8]>>,
 }
 
 #[derive(OpenApi)]
@@ -51,6 +54,7 @@ pub struct AppState {
     modifiers(&ApiKeyScheme),
     tags(
         (name = "verifications", description = "Verification lifecycle (API key of a brand)"),
+        (name = "callbacks", description = "Called by SMS providers (signed)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "development", description = "Dev mode only")
     )
@@ -75,6 +79,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(verifications::router())
         .merge(ops::router())
+        .merge(callbacks::router())
         .merge(dev::router())
 }
 

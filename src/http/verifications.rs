@@ -38,6 +38,15 @@ pub struct StartVerification {
     /// Buyer's language tag, e.g. `"de"`.
     #[serde(default)]
     pub locale: Option<String>,
+    /// The shop's reference of the customer; only a keyed hash of it is kept.
+    #[serde(default)]
+    pub customer_reference: Option<String>,
+    /// The buyer's IP address as the shop saw it; only a keyed hash of it is kept.
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    /// The buyer's User-Agent; only its coarse browser family is kept.
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -196,6 +205,9 @@ async fn start(
         amount: body.amount,
         currency: body.currency,
         locale: body.locale,
+        customer_reference: body.customer_reference,
+        client_ip: body.client_ip,
+        user_agent: body.user_agent,
     };
     let record = state.verifier.start(brand, request).await?;
     let mut response = verification_response(StatusCode::CREATED, &record);

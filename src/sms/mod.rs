@@ -4,6 +4,7 @@
 
 mod http;
 mod inbox;
+pub mod segments;
 
 pub use http::HttpProvider;
 pub use inbox::{DevInbox, InboxMessage, LogProvider};
@@ -72,8 +73,20 @@ pub struct Delivery {
 
 /// Every provider failed.
 #[derive(Debug, thiserror::Error)]
-#[error("no SMS provider accepted the message: {0}")]
-pub struct SendFailed(pub String);
+#[error("no SMS provider accepted the message: {}", .failures.join("; "))]
+pub struct SendFailed {
+    /// `provider: cause` for each provider tried.
+    pub failures: Vec<String>,
+    /// The provider tried last.
+    pub last_provider: String,
+}
+
+impl SendFailed {
+    /// The causes, without provider URLs or message content, for events.
+    pub fn reason(&self) -> String {
+        self.failures.join("; ").chars().take(200).collect()
+    }
+}
 
 /// Sends through the first provider that accepts, in configured order.
 pub struct SmsSender {
@@ -106,7 +119,9 @@ impl SmsSender {
 
     pub async fn send(&self, message: &SmsMessage) -> Result<Delivery, SendFailed> {
         let mut failures = Vec::new();
+        let mut last_provider = String::new();
         for provider in &self.providers {
+            last_provider = provider.name().to_owned();
             match provider.send(message).await {
                 Ok(provider_reference) => {
                     self.metrics.sms_sent(provider.name(), "sent");
@@ -127,6 +142,9 @@ impl SmsSender {
                 }
             }
         }
-        Err(SendFailed(failures.join("; ")))
+        Err(SendFailed {
+            failures,
+            last_provider,
+        })
     }
 }

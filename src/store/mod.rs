@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::brands::BrandId;
 use crate::domain::{Limits, Millis, Money, PhoneNumber, Status, VerificationId};
+use crate::events::Event;
 
 /// A verification as stored.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct VerificationRecord {
     pub updated_at: Millis,
     pub expires_at: Millis,
     pub finished_at: Option<Millis>,
+    pub customer_pseudonym: String,
+    pub ip_pseudonym: String,
+    pub user_agent_family: String,
 }
 
 impl VerificationRecord {
@@ -55,6 +59,9 @@ pub struct NewVerification {
     pub code_hash: Vec<u8>,
     pub limits: Limits,
     pub now: Millis,
+    pub customer_pseudonym: String,
+    pub ip_pseudonym: String,
+    pub user_agent_family: String,
 }
 
 impl VerificationRecord {
@@ -79,19 +86,37 @@ impl VerificationRecord {
             updated_at: new.now,
             expires_at: new.now + Millis::from(new.limits.ttl_seconds) * 1000,
             finished_at: None,
+            customer_pseudonym: new.customer_pseudonym.clone(),
+            ip_pseudonym: new.ip_pseudonym.clone(),
+            user_agent_family: new.user_agent_family.clone(),
         }
     }
 }
 
-/// The result of counting a check before comparing the code.
+/// What the verifier decided about a counted check, applied in the same transaction.
+#[derive(Debug)]
+pub struct CheckDecision {
+    /// The final status to move to (approved, locked), if any.
+    pub finish: Option<Status>,
+    /// Events describing the check and its consequence.
+    pub events: Vec<Event>,
+}
+
+/// Decides about a counted check from the record (counter already raised) and the stored hash.
+pub type DecideCheck<'a> = &'a (dyn Fn(&VerificationRecord, &[u8]) -> CheckDecision + Send + Sync);
+
+/// Events describing a change to a verification, built from the record after the change.
+pub type EventsFor<'a> = &'a (dyn Fn(&VerificationRecord) -> Vec<Event> + Send + Sync);
+
+/// Events describing a delivery receipt, from the verification and its SMS.
+pub type ReceiptEvents<'a> =
+    &'a (dyn Fn(&VerificationRecord, &SmsRecord) -> Vec<Event> + Send + Sync);
+
+/// The result of a check.
 #[derive(Debug)]
 pub enum CheckCount {
-    /// The attempt was counted; compare against `code_hash`.
-    Counted {
-        checks_used: u32,
-        max_checks: u32,
-        code_hash: Vec<u8>,
-    },
+    /// The attempt was counted and decided; the record as it stands after the decision.
+    Counted(Box<VerificationRecord>),
     /// Not counted: the verification is not open for checks; here it is as it stands.
     Refused(Box<VerificationRecord>),
     NotFound,
@@ -118,6 +143,43 @@ pub enum IdempotencyClaim {
     InProgress,
 }
 
+/// One SMS as stored for delivery receipts.
+#[derive(Debug, Clone)]
+pub struct SmsRecord {
+    pub message_id: String,
+    pub verification_id: VerificationId,
+    pub brand: String,
+    pub provider: String,
+    pub provider_reference: Option<String>,
+    pub segments: u8,
+    /// `sent`, `failed`, `delivered` or `undelivered`.
+    pub status: String,
+    pub sent_at: Millis,
+}
+
+/// The result of a delivery receipt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    Recorded,
+    /// The message already had a final delivery status; nothing changed.
+    AlreadyFinal,
+    UnknownMessage,
+}
+
+/// A claimed outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub outbox_id: i64,
+    pub payload: String,
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest_created_at: Option<Millis>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is, for readiness output and dialect choices.
@@ -126,8 +188,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
 
-    /// Stores a new pending verification whose first send is already counted.
-    async fn insert_verification(&self, new: &NewVerification) -> anyhow::Result<()>;
+    /// Stores a new pending verification (its first send counted) and its events.
+    async fn insert_verification(
+        &self,
+        new: &NewVerification,
+        events: &[Event],
+    ) -> anyhow::Result<()>;
 
     /// A brand's verification; another brand's id is `None`, as is an unknown id.
     async fn get_verification(
@@ -136,20 +202,29 @@ pub trait Store: Send + Sync + 'static {
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>>;
 
-    /// Atomically raises the check counter if the verification is pending, unexpired and under
-    /// its limit. Parallel calls can never count more than `max_checks`.
-    async fn count_check(
+    /// In one transaction: raises the check counter if the verification is pending, unexpired
+    /// and under its limit (so parallel checks can never count more than `max_checks`), lets
+    /// `decide` compare the code, and applies the decision and its events.
+    async fn check_code(
         &self,
         brand: &BrandId,
         id: &VerificationId,
         now: Millis,
+        decide: DecideCheck<'_>,
     ) -> anyhow::Result<CheckCount>;
 
-    /// Moves a pending verification to a final status. `false` if it was no longer pending.
-    async fn finish(&self, id: &VerificationId, to: Status, now: Millis) -> anyhow::Result<bool>;
+    /// Moves a pending verification to a final status with its events. `false` (and no
+    /// events) if it was no longer pending.
+    async fn finish(
+        &self,
+        id: &VerificationId,
+        to: Status,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool>;
 
     /// Atomically counts a resend and swaps in the new code hash, if the verification is
-    /// pending, unexpired, under its send limit and past its cooldown.
+    /// pending, unexpired, under its send limit and past its cooldown; with its events.
     async fn reserve_send(
         &self,
         brand: &BrandId,
@@ -157,15 +232,54 @@ pub trait Store: Send + Sync + 'static {
         code_hash: &[u8],
         code_length: u8,
         now: Millis,
+        events: EventsFor<'_>,
     ) -> anyhow::Result<SendReservation>;
 
-    /// Marks every pending verification past its expiry as expired (at most `limit`), and
-    /// returns them as `(verification, brand)`. Safe to run on several instances at once.
+    /// Marks pending verifications past their expiry as expired (at most `limit`), each with
+    /// its events, and returns them. Safe to run on several instances at once.
     async fn expire_due(
         &self,
         now: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<(VerificationId, String)>>;
+        events: EventsFor<'_>,
+    ) -> anyhow::Result<Vec<VerificationRecord>>;
+
+    /// Records an SMS hand-over (or failure) with its events.
+    async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()>;
+
+    /// Applies a delivery receipt for the message with our id or the provider's reference.
+    async fn sms_receipt(
+        &self,
+        reference: &str,
+        delivered: bool,
+        now: Millis,
+        events: ReceiptEvents<'_>,
+    ) -> anyhow::Result<ReceiptOutcome>;
+
+    /// Appends events that come with no other change (refused starts).
+    async fn append_events(&self, events: &[Event]) -> anyhow::Result<()>;
+
+    /// Leases up to `limit` unclaimed (or lease-expired) outbox rows to `owner` until
+    /// `lease_until`, oldest first. Several instances never get the same row at once.
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        now: Millis,
+        lease_until: Millis,
+    ) -> anyhow::Result<Vec<OutboxRow>>;
+
+    /// Deletes rows the sink acknowledged.
+    async fn ack_outbox(&self, ids: &[i64]) -> anyhow::Result<()>;
+
+    /// Gives leased rows back for an immediate retry.
+    async fn release_outbox(&self, ids: &[i64]) -> anyhow::Result<()>;
+
+    /// Moves rows the sink refused as bad data to the dead-letter table, with the refusal.
+    async fn dead_letter(&self, rows: &[OutboxRow], error: &str, now: Millis)
+    -> anyhow::Result<()>;
+
+    async fn outbox_stats(&self) -> anyhow::Result<OutboxStats>;
 
     /// Claims `key` for a request whose body hashes to `request_hash`.
     async fn idempotency_claim(

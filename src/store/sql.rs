@@ -6,13 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 use super::{
-    CheckCount, IdempotencyClaim, NewVerification, SendReservation, Store, VerificationRecord,
+    CheckCount, DecideCheck, EventsFor, IdempotencyClaim, NewVerification, OutboxRow, OutboxStats,
+    ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord, Store, VerificationRecord,
 };
 use crate::brands::BrandId;
 use crate::domain::{Millis, Money, PhoneNumber, Status, VerificationId};
+use crate::events::Event;
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Columns read back for a [`VerificationRecord`].
 const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, phone_country, \
     order_reference, amount_minor, currency, locale, code_length, max_checks, max_sends, \
-    resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at";
+    resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at, \
+    customer_pseudonym, ip_pseudonym, user_agent_family";
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -99,17 +102,52 @@ impl SqlStore {
             .context("applying database migrations")
     }
 
-    async fn fetch_record(
-        &self,
-        id: &VerificationId,
-    ) -> anyhow::Result<Option<VerificationRecord>> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM verification WHERE verification_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| record_from_row(&row)).transpose()
+    async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
+        self.pool.begin().await.context("starting a transaction")
     }
+}
+
+async fn fetch_record(
+    conn: &mut AnyConnection,
+    id: &VerificationId,
+) -> anyhow::Result<Option<VerificationRecord>> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM verification WHERE verification_id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| record_from_row(&row)).transpose()
+}
+
+/// A brand's record, or `None` for another brand's or an unknown id.
+async fn fetch_brand_record(
+    conn: &mut AnyConnection,
+    brand: &BrandId,
+    id: &VerificationId,
+) -> anyhow::Result<Option<VerificationRecord>> {
+    Ok(fetch_record(conn, id)
+        .await?
+        .filter(|record| record.brand == brand.as_str()))
+}
+
+/// Moves a pending verification to `to` inside a transaction; `true` if it was pending.
+async fn finish_in(
+    conn: &mut AnyConnection,
+    id: &VerificationId,
+    to: Status,
+    now: Millis,
+) -> anyhow::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE verification SET status = $2, updated_at = $3, finished_at = $3 \
+         WHERE verification_id = $1 AND status = 'pending'",
+    )
+    .bind(id.to_string())
+    .bind(to.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .context("finishing a verification")?;
+    Ok(result.rows_affected() == 1)
 }
 
 fn create_sqlite_parent_dir(url: &str) -> anyhow::Result<()> {
@@ -157,7 +195,61 @@ fn record_from_row(row: &AnyRow) -> anyhow::Result<VerificationRecord> {
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
         finished_at: row.try_get("finished_at")?,
+        customer_pseudonym: row.try_get("customer_pseudonym")?,
+        ip_pseudonym: row.try_get("ip_pseudonym")?,
+        user_agent_family: row.try_get("user_agent_family")?,
     })
+}
+
+/// Rows per multi-row outbox INSERT; well under both backends' parameter limits.
+const EVENTS_PER_INSERT: usize = 200;
+
+/// Writes `events` to the outbox inside the caller's transaction.
+async fn insert_events(conn: &mut AnyConnection, events: &[Event]) -> anyhow::Result<()> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut sql = String::from("INSERT INTO outbox (event_id, created_at, payload) VALUES ");
+        for i in 0..chunk.len() {
+            let n = i * 3;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+        }
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query
+                .bind(event.event_id.to_string())
+                .bind(event.ts)
+                .bind(serde_json::to_string(event).context("encoding an event")?);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .context("writing events to the outbox")?;
+    }
+    Ok(())
+}
+
+fn sms_from_row(row: &AnyRow) -> anyhow::Result<SmsRecord> {
+    let id: String = row.try_get("verification_id")?;
+    Ok(SmsRecord {
+        message_id: row.try_get("message_id")?,
+        verification_id: VerificationId::from_str(&id).context("stored verification id")?,
+        brand: row.try_get("brand_id")?,
+        provider: row.try_get("provider")?,
+        provider_reference: row.try_get("provider_reference")?,
+        segments: int(row, "segments")?,
+        status: row.try_get("status")?,
+        sent_at: row.try_get("sent_at")?,
+    })
+}
+
+/// `$first, $first+1, …` for `count` values, for `IN (…)` lists.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[async_trait]
@@ -171,14 +263,20 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn insert_verification(&self, new: &NewVerification) -> anyhow::Result<()> {
+    async fn insert_verification(
+        &self,
+        new: &NewVerification,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
         let limits = &new.limits;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
              order_reference, amount_minor, currency, locale, code_hash, code_length, max_checks, \
              max_sends, resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, \
-             expires_at) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, $14, $14, $14, $15)",
+             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family) \
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, $14, $14, $14, $15, \
+                     $16, $17, $18)",
         )
         .bind(new.id.to_string())
         .bind(new.brand.as_str())
@@ -195,10 +293,14 @@ impl Store for SqlStore {
         .bind(i64::from(limits.resend_cooldown_seconds) * 1000)
         .bind(new.now)
         .bind(new.now + i64::from(limits.ttl_seconds) * 1000)
-        .execute(&self.pool)
+        .bind(&new.customer_pseudonym)
+        .bind(&new.ip_pseudonym)
+        .bind(&new.user_agent_family)
+        .execute(&mut *tx)
         .await
         .context("inserting verification")?;
-        Ok(())
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.context("committing a new verification")
     }
 
     async fn get_verification(
@@ -206,57 +308,70 @@ impl Store for SqlStore {
         brand: &BrandId,
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>> {
-        Ok(self
-            .fetch_record(id)
-            .await?
-            .filter(|record| record.brand == brand.as_str()))
+        let mut conn = self.pool.acquire().await?;
+        fetch_brand_record(&mut conn, brand, id).await
     }
 
-    async fn count_check(
+    async fn check_code(
         &self,
         brand: &BrandId,
         id: &VerificationId,
         now: Millis,
+        decide: DecideCheck<'_>,
     ) -> anyhow::Result<CheckCount> {
-        // The counter is raised in the same statement that checks the limit, so concurrent
-        // checks serialise on the row and no more than max_checks can ever be counted.
-        let counted = sqlx::query(
+        let mut tx = self.begin().await?;
+        // The counter is raised in the same statement that tests the limit, and the row stays
+        // locked until commit, so concurrent checks serialise and no more than max_checks can
+        // ever be counted.
+        let sql = format!(
             "UPDATE verification SET checks_used = checks_used + 1, updated_at = $3 \
              WHERE verification_id = $1 AND brand_id = $2 AND status = 'pending' \
                AND expires_at > $3 AND checks_used < max_checks \
-             RETURNING checks_used, max_checks, code_hash",
-        )
-        .bind(id.to_string())
-        .bind(brand.as_str())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .context("counting a check")?;
-        if let Some(row) = counted {
-            return Ok(CheckCount::Counted {
-                checks_used: int(&row, "checks_used")?,
-                max_checks: int(&row, "max_checks")?,
-                code_hash: row.try_get("code_hash")?,
-            });
+             RETURNING code_hash, {RECORD_COLUMNS}"
+        );
+        let counted = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(brand.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("counting a check")?;
+        let Some(row) = counted else {
+            let record = fetch_brand_record(&mut tx, brand, id).await?;
+            tx.rollback().await?;
+            return Ok(record.map_or(CheckCount::NotFound, |r| CheckCount::Refused(Box::new(r))));
+        };
+        let code_hash: Vec<u8> = row.try_get("code_hash")?;
+        let mut record = record_from_row(&row)?;
+        let decision = decide(&record, &code_hash);
+        if let Some(status) = decision.finish {
+            // We hold the row lock: it is still pending.
+            anyhow::ensure!(
+                finish_in(&mut tx, id, status, now).await?,
+                "verification {id} changed under its lock"
+            );
+            record.status = status;
+            record.finished_at = Some(now);
         }
-        Ok(match self.get_verification(brand, id).await? {
-            Some(record) => CheckCount::Refused(Box::new(record)),
-            None => CheckCount::NotFound,
-        })
+        insert_events(&mut tx, &decision.events).await?;
+        tx.commit().await.context("committing a check")?;
+        Ok(CheckCount::Counted(Box::new(record)))
     }
 
-    async fn finish(&self, id: &VerificationId, to: Status, now: Millis) -> anyhow::Result<bool> {
-        let result = sqlx::query(
-            "UPDATE verification SET status = $2, updated_at = $3, finished_at = $3 \
-             WHERE verification_id = $1 AND status = 'pending'",
-        )
-        .bind(id.to_string())
-        .bind(to.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .context("finishing a verification")?;
-        Ok(result.rows_affected() == 1)
+    async fn finish(
+        &self,
+        id: &VerificationId,
+        to: Status,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool> {
+        let mut tx = self.begin().await?;
+        let finished = finish_in(&mut tx, id, to, now).await?;
+        if finished {
+            insert_events(&mut tx, events).await?;
+        }
+        tx.commit().await.context("committing a status change")?;
+        Ok(finished)
     }
 
     async fn reserve_send(
@@ -266,6 +381,7 @@ impl Store for SqlStore {
         code_hash: &[u8],
         code_length: u8,
         now: Millis,
+        events: EventsFor<'_>,
     ) -> anyhow::Result<SendReservation> {
         let sql = format!(
             "UPDATE verification SET sends = sends + 1, last_sent_at = $4, updated_at = $4, code_hash = $3, \
@@ -275,49 +391,250 @@ impl Store for SqlStore {
                AND (last_sent_at IS NULL OR last_sent_at + resend_cooldown_ms <= $4) \
              RETURNING {RECORD_COLUMNS}"
         );
+        let mut tx = self.begin().await?;
         let reserved = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(brand.as_str())
             .bind(code_hash)
             .bind(now)
             .bind(i64::from(code_length))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .context("reserving a send")?;
-        if let Some(row) = reserved {
-            return Ok(SendReservation::Reserved(Box::new(record_from_row(&row)?)));
-        }
-        Ok(match self.get_verification(brand, id).await? {
-            Some(record) => SendReservation::Refused(Box::new(record)),
-            None => SendReservation::NotFound,
-        })
+        let Some(row) = reserved else {
+            let record = fetch_brand_record(&mut tx, brand, id).await?;
+            tx.rollback().await?;
+            return Ok(record.map_or(SendReservation::NotFound, |r| {
+                SendReservation::Refused(Box::new(r))
+            }));
+        };
+        let record = record_from_row(&row)?;
+        insert_events(&mut tx, &events(&record)).await?;
+        tx.commit().await.context("committing a resend")?;
+        Ok(SendReservation::Reserved(Box::new(record)))
     }
 
     async fn expire_due(
         &self,
         now: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<(VerificationId, String)>> {
+        events: EventsFor<'_>,
+    ) -> anyhow::Result<Vec<VerificationRecord>> {
         // The outer status test re-checks each row under its lock, so two instances sweeping
         // at once expire each verification once.
-        let rows = sqlx::query(
+        let sql = format!(
             "UPDATE verification SET status = 'expired', updated_at = $1, finished_at = $1 \
              WHERE status = 'pending' AND verification_id IN ( \
                  SELECT verification_id FROM verification \
                  WHERE status = 'pending' AND expires_at <= $1 LIMIT $2) \
-             RETURNING verification_id, brand_id",
+             RETURNING {RECORD_COLUMNS}"
+        );
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .context("expiring verifications")?;
+        let records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let all: Vec<Event> = records.iter().flat_map(events).collect();
+        insert_events(&mut tx, &all).await?;
+        tx.commit().await.context("committing expiries")?;
+        Ok(records)
+    }
+
+    async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO sms_message (message_id, verification_id, brand_id, provider, provider_reference, \
+             segments, status, sent_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
         )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
+        .bind(&sms.message_id)
+        .bind(sms.verification_id.to_string())
+        .bind(&sms.brand)
+        .bind(&sms.provider)
+        .bind(sms.provider_reference.as_deref())
+        .bind(i64::from(sms.segments))
+        .bind(&sms.status)
+        .bind(sms.sent_at)
+        .execute(&mut *tx)
         .await
-        .context("expiring verifications")?;
-        rows.iter()
+        .context("recording an SMS")?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.context("committing an SMS record")
+    }
+
+    async fn sms_receipt(
+        &self,
+        reference: &str,
+        delivered: bool,
+        now: Millis,
+        events: ReceiptEvents<'_>,
+    ) -> anyhow::Result<ReceiptOutcome> {
+        let status = if delivered {
+            "delivered"
+        } else {
+            "undelivered"
+        };
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE sms_message SET status = $2, updated_at = $3 \
+             WHERE (message_id = $1 OR provider_reference = $1) AND status = 'sent' \
+             RETURNING message_id, verification_id, brand_id, provider, provider_reference, segments, status, sent_at",
+        )
+        .bind(reference)
+        .bind(status)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("applying a delivery receipt")?;
+        let Some(row) = updated else {
+            let known = sqlx::query(
+                "SELECT 1 FROM sms_message WHERE message_id = $1 OR provider_reference = $1",
+            )
+            .bind(reference)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            tx.rollback().await?;
+            return Ok(if known {
+                ReceiptOutcome::AlreadyFinal
+            } else {
+                ReceiptOutcome::UnknownMessage
+            });
+        };
+        let sms = sms_from_row(&row)?;
+        let record = fetch_record(&mut tx, &sms.verification_id)
+            .await?
+            .with_context(|| format!("SMS {} names a missing verification", sms.message_id))?;
+        insert_events(&mut tx, &events(&record, &sms)).await?;
+        tx.commit().await.context("committing a delivery receipt")?;
+        Ok(ReceiptOutcome::Recorded)
+    }
+
+    async fn append_events(&self, events: &[Event]) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.context("committing events")
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        now: Millis,
+        lease_until: Millis,
+    ) -> anyhow::Result<Vec<OutboxRow>> {
+        // PostgreSQL: SKIP LOCKED lets several relays claim disjoint batches without waiting.
+        // SQLite has one writer, so claims are serialised anyway.
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
+             WHERE outbox_id IN ( \
+                 SELECT outbox_id FROM outbox WHERE claimed_until < $3 ORDER BY outbox_id LIMIT $4 {lock}) \
+             RETURNING outbox_id, payload"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("claiming outbox rows")?;
+        let mut claimed = rows
+            .iter()
             .map(|row| {
-                let id: String = row.try_get("verification_id")?;
-                Ok((VerificationId::from_str(&id)?, row.try_get("brand_id")?))
+                Ok(OutboxRow {
+                    outbox_id: row.try_get("outbox_id")?,
+                    payload: row.try_get("payload")?,
+                })
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        claimed.sort_by_key(|row| row.outbox_id);
+        Ok(claimed)
+    }
+
+    async fn ack_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(1000) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE outbox_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let query = chunk
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(*id));
+            query
+                .execute(&self.pool)
+                .await
+                .context("deleting shipped outbox rows")?;
+        }
+        Ok(())
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(1000) {
+            let sql = format!(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = 0 WHERE outbox_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let query = chunk
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(*id));
+            query
+                .execute(&self.pool)
+                .await
+                .context("releasing outbox rows")?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        rows: &[OutboxRow],
+        error: &str,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        for row in rows {
+            let event_id = serde_json::from_str::<serde_json::Value>(&row.payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("event_id")
+                        .and_then(|id| id.as_str().map(str::to_owned))
+                })
+                .unwrap_or_default();
+            sqlx::query("INSERT INTO dead_letter (event_id, payload, error, failed_at) VALUES ($1, $2, $3, $4)")
+                .bind(event_id)
+                .bind(&row.payload)
+                .bind(error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .context("dead-lettering an event")?;
+            sqlx::query("DELETE FROM outbox WHERE outbox_id = $1")
+                .bind(row.outbox_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await.context("committing dead letters")
+    }
+
+    async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+        let row = sqlx::query("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading outbox statistics")?;
+        Ok(OutboxStats {
+            pending: row.try_get("pending")?,
+            oldest_created_at: row.try_get("oldest")?,
+        })
     }
 
     async fn idempotency_claim(

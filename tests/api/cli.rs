@@ -41,7 +41,11 @@ fn free_port() -> u16 {
 async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
     for _ in 0..200 {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("orderguard exited early with {status}");
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("orderguard exited early with {status}:\n{stderr}");
         }
         if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
             if response.status() == 200 {
@@ -84,6 +88,7 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
     for setting in [
         "database.url (ORDERGUARD_DATABASE__URL)",
         "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY)",
+        "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER)",
         "sms.providers (ORDERGUARD_SMS__PROVIDERS)",
         "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL)",
     ] {
@@ -123,6 +128,10 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
         .env(
             "ORDERGUARD_SECRETS__CODE_KEY",
             "a-production-key-of-at-least-32-characters",
+        )
+        .env(
+            "ORDERGUARD_SECRETS__EVENT_PEPPER",
+            "a-production-pepper-of-at-least-32-chars",
         )
         .env("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http")
         .env("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gateway")

@@ -169,6 +169,7 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "GET /metrics",
         "GET /openapi.json",
         "GET /dev/inbox",
+        "POST /v1/callbacks/sms/{provider}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -178,7 +179,11 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
     // Every documented operation is routed: none falls through to the unknown-route problem.
     for operation in &listed {
         let (method, path) = operation.split_once(' ').expect("method and path");
-        let url = app.url(&path.replace("{id}", &uuid::Uuid::now_v7().to_string()));
+        let url = app.url(
+            &path
+                .replace("{id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{provider}", "http"),
+        );
         let request = app
             .client
             .request(method.parse().expect("method"), url)

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use orderguard::brands::BrandId;
 use orderguard::domain::{Limits, Money, PhoneNumber, VerificationId, now_millis};
-use orderguard::store::{CheckCount, NewVerification, SendReservation, SqlStore, Store};
+use orderguard::store::{
+    CheckCount, CheckDecision, NewVerification, SendReservation, SqlStore, Store,
+};
 
 use crate::both_backends;
 use crate::helpers::{Backend, PHONE, fresh_postgres_database};
@@ -45,8 +47,11 @@ async fn insert(store: &SqlStore, now: i64) -> VerificationId {
         code_hash: vec![1; 32],
         limits: Limits::default(),
         now,
+        customer_pseudonym: String::new(),
+        ip_pseudonym: String::new(),
+        user_agent_family: String::new(),
     };
-    store.insert_verification(&new).await.expect("insert");
+    store.insert_verification(&new, &[]).await.expect("insert");
     id
 }
 
@@ -56,11 +61,17 @@ async fn parallel_check_counts_never_exceed_the_limit(backend: Backend) {
     let id = insert(&store, now_millis()).await;
 
     let brand = brand();
-    let results = join_all((0..50).map(|_| store.count_check(&brand, &id, now_millis()))).await;
+    // A decision that never finishes: only the database's limit can stop the counting.
+    let undecided = |_: &orderguard::store::VerificationRecord, _: &[u8]| CheckDecision {
+        finish: None,
+        events: vec![],
+    };
+    let results =
+        join_all((0..50).map(|_| store.check_code(&brand, &id, now_millis(), &undecided))).await;
     let counted: Vec<u32> = results
         .into_iter()
         .filter_map(|r| match r.expect("count") {
-            CheckCount::Counted { checks_used, .. } => Some(checks_used),
+            CheckCount::Counted(record) => Some(record.checks_used),
             _ => None,
         })
         .collect();
@@ -74,7 +85,7 @@ async fn parallel_check_counts_never_exceed_the_limit(backend: Backend) {
     let other = BrandId::parse("otherbrand").expect("id");
     assert!(matches!(
         store
-            .count_check(&other, &id, now_millis())
+            .check_code(&other, &id, now_millis(), &undecided)
             .await
             .expect("count"),
         CheckCount::NotFound
@@ -88,9 +99,11 @@ async fn parallel_resends_reserve_one_send(backend: Backend) {
     let id = insert(&store, start).await;
 
     let now = now_millis();
+    let no_events = |_: &orderguard::store::VerificationRecord| vec![];
     let brand = brand();
     let results =
-        join_all((0..10).map(|_| store.reserve_send(&brand, &id, &[2; 32], 6, now))).await;
+        join_all((0..10).map(|_| store.reserve_send(&brand, &id, &[2; 32], 6, now, &no_events)))
+            .await;
     let reserved = results
         .into_iter()
         .filter(|r| matches!(r.as_ref().expect("reserve"), SendReservation::Reserved(_)))
@@ -109,26 +122,27 @@ async fn two_sweepers_expire_each_verification_once(backend: Backend) {
     let fresh = insert(&first, now_millis()).await;
 
     let now = now_millis();
+    let no_events = |_: &orderguard::store::VerificationRecord| vec![];
     let (a, b) = tokio::join!(
         async {
             let mut all = Vec::new();
             for _ in 0..4 {
-                all.extend(first.expire_due(now, 7).await.expect("sweep"));
+                all.extend(first.expire_due(now, 7, &no_events).await.expect("sweep"));
             }
             all
         },
         async {
             let mut all = Vec::new();
             for _ in 0..4 {
-                all.extend(second.expire_due(now, 7).await.expect("sweep"));
+                all.extend(second.expire_due(now, 7, &no_events).await.expect("sweep"));
             }
             all
         },
     );
-    let mut rest = first.expire_due(now, 500).await.expect("sweep");
+    let mut rest = first.expire_due(now, 500, &no_events).await.expect("sweep");
     rest.extend(a);
     rest.extend(b);
-    let mut ids: Vec<String> = rest.iter().map(|(id, _)| id.to_string()).collect();
+    let mut ids: Vec<String> = rest.iter().map(|record| record.id.to_string()).collect();
     let total = ids.len();
     ids.sort();
     ids.dedup();

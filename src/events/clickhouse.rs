@@ -1,0 +1,268 @@
+//! The ClickHouse sink (RowBinary over HTTP with the `clickhouse` crate) and the schema
+//! migrations under `migrations/clickhouse/`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use super::Event;
+use super::relay::{EventSink, SinkError};
+use crate::settings::ClickHouseSettings;
+
+/// The migrations, in order. A test checks that every file in the folder is listed here.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "0001_events.sql",
+        include_str!("../../migrations/clickhouse/0001_events.sql"),
+    ),
+    (
+        2,
+        "0002_funnel_hourly.sql",
+        include_str!("../../migrations/clickhouse/0002_funnel_hourly.sql"),
+    ),
+];
+
+/// ClickHouse error codes that mean "this data is wrong": retrying cannot help.
+const BAD_DATA_CODES: &[u32] = &[6, 26, 27, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469];
+
+/// The table events go to.
+pub const EVENTS_TABLE: &str = "events";
+
+pub struct ClickHouseSink {
+    client: clickhouse::Client,
+    settings: ClickHouseSettings,
+    /// Set once the migrations have been applied by this process.
+    migrated: tokio::sync::OnceCell<()>,
+}
+
+impl ClickHouseSink {
+    pub fn new(url: &str, settings: &ClickHouseSettings) -> Self {
+        Self {
+            client: client(url, settings).with_database(&settings.database),
+            settings: settings.clone(),
+            migrated: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Applies the migrations once per process; until that succeeds every call tries again.
+    pub async fn ensure_migrated(&self) -> anyhow::Result<()> {
+        self.migrated
+            .get_or_try_init(|| self.migrate())
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates the database, applies pending migrations (tracked in `schema_migrations`) and
+    /// sets the retention.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let url = self
+            .settings
+            .url
+            .as_deref()
+            .context("clickhouse.url is not set")?;
+        client(url, &self.settings)
+            .query("CREATE DATABASE IF NOT EXISTS ?")
+            .bind(clickhouse::sql::Identifier(&self.settings.database))
+            .execute()
+            .await
+            .context("creating the ClickHouse database")?;
+        self.client
+            .query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations \
+                 (version UInt32, name String, applied_at DateTime DEFAULT now()) \
+                 ENGINE = MergeTree ORDER BY version",
+            )
+            .execute()
+            .await
+            .context("creating schema_migrations")?;
+        let applied: Vec<u32> = self
+            .client
+            .query("SELECT version FROM schema_migrations")
+            .fetch_all()
+            .await
+            .context("reading applied ClickHouse migrations")?;
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in statements(sql) {
+                self.client
+                    .query(&statement)
+                    .execute()
+                    .await
+                    .with_context(|| format!("applying ClickHouse migration {name}"))?;
+            }
+            self.client
+                .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
+                .bind(*version)
+                .bind(*name)
+                .execute()
+                .await
+                .with_context(|| format!("recording ClickHouse migration {name}"))?;
+            tracing::info!(migration = name, "ClickHouse migration applied");
+        }
+        for (table, column) in [(EVENTS_TABLE, "toDateTime(ts)"), ("funnel_hourly", "hour")] {
+            self.client
+                .query(&format!(
+                    "ALTER TABLE ? MODIFY TTL {column} + toIntervalMonth(?)"
+                ))
+                .bind(clickhouse::sql::Identifier(table))
+                .bind(self.settings.retention_months)
+                .execute()
+                .await
+                .with_context(|| format!("setting the retention of {table}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+}
+
+fn client(url: &str, settings: &ClickHouseSettings) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default().with_url(url);
+    if let Some(user) = &settings.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &settings.password {
+        client = client.with_password(password.expose_secret());
+    }
+    client
+}
+
+/// Splits a migration file into statements at `;` ending a line; `--` comment lines are dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            if !statement.is_empty() {
+                statements.push(statement);
+            }
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_owned());
+    }
+    statements
+}
+
+/// The same batch always gets the same token, so a batch shipped twice (its acknowledgement
+/// lost) is deduplicated by ClickHouse.
+fn deduplication_token(events: &[Event]) -> String {
+    let mut hasher = Sha256::new();
+    for event in events {
+        hasher.update(event.event_id.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn classify(error: clickhouse::error::Error) -> SinkError {
+    use clickhouse::error::Error;
+    match &error {
+        Error::BadResponse(message) => {
+            let code = message
+                .split("Code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse::<u32>().ok());
+            if code.is_some_and(|code| BAD_DATA_CODES.contains(&code)) {
+                SinkError::Rejected(message.clone())
+            } else {
+                SinkError::Retryable(message.clone())
+            }
+        }
+        _ => SinkError::Retryable(error.to_string()),
+    }
+}
+
+#[async_trait]
+impl EventSink for ClickHouseSink {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn write(&self, events: &[Event]) -> Result<(), SinkError> {
+        self.ensure_migrated()
+            .await
+            .map_err(|error| SinkError::Retryable(format!("{error:#}")))?;
+        let timeout = Some(Duration::from_millis(self.settings.timeout_ms));
+        let mut insert = self
+            .client
+            .insert::<Event>(EVENTS_TABLE)
+            .await
+            .map_err(classify)?
+            .with_setting("insert_deduplication_token", deduplication_token(events))
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+            .with_timeouts(timeout, timeout);
+        for event in events {
+            insert.write(event).await.map_err(classify)?;
+        }
+        insert.end().await.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations/clickhouse")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(_, name, _)| (*name).to_owned())
+            .collect();
+        assert_eq!(files, listed);
+        for (index, (version, name, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version as usize, index + 1, "{name}");
+            assert!(name.starts_with(&format!("{version:04}_")), "{name}");
+        }
+    }
+
+    #[test]
+    fn statements_split_at_semicolons_and_skip_comments() {
+        let sql = "-- a comment\nCREATE TABLE a (x UInt8)\nENGINE = Memory;\n\nCREATE VIEW b AS SELECT 1;\n";
+        assert_eq!(
+            statements(sql),
+            vec![
+                "CREATE TABLE a (x UInt8)\nENGINE = Memory",
+                "CREATE VIEW b AS SELECT 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_of_the_data_are_told_apart_from_outages() {
+        let rejected = classify(clickhouse::error::Error::BadResponse(
+            "Code: 469. DB::Exception: Constraint `known_event_type` is violated. (VIOLATED_CONSTRAINT)".into(),
+        ));
+        assert!(matches!(rejected, SinkError::Rejected(_)));
+        let retry = classify(clickhouse::error::Error::BadResponse(
+            "Code: 241. DB::Exception: Memory limit".into(),
+        ));
+        assert!(matches!(retry, SinkError::Retryable(_)));
+        assert!(matches!(
+            classify(clickhouse::error::Error::TimedOut),
+            SinkError::Retryable(_)
+        ));
+    }
+}

@@ -1,0 +1,367 @@
+//! Events: one row per state change, written to the outbox in the same database transaction
+//! as the change, and shipped by the [`relay`] to ClickHouse (or a JSON-lines file).
+//!
+//! Raw phone numbers, customer references and IP addresses never leave the service: events
+//! carry keyed-hash pseudonyms ([`Pseudonymizer`]), a number prefix and the country.
+
+pub mod clickhouse;
+pub mod jsonl;
+pub mod relay;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::domain::{Millis, PhoneNumber};
+use crate::store::VerificationRecord;
+
+/// Every kind of event. The names are the `event_type` values in ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    VerificationStarted,
+    VerificationBlocked,
+    SmsSent,
+    SmsFailed,
+    SmsDelivered,
+    SmsUndelivered,
+    CodeResent,
+    CodeChecked,
+    VerificationApproved,
+    VerificationLocked,
+    VerificationExpired,
+    VerificationAborted,
+    OrderHeld,
+    OrderForwarded,
+    OrderForwardFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 15] = [
+        Self::VerificationStarted,
+        Self::VerificationBlocked,
+        Self::SmsSent,
+        Self::SmsFailed,
+        Self::SmsDelivered,
+        Self::SmsUndelivered,
+        Self::CodeResent,
+        Self::CodeChecked,
+        Self::VerificationApproved,
+        Self::VerificationLocked,
+        Self::VerificationExpired,
+        Self::VerificationAborted,
+        Self::OrderHeld,
+        Self::OrderForwarded,
+        Self::OrderForwardFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerificationStarted => "verification_started",
+            Self::VerificationBlocked => "verification_blocked",
+            Self::SmsSent => "sms_sent",
+            Self::SmsFailed => "sms_failed",
+            Self::SmsDelivered => "sms_delivered",
+            Self::SmsUndelivered => "sms_undelivered",
+            Self::CodeResent => "code_resent",
+            Self::CodeChecked => "code_checked",
+            Self::VerificationApproved => "verification_approved",
+            Self::VerificationLocked => "verification_locked",
+            Self::VerificationExpired => "verification_expired",
+            Self::VerificationAborted => "verification_aborted",
+            Self::OrderHeld => "order_held",
+            Self::OrderForwarded => "order_forwarded",
+            Self::OrderForwardFailed => "order_forward_failed",
+        }
+    }
+}
+
+/// One event row, exactly as the ClickHouse `events` table holds it. Empty strings and zeros
+/// stand for "not applicable", so dashboards never deal with NULLs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ::clickhouse::Row)]
+#[clickhouse(crate = "::clickhouse")]
+pub struct Event {
+    #[serde(with = "::clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    /// Milliseconds since the Unix epoch (`DateTime64(3)`).
+    pub ts: i64,
+    pub brand: String,
+    pub event_type: String,
+    #[serde(with = "::clickhouse::serde::uuid")]
+    pub verification_id: Uuid,
+    /// Nil when the event has no order.
+    #[serde(with = "::clickhouse::serde::uuid")]
+    pub order_id: Uuid,
+    pub channel: String,
+    pub country: String,
+    /// Country code and the first national digits, e.g. `+49151`.
+    pub number_prefix: String,
+    /// Keyed hashes (hex); never the raw values.
+    pub phone_pseudonym: String,
+    pub customer_pseudonym: String,
+    pub ip_pseudonym: String,
+    pub attempt: u16,
+    pub outcome: String,
+    /// Why: the refusing rule, the failure cause.
+    pub reason: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub ms_since_start: i64,
+    pub sms_provider: String,
+    pub sms_segments: u8,
+    pub locale: String,
+    pub user_agent_family: String,
+    pub instance: String,
+}
+
+/// Keyed hashing of personal data with the server's event pepper.
+#[derive(Clone)]
+pub struct Pseudonymizer {
+    pepper: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pseudonymizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pseudonymizer(<pepper redacted>)")
+    }
+}
+
+impl Pseudonymizer {
+    pub fn new(pepper: &[u8]) -> Self {
+        Self {
+            pepper: pepper.to_vec(),
+        }
+    }
+
+    /// 128 bits of `HMAC-SHA256(pepper, kind ":" value)` in hex; empty for an empty value.
+    /// The kind keeps a number and a customer reference with the same text apart.
+    pub fn pseudonym(&self, kind: &str, value: &str) -> String {
+        if value.is_empty() {
+            return String::new();
+        }
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.pepper).expect("HMAC takes any key length");
+        mac.update(kind.as_bytes());
+        mac.update(b":");
+        mac.update(value.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+/// `+` and the country code, then the first `digits` digits of the national number.
+pub fn number_prefix(phone: &PhoneNumber, digits: usize) -> String {
+    let calling_code_len = phone.calling_code_len();
+    let end = (1 + calling_code_len + digits).min(phone.e164().len());
+    phone.e164()[..end].to_owned()
+}
+
+/// A coarse browser family from a User-Agent, enough for fraud trends and never identifying.
+pub fn user_agent_family(user_agent: &str) -> &'static str {
+    let ua = user_agent;
+    let mobile = ua.contains("Mobile") || ua.contains("Android") || ua.contains("iPhone");
+    let family = if ua.is_empty() {
+        return "";
+    } else if ua.contains("Edg/") {
+        "Edge"
+    } else if ua.contains("OPR/") || ua.contains("Opera") {
+        "Opera"
+    } else if ua.contains("SamsungBrowser") {
+        "Samsung Internet"
+    } else if ua.contains("Firefox/") {
+        "Firefox"
+    } else if ua.contains("Chrome/") || ua.contains("Chromium/") {
+        "Chrome"
+    } else if ua.contains("Safari/") {
+        "Safari"
+    } else if ua.contains("curl/")
+        || ua.contains("python")
+        || ua.contains("Go-http-client")
+        || ua.contains("okhttp")
+    {
+        "Script"
+    } else {
+        "Other"
+    };
+    match (family, mobile) {
+        ("Chrome", true) => "Chrome Mobile",
+        ("Firefox", true) => "Firefox Mobile",
+        ("Safari", true) => "Mobile Safari",
+        (family, _) => family,
+    }
+}
+
+/// Builds events with the columns every event of a verification shares.
+#[derive(Debug, Clone)]
+pub struct EventFactory {
+    pseudonymizer: Pseudonymizer,
+    prefix_digits: usize,
+    instance: String,
+}
+
+impl EventFactory {
+    pub fn new(pseudonymizer: Pseudonymizer, prefix_digits: usize, instance: String) -> Self {
+        Self {
+            pseudonymizer,
+            prefix_digits,
+            instance,
+        }
+    }
+
+    pub fn pseudonymizer(&self) -> &Pseudonymizer {
+        &self.pseudonymizer
+    }
+
+    /// An event about `record` at `now`.
+    pub fn verification(&self, record: &VerificationRecord, kind: EventType, now: Millis) -> Event {
+        Event {
+            event_id: Uuid::now_v7(),
+            ts: now,
+            brand: record.brand.clone(),
+            event_type: kind.as_str().to_owned(),
+            verification_id: *record.id.as_uuid(),
+            order_id: Uuid::nil(),
+            channel: "sms".to_owned(),
+            country: record.phone.country().to_owned(),
+            number_prefix: number_prefix(&record.phone, self.prefix_digits),
+            phone_pseudonym: self.pseudonymizer.pseudonym("phone", record.phone.e164()),
+            customer_pseudonym: record.customer_pseudonym.clone(),
+            ip_pseudonym: record.ip_pseudonym.clone(),
+            attempt: 0,
+            outcome: String::new(),
+            reason: String::new(),
+            amount_minor: record.amount.minor(),
+            currency: record.amount.currency().to_owned(),
+            ms_since_start: (now - record.created_at).max(0),
+            sms_provider: String::new(),
+            sms_segments: 0,
+            locale: record.locale.clone().unwrap_or_default(),
+            user_agent_family: record.user_agent_family.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+
+    /// A refusal before any verification exists (a blocked start).
+    pub fn blocked(&self, brand: &str, context: &BlockedStart<'_>, now: Millis) -> Event {
+        let (country, prefix, phone) = match context.phone {
+            Some(phone) => (
+                phone.country().to_owned(),
+                number_prefix(phone, self.prefix_digits),
+                self.pseudonymizer.pseudonym("phone", phone.e164()),
+            ),
+            None => (
+                context.country.unwrap_or_default().to_owned(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        Event {
+            event_id: Uuid::now_v7(),
+            ts: now,
+            brand: brand.to_owned(),
+            event_type: EventType::VerificationBlocked.as_str().to_owned(),
+            verification_id: Uuid::now_v7(),
+            order_id: Uuid::nil(),
+            channel: "sms".to_owned(),
+            country,
+            number_prefix: prefix,
+            phone_pseudonym: phone,
+            customer_pseudonym: self
+                .pseudonymizer
+                .pseudonym("customer", context.customer_reference),
+            ip_pseudonym: self.pseudonymizer.pseudonym("ip", context.client_ip),
+            attempt: 0,
+            outcome: "blocked".to_owned(),
+            reason: context.rule.to_owned(),
+            amount_minor: context.amount_minor,
+            currency: context.currency.to_owned(),
+            ms_since_start: 0,
+            sms_provider: String::new(),
+            sms_segments: 0,
+            locale: context.locale.to_owned(),
+            user_agent_family: user_agent_family(context.user_agent).to_owned(),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+/// What is known of a start that a rule refused.
+#[derive(Debug, Default)]
+pub struct BlockedStart<'a> {
+    pub rule: &'a str,
+    /// The parsed number when the refusal came after parsing (country, number type).
+    pub phone: Option<&'a PhoneNumber>,
+    pub country: Option<&'a str>,
+    pub customer_reference: &'a str,
+    pub client_ip: &'a str,
+    pub user_agent: &'a str,
+    pub locale: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_keyed_and_kind_separated() {
+        let a = Pseudonymizer::new(b"pepper-a");
+        let b = Pseudonymizer::new(b"pepper-b");
+        let phone = "+4915123456789";
+        assert_eq!(a.pseudonym("phone", phone).len(), 32);
+        assert_eq!(a.pseudonym("phone", phone), a.pseudonym("phone", phone));
+        assert_ne!(
+            a.pseudonym("phone", phone),
+            b.pseudonym("phone", phone),
+            "the pepper matters"
+        );
+        assert_ne!(
+            a.pseudonym("phone", "42"),
+            a.pseudonym("customer", "42"),
+            "the kind matters"
+        );
+        assert!(!a.pseudonym("phone", phone).contains("15123456789"));
+        assert_eq!(a.pseudonym("ip", ""), "");
+    }
+
+    #[test]
+    fn number_prefixes_keep_country_code_and_leading_digits() {
+        let de = PhoneNumber::parse("+4915123456789", None, &[]).expect("valid");
+        assert_eq!(number_prefix(&de, 3), "+49151");
+        assert_eq!(number_prefix(&de, 0), "+49");
+        let us = PhoneNumber::parse("+12015550123", None, &[]).expect("valid");
+        assert_eq!(number_prefix(&us, 3), "+1201");
+    }
+
+    #[test]
+    fn user_agents_map_to_coarse_families() {
+        let cases = [
+            (
+                "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
+                "Chrome",
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36",
+                "Chrome Mobile",
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1",
+                "Mobile Safari",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0",
+                "Edge",
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+                "Firefox",
+            ),
+            ("curl/8.4.0", "Script"),
+            ("", ""),
+        ];
+        for (ua, family) in cases {
+            assert_eq!(user_agent_family(ua), family, "{ua}");
+        }
+    }
+}

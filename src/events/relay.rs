@@ -1,0 +1,236 @@
+//! The relay: ships the outbox to the event sink in batches and deletes only what the sink
+//! acknowledged.
+//!
+//! Several instances share one outbox: each claims a batch with a lease (PostgreSQL:
+//! `FOR UPDATE SKIP LOCKED`), so no two ship the same rows at once. A sink that is down, slow
+//! or failing makes the relay back off (capped, jittered) and retry; the outbox grows and the
+//! metrics say so. A batch the sink refuses as bad data is split until the bad events are
+//! isolated; those go to the dead-letter table and everything else is shipped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::Event;
+use crate::domain::now_millis;
+use crate::metrics::Metrics;
+use crate::store::{OutboxRow, Store};
+
+/// Why a sink did not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Down, slow, overloaded or a transport failure: the same batch may succeed later.
+    #[error("{0}")]
+    Retryable(String),
+    /// The sink refused the data itself: sending it again cannot succeed.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where events go: ClickHouse, or a JSON-lines file in the embedded default.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Writes the whole batch, or fails without having written it (a retry is deduplicated).
+    async fn write(&self, events: &[Event]) -> Result<(), SinkError>;
+}
+
+/// How the relay batches and retries.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    /// How long the relay waits when the outbox is empty.
+    pub period: Duration,
+    /// How long a claimed batch stays reserved for this instance.
+    pub lease: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+pub struct Relay {
+    store: Arc<dyn Store>,
+    sink: Arc<dyn EventSink>,
+    metrics: Arc<Metrics>,
+    settings: RelaySettings,
+    owner: String,
+}
+
+type Shipping<'a> = Pin<Box<dyn Future<Output = anyhow::Result<usize>> + Send + 'a>>;
+
+impl Relay {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+        settings: RelaySettings,
+        owner: String,
+    ) -> Self {
+        Self {
+            store,
+            sink,
+            metrics,
+            settings,
+            owner,
+        }
+    }
+
+    /// Ships until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut failures: u32 = 0;
+        let mut stats_at = Instant::now() - Duration::from_secs(60);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let pause = match self.ship_batch().await {
+                Ok(0) => self.settings.period,
+                Ok(_) => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = self.backoff(failures);
+                    tracing::warn!(sink = self.sink.name(), error = %format!("{error:#}"), failures, retry_in_ms = pause.as_millis() as u64, "event sink unavailable; retrying");
+                    pause
+                }
+            };
+            if stats_at.elapsed() >= Duration::from_secs(1) || pause > Duration::ZERO {
+                self.update_stats().await;
+                stats_at = Instant::now();
+            }
+            if pause > Duration::ZERO {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+        self.update_stats().await;
+        tracing::info!(sink = self.sink.name(), "relay stopped");
+    }
+
+    /// Capped exponential backoff with jitter, so many instances do not retry in step.
+    fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(20);
+        let full = self
+            .settings
+            .retry_initial
+            .saturating_mul(1 << exponent)
+            .min(self.settings.retry_max);
+        let millis = full.as_millis().max(2) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    async fn update_stats(&self) {
+        match self.store.outbox_stats().await {
+            Ok(stats) => {
+                let age = stats
+                    .oldest_created_at
+                    .map_or(0.0, |oldest| (now_millis() - oldest).max(0) as f64 / 1000.0);
+                self.metrics.outbox(stats.pending, age);
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "reading outbox statistics")
+            }
+        }
+    }
+
+    /// Claims one batch and ships it. Returns how many events left the outbox (shipped or
+    /// dead-lettered); an error means the sink is unavailable and the batch was given back.
+    pub async fn ship_batch(&self) -> anyhow::Result<usize> {
+        let now = now_millis();
+        let lease_until = now + self.settings.lease.as_millis() as i64;
+        let mut rows = self
+            .store
+            .claim_outbox(
+                &self.owner,
+                self.settings.batch_rows as i64,
+                now,
+                lease_until,
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Keep the batch under the byte budget (at least one row); give the rest back.
+        let mut bytes = 0;
+        let keep = rows
+            .iter()
+            .position(|row| {
+                bytes += row.payload.len();
+                bytes > self.settings.batch_bytes
+            })
+            .unwrap_or(rows.len())
+            .max(1);
+        let rest: Vec<i64> = rows.split_off(keep).iter().map(|r| r.outbox_id).collect();
+        if !rest.is_empty() {
+            self.store.release_outbox(&rest).await?;
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        let mut decodable = Vec::with_capacity(rows.len());
+        for row in rows {
+            match serde_json::from_str::<Event>(&row.payload) {
+                Ok(event) => {
+                    events.push(event);
+                    decodable.push(row);
+                }
+                Err(_) => undecodable.push(row),
+            }
+        }
+        let mut moved = 0;
+        if !undecodable.is_empty() {
+            self.store
+                .dead_letter(&undecodable, "payload is not a valid event", now_millis())
+                .await?;
+            self.metrics
+                .events_dead_lettered(self.sink.name(), undecodable.len());
+            moved += undecodable.len();
+        }
+        if !events.is_empty() {
+            moved += self.deliver(&decodable, &events).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Writes `events` (from `rows`), splitting a refused batch to isolate bad events.
+    fn deliver<'a>(&'a self, rows: &'a [OutboxRow], events: &'a [Event]) -> Shipping<'a> {
+        Box::pin(async move {
+            let ids: Vec<i64> = rows.iter().map(|r| r.outbox_id).collect();
+            match self.sink.write(events).await {
+                Ok(()) => {
+                    self.store.ack_outbox(&ids).await?;
+                    self.metrics.events_shipped(self.sink.name(), events.len());
+                    Ok(events.len())
+                }
+                Err(SinkError::Retryable(error)) => {
+                    self.metrics.sink_error(self.sink.name(), "unavailable");
+                    self.store.release_outbox(&ids).await?;
+                    Err(anyhow::anyhow!(error))
+                }
+                Err(SinkError::Rejected(error)) => {
+                    self.metrics.sink_error(self.sink.name(), "rejected");
+                    if rows.len() == 1 {
+                        tracing::error!(sink = self.sink.name(), event_id = %events[0].event_id, %error, "event refused as bad data; moved to the dead-letter table");
+                        self.store.dead_letter(rows, &error, now_millis()).await?;
+                        self.metrics.events_dead_lettered(self.sink.name(), 1);
+                        return Ok(1);
+                    }
+                    let middle = rows.len() / 2;
+                    let first = self.deliver(&rows[..middle], &events[..middle]).await;
+                    if first.is_err() {
+                        self.store.release_outbox(&ids[middle..]).await?;
+                    }
+                    Ok(first? + self.deliver(&rows[middle..], &events[middle..]).await?)
+                }
+            }
+        })
+    }
+}

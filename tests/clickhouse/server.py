@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""A ClickHouse HTTP endpoint over the real ClickHouse engine embedded in chdb-core.
+
+Debian's clickhouse-server (18.16) cannot run orderguard's schema, and no other ClickHouse can be
+installed here, so the tests use the engine from PyPI (chdb-core, in-process) behind this small
+server. It speaks the subset of the ClickHouse HTTP interface that the `clickhouse` Rust crate
+uses with its default settings (LZ4 and schema validation on):
+
+* ``GET|HEAD /ping`` -> ``Ok.``
+* ``POST /?query=INSERT INTO t(cols) FORMAT RowBinary[WithNamesAndTypes]`` with the rows in the
+  body; with ``decompress=1`` the body is in ClickHouse's compressed block framing (16-byte
+  CityHash128 checksum, method 0x82 = LZ4, compressed and decompressed sizes), which is checked
+  and unpacked here.
+* ``POST /`` with the query in the body (or ``query`` in the URL, or a multipart form carrying
+  ``query`` and ``param_*``); the output format is the query's ``FORMAT`` clause, else
+  ``default_format``, else TabSeparated. Responses are not compressed (allowed: the crate reads
+  a response without ``Content-Encoding`` as plain).
+* ``database``, ``param_*`` and every other URL parameter (a setting, e.g.
+  ``insert_deduplication_token``) are honoured for that request.
+* Errors answer 500 (404 for unknown tables/databases, 400 for syntax errors) with the header
+  ``X-ClickHouse-Exception-Code`` and the body ``Code: N. DB::Exception: ...``.
+
+Test hooks (not part of ClickHouse): ``POST /__fail?status=503&count=N`` makes the next N
+requests fail with that status before reaching the engine.
+
+Usage: ``server.py --data DIR [--port PORT]``; prints ``LISTENING <port>`` once ready.
+"""
+
+import argparse
+import email.parser
+import re
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import chdb
+import lz4.block
+from clickhouse_cityhash.cityhash import CityHash128
+
+ENGINE_LOCK = threading.Lock()
+FAULTS = {"status": 0, "count": 0}
+NOT_SETTINGS = {
+    "query", "database", "default_format", "decompress", "compress", "role", "session_id",
+    "query_id", "user", "password", "enable_http_compression",
+}
+INSERT_RE = re.compile(r"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+(\w+)\s*$", re.I | re.S)
+FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
+CODE_RE = re.compile(r"Code:\s*(\d+)")
+
+
+def decompress_blocks(body: bytes) -> bytes:
+    """Unpacks ClickHouse compressed blocks, verifying each block's checksum."""
+    out, pos = bytearray(), 0
+    while pos < len(body):
+        checksum = body[pos:pos + 16]
+        header = body[pos + 16:pos + 25]
+        if len(header) < 9:
+            raise ValueError("truncated compressed block header")
+        method = header[0]
+        compressed_size = int.from_bytes(header[1:5], "little")  # includes the 9 header bytes
+        size = int.from_bytes(header[5:9], "little")
+        block = body[pos + 16:pos + 16 + compressed_size]
+        # The crate writes cityhash_102_128 as one little-endian u128; so does this side.
+        if checksum != CityHash128(block).to_bytes(16, "little"):
+            raise ValueError("checksum mismatch in compressed block")
+        if method != 0x82:
+            raise ValueError(f"unsupported compression method 0x{method:02x}")
+        out += lz4.block.decompress(block[9:], uncompressed_size=size)
+        pos += 16 + compressed_size
+    return bytes(out)
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "orderguard-chdb"
+
+    def log_message(self, fmt, *args):  # keep test output quiet
+        pass
+
+    def reply(self, status: int, body: bytes, headers=None):
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def fail(self, message: str, status: int = 500):
+        match = CODE_RE.search(message)
+        code = match.group(1) if match else "1000"
+        if not message.startswith("Code:"):
+            message = f"Code: {code}. DB::Exception: {message}"
+        if status == 500 and ("UNKNOWN_TABLE" in message or "UNKNOWN_DATABASE" in message):
+            status = 404
+        elif status == 500 and "SYNTAX_ERROR" in message:
+            status = 400
+        self.reply(status, (message.rstrip() + "\n").encode(),
+                   {"X-ClickHouse-Exception-Code": code, "Content-Type": "text/plain; charset=UTF-8"})
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(data)
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/ping":
+            return self.reply(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+        return self.handle_query(b"")
+
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        body = self.read_body()
+        if url.path == "/__fail":
+            args = dict(urllib.parse.parse_qsl(url.query))
+            FAULTS.update(status=int(args.get("status", 503)), count=int(args.get("count", 1)))
+            return self.reply(200, b"ok\n")
+        return self.handle_query(body)
+
+    def handle_query(self, body: bytes):
+        with ENGINE_LOCK:
+            if FAULTS["count"] > 0:
+                FAULTS["count"] -= 1
+                return self.fail("injected fault (test hook)", FAULTS["status"])
+        url = urllib.parse.urlsplit(self.path)
+        args = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            message = email.parser.BytesParser().parsebytes(
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            for part in message.get_payload():
+                args[part.get_param("name", header="content-disposition")] = part.get_payload(decode=True).decode()
+            body = b""
+        params = {k[len("param_"):]: v for k, v in args.items() if k.startswith("param_")}
+        settings = {k: v for k, v in args.items() if k not in NOT_SETTINGS and not k.startswith("param_")}
+        try:
+            if args.get("decompress") == "1" and body:
+                body = decompress_blocks(body)
+        except ValueError as error:
+            return self.fail(f"Code: 432. DB::Exception: {error}. (UNKNOWN_CODEC)", 400)
+
+        url_query = args.get("query", "")
+        insert = INSERT_RE.match(url_query) if url_query else None
+        sql = url_query if insert else (url_query + ("\n" if url_query and body else "") + body.decode("utf-8", "replace"))
+        with ENGINE_LOCK:
+            conn = self.server.conn
+            applied = []
+            try:
+                if args.get("database"):
+                    conn.query(f"USE `{args['database']}`")
+                for name, value in settings.items():
+                    conn.query(f"SET {name} = {quote(value)}")
+                    applied.append(name)
+                if insert:
+                    inserter = conn.send_insert(insert.group(1), insert.group(2))
+                    try:
+                        if body:
+                            inserter.append(body)
+                        inserter.finish()
+                    except Exception:
+                        inserter.cancel()
+                        raise
+                    result = b""
+                    out_format = "RowBinary"
+                else:
+                    match = FORMAT_RE.search(sql)
+                    out_format = match.group(1) if match else args.get("default_format", "TabSeparated")
+                    if match:
+                        sql = sql[:match.start()]
+                    res = conn.query(sql, out_format, params=params)
+                    result = res.bytes() if hasattr(res, "bytes") else (res or b"")
+                    if isinstance(result, str):
+                        result = result.encode()
+            except Exception as error:  # every engine error becomes a ClickHouse-style error
+                return self.fail(str(error))
+            finally:
+                for name in applied:
+                    try:
+                        conn.query(f"SET {name} = DEFAULT")
+                    except Exception:
+                        pass
+                if args.get("database"):
+                    conn.query("USE default")
+        self.reply(200, result, {"X-ClickHouse-Format": out_format,
+                                 "Content-Type": "application/octet-stream"})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="directory for the engine's data")
+    parser.add_argument("--port", type=int, default=0)
+    options = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", options.port), Handler)
+    server.daemon_threads = True
+    server.conn = chdb.connect(options.data)
+    print(f"LISTENING {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
