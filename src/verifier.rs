@@ -135,8 +135,9 @@ impl Verifier {
                 // A rule refused the number (country, number type): that is a blocked start.
                 if error != PhoneError::Invalid {
                     let parsed =
-                        PhoneNumber::parse(&request.phone, brand.default_country.as_deref(), &[])
-                            .ok();
+                        PhoneNumber::parse_valid(&request.phone, brand.default_country.as_deref())
+                            .ok()
+                            .map(|(number, _)| number);
                     let blocked = BlockedStart {
                         rule: error.kind(),
                         phone: parsed.as_ref(),

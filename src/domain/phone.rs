@@ -58,6 +58,30 @@ impl PhoneNumber {
         default_country: Option<&str>,
         allowed_countries: &[String],
     ) -> Result<Self, PhoneError> {
+        let (number, number_type) = Self::parse_valid(input, default_country)?;
+        if !allowed_countries.is_empty() && !allowed_countries.contains(&number.country) {
+            return Err(PhoneError::CountryNotAllowed(number.country));
+        }
+        match number_type {
+            Type::Mobile | Type::FixedLineOrMobile => Ok(number),
+            Type::PremiumRate => Err(PhoneError::PremiumRate),
+            Type::SharedCost => Err(PhoneError::SharedCost),
+            Type::Voip => Err(PhoneError::Voip),
+            Type::FixedLine => Err(PhoneError::FixedLine),
+            Type::TollFree => Err(PhoneError::NotMobile("toll-free")),
+            Type::Pager => Err(PhoneError::NotMobile("pager")),
+            Type::PersonalNumber => Err(PhoneError::NotMobile("personal")),
+            Type::Uan => Err(PhoneError::NotMobile("universal access")),
+            _ => Err(PhoneError::NotMobile("non-mobile")),
+        }
+    }
+
+    /// Any valid number with its type, before the brand's rules: what a refused number was
+    /// (its country and prefix describe a blocked start).
+    pub fn parse_valid(
+        input: &str,
+        default_country: Option<&str>,
+    ) -> Result<(Self, Type), PhoneError> {
         if input.len() > 32 {
             return Err(PhoneError::Invalid);
         }
@@ -71,27 +95,16 @@ impl PhoneNumber {
             .id()
             .map(|id| id.as_ref().to_owned())
             .ok_or(PhoneError::Invalid)?;
-        if !allowed_countries.is_empty() && !allowed_countries.contains(&country) {
-            return Err(PhoneError::CountryNotAllowed(country));
-        }
-        match number.number_type(&phonenumber::metadata::DATABASE) {
-            Type::Mobile | Type::FixedLineOrMobile => {}
-            Type::PremiumRate => return Err(PhoneError::PremiumRate),
-            Type::SharedCost => return Err(PhoneError::SharedCost),
-            Type::Voip => return Err(PhoneError::Voip),
-            Type::FixedLine => return Err(PhoneError::FixedLine),
-            Type::TollFree => return Err(PhoneError::NotMobile("toll-free")),
-            Type::Pager => return Err(PhoneError::NotMobile("pager")),
-            Type::PersonalNumber => return Err(PhoneError::NotMobile("personal")),
-            Type::Uan => return Err(PhoneError::NotMobile("universal access")),
-            _ => return Err(PhoneError::NotMobile("non-mobile")),
-        }
+        let number_type = number.number_type(&phonenumber::metadata::DATABASE);
         let e164 = number.format().mode(Mode::E164).to_string();
-        Ok(Self {
-            e164,
-            country,
-            calling_code: number.country().code(),
-        })
+        Ok((
+            Self {
+                e164,
+                country,
+                calling_code: number.country().code(),
+            },
+            number_type,
+        ))
     }
 
     /// Rebuilds a number read back from storage, where it was stored already validated.

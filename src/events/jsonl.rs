@@ -64,18 +64,12 @@ impl EventSink for JsonLinesSink {
     }
 }
 
-/// Appends `lines` to `path`, first renaming a full file to `<stem>-<unix ms>.jsonl`.
+/// Appends `lines` to `path`, first renaming a full file to `<stem>-<unix ms>[-n].jsonl` (a
+/// name not yet taken: a rotation never overwrites earlier events).
 fn append(path: &Path, rotate_bytes: u64, lines: &[u8]) -> std::io::Result<()> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > 0 && size + lines.len() as u64 > rotate_bytes {
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("events");
-        std::fs::rename(
-            path,
-            path.with_file_name(format!("{stem}-{}.jsonl", crate::domain::now_millis())),
-        )?;
+        std::fs::rename(path, rotated_name(path))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -84,4 +78,41 @@ fn append(path: &Path, rotate_bytes: u64, lines: &[u8]) -> std::io::Result<()> {
     file.write_all(lines)?;
     // Durable before the outbox rows are deleted.
     file.sync_data()
+}
+
+fn rotated_name(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("events");
+    let millis = crate::domain::now_millis();
+    (0..)
+        .map(|n| match n {
+            0 => path.with_file_name(format!("{stem}-{millis}.jsonl")),
+            n => path.with_file_name(format!("{stem}-{millis}-{n}.jsonl")),
+        })
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| path.with_extension("jsonl.old"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_every_line_even_within_one_millisecond() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        for n in 0..20 {
+            append(&path, 10, format!("{{\"n\":{n}}}\n").as_bytes()).expect("append");
+        }
+        let mut lines = 0;
+        for entry in std::fs::read_dir(dir.path()).expect("dir") {
+            lines += std::fs::read_to_string(entry.expect("entry").path())
+                .expect("read")
+                .lines()
+                .count();
+        }
+        assert_eq!(lines, 20);
+    }
 }

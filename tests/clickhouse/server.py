@@ -10,7 +10,9 @@ uses with its default settings (LZ4 and schema validation on):
 * ``POST /?query=INSERT INTO t(cols) FORMAT RowBinary[WithNamesAndTypes]`` with the rows in the
   body; with ``decompress=1`` the body is in ClickHouse's compressed block framing (16-byte
   CityHash128 checksum, method 0x82 = LZ4, compressed and decompressed sizes), which is checked
-  and unpacked here.
+  and unpacked here. The rows are loaded with ``INSERT ... SELECT * FROM file(...)``: chdb's
+  streaming insert drops a block that violates a CHECK constraint without raising, where a real
+  server refuses the insert (code 469); ``INSERT ... SELECT`` raises as ClickHouse does.
 * ``POST /`` with the query in the body (or ``query`` in the URL, or a multipart form carrying
   ``query`` and ``param_*``); the output format is the query's ``FORMAT`` clause, else
   ``default_format``, else TabSeparated. Responses are not compressed (allowed: the crate reads
@@ -28,9 +30,12 @@ Usage: ``server.py --data DIR [--port PORT]``; prints ``LISTENING <port>`` once 
 
 import argparse
 import email.parser
+import json
+import os
 import re
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -45,6 +50,7 @@ NOT_SETTINGS = {
     "query_id", "user", "password", "enable_http_compression",
 }
 INSERT_RE = re.compile(r"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+(\w+)\s*$", re.I | re.S)
+HEAD_RE = re.compile(r"^\s*INSERT\s+INTO\s+([`\w.]+)\s*(?:\((.*)\))?\s*$", re.I | re.S)
 FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 CODE_RE = re.compile(r"Code:\s*(\d+)")
 
@@ -61,8 +67,11 @@ def decompress_blocks(body: bytes) -> bytes:
         compressed_size = int.from_bytes(header[1:5], "little")  # includes the 9 header bytes
         size = int.from_bytes(header[5:9], "little")
         block = body[pos + 16:pos + 16 + compressed_size]
-        # The crate writes cityhash_102_128 as one little-endian u128; so does this side.
-        if checksum != CityHash128(block).to_bytes(16, "little"):
+        # CityHash128 v1.0.2 as ClickHouse stores it: the high 64 bits first, each half
+        # little-endian (this package returns the hash as one 128-bit integer).
+        digest = CityHash128(block)
+        expected = (digest >> 64).to_bytes(8, "little") + (digest & (2**64 - 1)).to_bytes(8, "little")
+        if checksum != expected:
             raise ValueError("checksum mismatch in compressed block")
         if method != 0x82:
             raise ValueError(f"unsupported compression method 0x{method:02x}")
@@ -170,14 +179,7 @@ class Handler(BaseHTTPRequestHandler):
                     conn.query(f"SET {name} = {quote(value)}")
                     applied.append(name)
                 if insert:
-                    inserter = conn.send_insert(insert.group(1), insert.group(2))
-                    try:
-                        if body:
-                            inserter.append(body)
-                        inserter.finish()
-                    except Exception:
-                        inserter.cancel()
-                        raise
+                    self.insert_rows(conn, insert.group(1), insert.group(2), body)
                     result = b""
                     out_format = "RowBinary"
                 else:
@@ -203,6 +205,39 @@ class Handler(BaseHTTPRequestHandler):
                                  "Content-Type": "application/octet-stream"})
 
 
+    def insert_rows(self, conn, head: str, data_format: str, body: bytes):
+        """Loads `body` (in `data_format`) into the table named by `head` via a file."""
+        if not body:
+            return
+        match = HEAD_RE.match(head)
+        if not match:
+            raise ValueError(f"Code: 62. DB::Exception: cannot parse INSERT head {head!r}. (SYNTAX_ERROR)")
+        table, columns = match.group(1), match.group(2)
+        path = os.path.join(self.server.spool, f"insert-{threading.get_ident()}-{time.monotonic_ns()}.bin")
+        with open(path, "wb") as spool:
+            spool.write(body)
+        try:
+            source = f"file({quote(path)}, {quote(data_format)}"
+            if not data_format.lower().endswith("withnamesandtypes"):
+                source += ", " + quote(self.structure(conn, table, columns))
+            source += ")"
+            target = f"{table} ({columns})" if columns else table
+            conn.query(f"INSERT INTO {target} SELECT * FROM {source}")
+        finally:
+            os.remove(path)
+
+    @staticmethod
+    def structure(conn, table: str, columns) -> str:
+        """`name Type, ...` of the listed columns (all when none are listed)."""
+        described = conn.query(f"DESCRIBE TABLE {table}", "JSONEachRow").bytes().decode()
+        types = {}
+        for line in described.splitlines():
+            row = json.loads(line)
+            types[row["name"]] = row["type"]
+        names = [c.strip().strip("`") for c in columns.split(",")] if columns else list(types)
+        return ", ".join(f"`{name}` {types[name]}" for name in names)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="directory for the engine's data")
@@ -211,6 +246,8 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", options.port), Handler)
     server.daemon_threads = True
     server.conn = chdb.connect(options.data)
+    server.spool = os.path.join(options.data, "spool")
+    os.makedirs(server.spool, exist_ok=True)
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
