@@ -25,37 +25,46 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (applies pending migrations first).
     Serve,
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations (and ClickHouse's, when configured) and exit.
     Migrate,
+    /// The load tool: run a benchmark scenario against loopback services.
+    #[command(subcommand)]
+    Bench(crate::bench::Scenario),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
-    crate::telemetry::init(&settings);
     match cli.command {
         Command::Serve => {
+            let settings = load_settings(cli.config.as_deref())?;
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
-        Command::Migrate => {
-            if settings.mode == crate::settings::Mode::Production && settings.database.url.is_none()
-            {
-                anyhow::bail!(
-                    "database.url (ORDERGUARD_DATABASE__URL) is required in production mode"
-                );
-            }
-            let store = connect_store(&settings).await?;
-            if let Some(url) = &settings.clickhouse.url {
-                let sink =
-                    crate::events::clickhouse::ClickHouseSink::new(url, &settings.clickhouse);
-                sink.ensure_migrated().await?;
-                tracing::info!("ClickHouse migrations applied");
-            }
-            tracing::info!(
-                backend = crate::store::Store::backend(&store).as_str(),
-                "migrations applied"
-            );
-            Ok(())
-        }
+        Command::Migrate => migrate(&load_settings(cli.config.as_deref())?).await,
+        // The load tool takes its targets as options, not from the service's settings.
+        Command::Bench(scenario) => crate::bench::run(scenario).await,
     }
+}
+
+/// Settings for the service commands, with logging set up from them.
+fn load_settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config)?;
+    crate::telemetry::init(&settings);
+    Ok(settings)
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    if settings.mode == crate::settings::Mode::Production && settings.database.url.is_none() {
+        anyhow::bail!("database.url (ORDERGUARD_DATABASE__URL) is required in production mode");
+    }
+    let store = connect_store(settings).await?;
+    if let Some(url) = &settings.clickhouse.url {
+        let sink = crate::events::clickhouse::ClickHouseSink::new(url, &settings.clickhouse);
+        sink.ensure_migrated().await?;
+        tracing::info!("ClickHouse migrations applied");
+    }
+    tracing::info!(
+        backend = crate::store::Store::backend(&store).as_str(),
+        "migrations applied"
+    );
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! The binary is a thin wrapper around [`cli`]; [`startup::Application`] builds and runs the
 //! service from [`settings::Settings`].
 
+pub mod bench;
 pub mod brands;
 pub mod cli;
 pub mod domain;

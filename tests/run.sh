@@ -59,23 +59,9 @@ if ! postgres_answers && ! start_installed_cluster && ! install_postgres; then
 fi
 log "PostgreSQL answers at ${ORDERGUARD_TEST_POSTGRES_URL%%@*}@…"
 
-# The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py,
-# in a virtual environment under target/ that is rebuilt when the requirements change.
-venv=target/chdb-venv
-requirements=tests/clickhouse/requirements.txt
-if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
-  log "installing the test ClickHouse (chdb-core) into $venv"
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/requirements.txt"
-fi
-export ORDERGUARD_TEST_PYTHON="$PWD/$venv/bin/python"
-"$ORDERGUARD_TEST_PYTHON" -c 'import chdb, lz4.block, clickhouse_cityhash' \
-  || { log "the test ClickHouse environment in $venv is broken; delete it and run again"; exit 1; }
+# The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.
+ORDERGUARD_TEST_PYTHON="$(bash tests/clickhouse/setup.sh)"
+export ORDERGUARD_TEST_PYTHON
 
 # Databases the previous runs created; each test makes its own.
 psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'og_test_%'" \

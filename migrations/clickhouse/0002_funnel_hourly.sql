@@ -1,6 +1,8 @@
 -- The hourly funnel per brand × country × number prefix, kept up to date by a materialized
 -- view so dashboards read a few rows per hour instead of scanning events.
 -- Read it with sum(...) and GROUP BY: SummingMergeTree adds rows up only when parts merge.
+-- The deduplication window lets a repeated batch (same insert_deduplication_token) be dropped
+-- here too: the view's block is deduplicated in this target table, not by the source table.
 CREATE TABLE IF NOT EXISTS funnel_hourly
 (
     hour           DateTime('UTC'),
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS funnel_hourly
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (brand, hour, country, number_prefix)
-TTL hour + INTERVAL 13 MONTH;
+TTL hour + INTERVAL 13 MONTH
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS funnel_hourly_mv TO funnel_hourly AS
 SELECT

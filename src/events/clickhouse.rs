@@ -33,6 +33,7 @@ const BAD_DATA_CODES: &[u32] = &[6, 26, 27, 33, 38, 41, 53, 69, 70, 72, 117, 131
 pub const EVENTS_TABLE: &str = "events";
 
 pub struct ClickHouseSink {
+    url: String,
     client: clickhouse::Client,
     settings: ClickHouseSettings,
     /// Set once the migrations have been applied by this process.
@@ -42,6 +43,7 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     pub fn new(url: &str, settings: &ClickHouseSettings) -> Self {
         Self {
+            url: url.to_owned(),
             client: client(url, settings).with_database(&settings.database),
             settings: settings.clone(),
             migrated: tokio::sync::OnceCell::new(),
@@ -59,12 +61,7 @@ impl ClickHouseSink {
     /// Creates the database, applies pending migrations (tracked in `schema_migrations`) and
     /// sets the retention.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let url = self
-            .settings
-            .url
-            .as_deref()
-            .context("clickhouse.url is not set")?;
-        client(url, &self.settings)
+        client(&self.url, &self.settings)
             .query("CREATE DATABASE IF NOT EXISTS ?")
             .bind(clickhouse::sql::Identifier(&self.settings.database))
             .execute()

@@ -145,6 +145,36 @@ async fn every_lifecycle_path_emits_exactly_its_events(backend: Backend) {
         raw_rows, total as u64,
         "no duplicate rows, even before merges"
     );
+    let funnel = clickhouse
+        .rows(
+            "SELECT sum(starts) AS starts, sum(sends) AS sends, sum(approvals) AS approvals, sum(aborts) AS aborts, \
+             sum(expiries) AS expiries, sum(locks) AS locks, sum(blocks) AS blocks, sum(checks) AS checks, \
+             sum(wrong_checks) AS wrong FROM funnel_hourly WHERE brand = 'nordwind'",
+        )
+        .await;
+    let expected = [
+        ("starts", 5),
+        ("sends", 6),
+        ("approvals", 2),
+        ("aborts", 1),
+        ("expiries", 1),
+        ("locks", 1),
+        ("blocks", 1),
+        ("checks", 8),
+        ("wrong", 6),
+    ];
+    for (column, count) in expected {
+        let value = &funnel[0][column];
+        let value = value
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or(value.as_u64());
+        assert_eq!(
+            value,
+            Some(count),
+            "funnel_hourly.{column} adds up the same events"
+        );
+    }
     let metrics = app.metrics().await;
     let shipped = format!("orderguard_events_shipped_total{{sink=\"clickhouse\"}} {total}");
     assert!(metrics.contains(&shipped), "{shipped} missing:\n{metrics}");
@@ -675,4 +705,61 @@ async fn two_instances_over_one_postgres_ship_one_outbox_without_duplicates() {
     );
     assert_eq!(a + b, 900, "each event shipped by exactly one instance");
     assert!(a > 0 && b > 0, "both instances shipped: {a} and {b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_shipped_twice_is_counted_once_by_the_exact_queries() {
+    use orderguard::events::relay::EventSink;
+    let clickhouse = TestClickHouse::start().await;
+    let settings = orderguard::settings::ClickHouseSettings::default();
+    let sink = orderguard::events::clickhouse::ClickHouseSink::new(&clickhouse.url(), &settings);
+    let now = orderguard::domain::now_millis();
+    let events: Vec<_> = (0..10)
+        .map(|_| synthetic_event("verification_started", now))
+        .collect();
+
+    // The acknowledgement of the first write is "lost": the relay sends the same batch again.
+    sink.write(&events).await.expect("first write");
+    sink.write(&events).await.expect("the same batch again");
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events").await,
+        10,
+        "the deduplication token drops the repeat"
+    );
+    let funnel = "SELECT sum(starts) FROM funnel_hourly";
+    assert_eq!(
+        clickhouse.number(funnel).await,
+        10,
+        "the materialized view is deduplicated too"
+    );
+
+    // A repeat in another batch composition gets past the token: only the exact patterns hold.
+    sink.write(&events[..4]).await.expect("a re-composed batch");
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events FINAL").await,
+        10,
+        "FINAL collapses the repeat"
+    );
+    assert_eq!(
+        clickhouse
+            .number("SELECT uniqExact(event_id) FROM events")
+            .await,
+        10
+    );
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events").await,
+        14,
+        "plain count() is not exact before merges"
+    );
+    let funnel_after = clickhouse.number(funnel).await;
+    assert_eq!(
+        funnel_after, 14,
+        "the funnel counts a re-composed repeat: it is not an exact count"
+    );
+    clickhouse.execute("OPTIMIZE TABLE events FINAL").await;
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events").await,
+        10,
+        "merges remove the repeat"
+    );
 }
