@@ -192,6 +192,21 @@ impl EventSink for ClickHouseSink {
     }
 
     async fn write(&self, events: &[Event]) -> Result<(), SinkError> {
+        // One bound for the whole write: schema lookups and migrations have no timeout of
+        // their own, and a hanging server must not stall the relay.
+        let limit = Duration::from_millis(self.settings.timeout_ms);
+        match tokio::time::timeout(limit, self.insert(events)).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Retryable(format!(
+                "no answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+}
+
+impl ClickHouseSink {
+    async fn insert(&self, events: &[Event]) -> Result<(), SinkError> {
         self.ensure_migrated()
             .await
             .map_err(|error| SinkError::Retryable(format!("{error:#}")))?;

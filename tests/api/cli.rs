@@ -176,6 +176,46 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_clickhouse_migrations_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clickhouse = crate::helpers::TestClickHouse::start().await;
+    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let output = orderguard(dir.path())
+        .arg("migrate")
+        .env("ORDERGUARD_DATABASE__URL", &sqlite)
+        .env("ORDERGUARD_CLICKHOUSE__URL", clickhouse.url())
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let applied = clickhouse
+        .rows("SELECT version, name FROM schema_migrations ORDER BY version")
+        .await;
+    let names: Vec<&str> = applied
+        .iter()
+        .filter_map(|row| row["name"].as_str())
+        .collect();
+    assert_eq!(names, ["0001_events.sql", "0002_funnel_hourly.sql"]);
+    let again = orderguard(dir.path())
+        .arg("migrate")
+        .env("ORDERGUARD_DATABASE__URL", &sqlite)
+        .env("ORDERGUARD_CLICKHOUSE__URL", clickhouse.url())
+        .output()
+        .expect("run");
+    assert!(again.status.success(), "a second run changes nothing");
+    assert_eq!(
+        clickhouse
+            .rows("SELECT version FROM schema_migrations")
+            .await
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_applies_the_migrations_of_both_backends_and_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());

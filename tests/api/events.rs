@@ -362,12 +362,33 @@ async fn a_bad_batch_is_dead_lettered_and_later_events_still_arrive(backend: Bac
 
 async fn clickhouse_errors_are_retried_until_it_answers(backend: Backend) {
     let clickhouse = TestClickHouse::start().await;
-    let app = spawn_app_with(backend, |s| ship_to(&clickhouse, s)).await;
+    let app = spawn_app_with(backend, |s| {
+        ship_to(&clickhouse, s);
+        s.clickhouse.timeout_ms = 500;
+    })
+    .await;
+    // Slow: the first inserts take longer than the timeout, and are given up and retried.
+    clickhouse.slow_next(1_500, 2).await;
+    start_and_cancel(&app, 1, 1).await;
+    app.wait_for_outbox_drained(30).await;
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events FINAL").await,
+        3
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderguard_clickhouse_errors_total{kind="unavailable"}"#),
+        "the slow answers counted as failures:\n{metrics}"
+    );
+    // Answering 5xx.
     app.wait_for_outbox_drained(30).await;
     clickhouse.fail_next(503, 4).await;
     start_and_cancel(&app, 3, 3).await;
     app.wait_for_outbox_drained(30).await;
-    assert_eq!(clickhouse.number("SELECT count() FROM events").await, 9);
+    assert_eq!(
+        clickhouse.number("SELECT count() FROM events FINAL").await,
+        12
+    );
     assert_eq!(
         app.db_number("SELECT COUNT(*) FROM dead_letter").await,
         0,
@@ -633,6 +654,24 @@ async fn clickhouse_stopped_during_two_thousand_verifications_loses_and_doubles_
     assert!(
         app.outbox_len().await > 0,
         "events wait in the outbox while ClickHouse is down"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let metrics = app.metrics().await;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(
+        gauge("orderguard_outbox_pending ") > 0.0,
+        "the backlog shows in the metrics"
+    );
+    assert!(
+        gauge("orderguard_outbox_oldest_age_seconds ") >= 1.0,
+        "and so does its age"
     );
     clickhouse.restart().await;
     start_and_cancel(&app, 500, 32).await;

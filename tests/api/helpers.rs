@@ -659,6 +659,12 @@ impl TestClickHouse {
         self.launch().await;
     }
 
+    /// Makes the next `count` requests wait `delay_ms` before they are served.
+    pub async fn slow_next(&self, delay_ms: u64, count: u32) {
+        let url = format!("{}/__fail?delay_ms={delay_ms}&count={count}", self.url());
+        self.client.post(url).send().await.expect("fault hook");
+    }
+
     /// Makes the next `count` requests fail with `status`.
     pub async fn fail_next(&self, status: u16, count: u32) {
         let url = format!("{}/__fail?status={status}&count={count}", self.url());

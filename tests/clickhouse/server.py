@@ -23,7 +23,8 @@ uses with its default settings (LZ4 and schema validation on):
   ``X-ClickHouse-Exception-Code`` and the body ``Code: N. DB::Exception: ...``.
 
 Test hooks (not part of ClickHouse): ``POST /__fail?status=503&count=N`` makes the next N
-requests fail with that status before reaching the engine.
+requests fail with that status before reaching the engine; ``POST /__fail?delay_ms=D&count=N``
+makes them wait D ms first (a slow server).
 
 Usage: ``server.py --data DIR [--port PORT]``; prints ``LISTENING <port>`` once ready.
 """
@@ -44,7 +45,7 @@ import lz4.block
 from clickhouse_cityhash.cityhash import CityHash128
 
 ENGINE_LOCK = threading.Lock()
-FAULTS = {"status": 0, "count": 0}
+FAULTS = {"status": 0, "count": 0, "delay_ms": 0}
 NOT_SETTINGS = {
     "query", "database", "default_format", "decompress", "compress", "role", "session_id",
     "query_id", "user", "password", "enable_http_compression",
@@ -140,15 +141,20 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body()
         if url.path == "/__fail":
             args = dict(urllib.parse.parse_qsl(url.query))
-            FAULTS.update(status=int(args.get("status", 503)), count=int(args.get("count", 1)))
+            FAULTS.update(status=int(args.get("status", 0 if "delay_ms" in args else 503)),
+                          count=int(args.get("count", 1)), delay_ms=int(args.get("delay_ms", 0)))
             return self.reply(200, b"ok\n")
         return self.handle_query(body)
 
     def handle_query(self, body: bytes):
         with ENGINE_LOCK:
-            if FAULTS["count"] > 0:
+            fault = dict(FAULTS) if FAULTS["count"] > 0 else None
+            if fault:
                 FAULTS["count"] -= 1
-                return self.fail("injected fault (test hook)", FAULTS["status"])
+        if fault:
+            time.sleep(fault["delay_ms"] / 1000)
+            if fault["status"]:
+                return self.fail("injected fault (test hook)", fault["status"])
         url = urllib.parse.urlsplit(self.path)
         args = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         content_type = self.headers.get("Content-Type", "")
