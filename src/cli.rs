@@ -27,9 +27,31 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations (and ClickHouse's, when configured) and exit.
     Migrate,
+    /// Brand folders: validate them, or start a new one.
+    #[command(subcommand)]
+    Brands(BrandsCommand),
     /// The load tool: run a benchmark scenario against loopback services.
     #[command(subcommand)]
     Bench(crate::bench::Scenario),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrandsCommand {
+    /// Validate a brands folder (for a brand team's CI): exit 0 when all is well, else 1
+    /// and every problem as `file: key: what is wrong`.
+    Check {
+        /// The brands folder. Default: ./brands.
+        #[arg(default_value = "brands")]
+        dir: PathBuf,
+    },
+    /// Create a brand folder that passes the check, with a new API key (shown once).
+    New {
+        /// The brand id: lower-case letters, digits and dashes.
+        id: String,
+        /// The brands folder. Default: ./brands.
+        #[arg(long, default_value = "brands")]
+        dir: PathBuf,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +64,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate(&load_settings(cli.config.as_deref())?).await,
         // The load tool takes its targets as options, not from the service's settings.
         Command::Bench(scenario) => crate::bench::run(scenario).await,
+        Command::Brands(BrandsCommand::Check { dir }) => {
+            let problems = crate::brands::check(&dir);
+            if problems.is_empty() {
+                println!("{}: all brands are valid", dir.display());
+                Ok(())
+            } else {
+                for problem in &problems {
+                    println!("{problem}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), dir.display())
+            }
+        }
+        Command::Brands(BrandsCommand::New { id, dir }) => {
+            let created = crate::brands::scaffold::new_brand(&dir, &id)?;
+            println!("created {}", created.folder.display());
+            println!(
+                "API key (shown once; brand.toml keeps only its hash): {}",
+                created.api_key
+            );
+            Ok(())
+        }
     }
 }
 

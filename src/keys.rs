@@ -31,6 +31,16 @@ pub fn event_pepper(settings: &Settings) -> anyhow::Result<Vec<u8>> {
     )
 }
 
+/// The key that signs code page links.
+pub fn widget_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
+    server_key(
+        settings,
+        settings.secrets.widget_key.as_ref(),
+        "widget_key",
+        "widget.key",
+    )
+}
+
 /// A configured secret, or in dev mode one generated once into `<data_dir>/keys/<file>`.
 fn server_key(
     settings: &Settings,

@@ -18,6 +18,7 @@ pub mod store;
 pub mod sweeper;
 pub mod telemetry;
 pub mod verifier;
+pub mod widget;
 
 /// Deep-merges `overlay` into `base`: tables key by key, everything else replaced.
 /// Shared by configuration layering and brand inheritance.

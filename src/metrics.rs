@@ -18,6 +18,7 @@ pub struct Metrics {
     clickhouse_errors: IntCounterVec,
     events_dead_lettered: IntCounterVec,
     sms_receipts: IntCounterVec,
+    brand_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -102,6 +103,14 @@ impl Metrics {
         registry.register(Box::new(clickhouse_errors.clone()))?;
         registry.register(Box::new(events_dead_lettered.clone()))?;
         registry.register(Box::new(sms_receipts.clone()))?;
+        let brand_reloads = IntCounterVec::new(
+            Opts::new(
+                "brand_reload_total",
+                "Brand folder changes: applied, rejected (last good kept) or removed",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(brand_reloads.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -115,6 +124,7 @@ impl Metrics {
             clickhouse_errors,
             events_dead_lettered,
             sms_receipts,
+            brand_reloads,
         })
     }
 
@@ -169,6 +179,10 @@ impl Metrics {
         self.sms_receipts
             .with_label_values(&[provider, result])
             .inc();
+    }
+
+    pub fn brand_reload(&self, result: &str) {
+        self.brand_reloads.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -25,6 +25,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The brands folder (`_base` plus one folder per brand). Default `./brands`.
     pub brands_dir: PathBuf,
+    /// How often the brands folder is checked for changes (hot reload); 0 turns it off.
+    /// Default 2000.
+    pub brands_reload_interval_ms: u64,
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub secrets: SecretSettings,
@@ -78,6 +81,10 @@ pub struct SecretSettings {
     /// least 32 characters. Dev mode generates one in `<data_dir>/keys/event.pepper`.
     #[serde(serialize_with = "serialize_redacted")]
     pub event_pepper: Option<SecretString>,
+    /// Key that signs the code page links, at least 32 characters. Dev mode generates one in
+    /// `<data_dir>/keys/widget.key`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub widget_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -245,6 +252,7 @@ impl Default for Settings {
             mode: Mode::Dev,
             data_dir: PathBuf::from("data"),
             brands_dir: PathBuf::from("brands"),
+            brands_reload_interval_ms: 2_000,
             http: HttpSettings::default(),
             database: DatabaseSettings::default(),
             secrets: SecretSettings::default(),
@@ -386,6 +394,12 @@ impl Settings {
         if self.secrets.event_pepper.is_none() {
             problems.push(
                 "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER) is not set: production refuses a generated pepper"
+                    .to_owned(),
+            );
+        }
+        if self.secrets.widget_key.is_none() {
+            problems.push(
+                "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY) is not set: production refuses a generated key"
                     .to_owned(),
             );
         }
@@ -606,6 +620,7 @@ mod tests {
             "database.url",
             "secrets.code_key",
             "secrets.event_pepper",
+            "secrets.widget_key",
             "sms.providers",
             "http.public_url",
         ] {

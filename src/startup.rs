@@ -28,6 +28,7 @@ pub struct Application {
     state: AppState,
     limits: HttpLimits,
     sweep_interval: Duration,
+    brands_reload: Duration,
     relay: Relay,
 }
 
@@ -133,6 +134,10 @@ impl Application {
                 .receipt_secret
                 .as_ref()
                 .map(|s| Arc::from(s.expose_secret().as_bytes())),
+            widget: Arc::new(crate::widget::WidgetSigner::new(&crate::keys::widget_key(
+                &settings,
+            )?)),
+            public_url: public_url.clone(),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
@@ -145,6 +150,7 @@ impl Application {
             state,
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
+            brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
             relay,
         })
     }
@@ -166,6 +172,14 @@ impl Application {
             stop_rx,
         ));
         let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
+        let watcher = (!self.brands_reload.is_zero()).then(|| {
+            tokio::spawn(crate::brands::watch::run(
+                self.state.brands.clone(),
+                self.state.metrics.clone(),
+                self.brands_reload,
+                stop_tx.subscribe(),
+            ))
+        });
         let router = crate::http::router(self.state, self.limits);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
@@ -178,6 +192,9 @@ impl Application {
         let _ = stop_tx.send(true);
         sweeper.await.context("sweeper task")?;
         relay.await.context("relay task")?;
+        if let Some(watcher) = watcher {
+            watcher.await.context("brand watcher task")?;
+        }
         served.context("serving HTTP")
     }
 }

@@ -356,6 +356,26 @@ impl Verifier {
             .ok_or(VerifyError::NotFound)
     }
 
+    /// A verification by id alone, for the code page (its signed link is the credential);
+    /// an overdue pending one is reported (and marked) expired.
+    pub async fn find(&self, id: &VerificationId) -> Result<VerificationRecord, VerifyError> {
+        let record = self
+            .store
+            .find_verification(id)
+            .await?
+            .ok_or(VerifyError::NotFound)?;
+        let now = now_millis();
+        if record.status == Status::Pending && record.expires_at <= now {
+            self.finish(&record, Status::Expired, now).await?;
+            return self
+                .store
+                .find_verification(id)
+                .await?
+                .ok_or(VerifyError::NotFound);
+        }
+        Ok(record)
+    }
+
     /// Marks overdue pending verifications expired; returns how many.
     pub async fn expire_due(&self) -> anyhow::Result<usize> {
         let now = now_millis();
@@ -525,17 +545,19 @@ impl Verifier {
         }
     }
 
-    /// The SMS: the brand's text, then a blank line and the WebOTP line `@host #code`.
+    /// The SMS in the buyer's locale (the brand's default if none was given).
     fn sms_text(&self, brand: &Brand, record: &VerificationRecord, code: &OtpCode) -> String {
-        let minutes = ((record.expires_at - record.created_at) / 60_000).max(1);
-        let text = brand
-            .sms_template
-            .replace("{brand}", &brand.display_name)
-            .replace("{amount}", &record.amount.to_string())
-            .replace("{order_reference}", &record.order_reference)
-            .replace("{minutes}", &minutes.to_string())
-            .replace("{code}", code.expose());
-        format!("{text}\n\n@{} #{}", self.otp_host, code.expose())
+        let locale = brand.pick_locale(record.locale.as_deref(), None);
+        let amount = record.amount.localized(locale);
+        let sms = crate::sms::CodeSms {
+            brand: &brand.display_name,
+            amount: &amount,
+            order_reference: &record.order_reference,
+            minutes: ((record.expires_at - record.created_at) / 60_000).max(1),
+            code: code.expose(),
+            otp_host: &self.otp_host,
+        };
+        crate::sms::compose(brand.text(locale, "sms.text"), &sms)
     }
 }
 

@@ -87,6 +87,45 @@ impl Money {
     }
 }
 
+impl Money {
+    /// The amount as a buyer of `locale` reads it: `49,90 €` (de), `€49.90` (en),
+    /// `49,90 kr` (sv, SEK). Digits are grouped in thousands.
+    pub fn localized(&self, locale: &str) -> String {
+        let language = locale.split(['-', '_']).next().unwrap_or_default();
+        let (group, decimal_mark) = match language {
+            "de" | "da" | "nl" | "es" | "it" | "pt" => (".", ","),
+            "sv" | "fi" | "fr" | "nb" | "no" | "pl" | "cs" => ("\u{a0}", ","),
+            _ => (",", "."),
+        };
+        let decimal = self.decimal();
+        let (whole, fraction) = decimal.split_once('.').unwrap_or((&decimal, ""));
+        let mut grouped = String::new();
+        for (index, digit) in whole.chars().enumerate() {
+            if index > 0 && (whole.len() - index) % 3 == 0 {
+                grouped.push_str(group);
+            }
+            grouped.push(digit);
+        }
+        let number = if fraction.is_empty() {
+            grouped
+        } else {
+            format!("{grouped}{decimal_mark}{fraction}")
+        };
+        let symbol = match self.currency.as_str() {
+            "EUR" => "€",
+            "USD" => "$",
+            "GBP" => "£",
+            "SEK" | "NOK" | "DKK" if matches!(language, "sv" | "nb" | "no" | "da") => "kr",
+            other => other,
+        };
+        match language {
+            "en" if symbol.chars().count() == 1 => format!("{symbol}{number}"),
+            "en" => format!("{symbol}\u{a0}{number}"),
+            _ => format!("{number}\u{a0}{symbol}"),
+        }
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.decimal(), self.currency)
@@ -111,6 +150,21 @@ mod tests {
             assert_eq!(money.minor(), minor, "{input} {currency}");
             assert_eq!(money.decimal(), shown, "{input} {currency}");
         }
+    }
+
+    #[test]
+    fn amounts_are_shown_in_the_buyers_locale() {
+        let eur = Money::parse("1234.5", "EUR").expect("valid");
+        assert_eq!(eur.localized("de"), "1.234,50\u{a0}€");
+        assert_eq!(eur.localized("en"), "€1,234.50");
+        assert_eq!(eur.localized("sv"), "1\u{a0}234,50\u{a0}€");
+        let sek = Money::parse("49.9", "SEK").expect("valid");
+        assert_eq!(sek.localized("sv-SE"), "49,90\u{a0}kr");
+        assert_eq!(sek.localized("en"), "SEK\u{a0}49.90");
+        assert_eq!(
+            Money::parse("1200", "JPY").expect("valid").localized("en"),
+            "JPY\u{a0}1,200"
+        );
     }
 
     #[test]

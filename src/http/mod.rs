@@ -5,6 +5,7 @@ mod dev;
 mod error;
 mod extract;
 mod ops;
+mod pages;
 mod verifications;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
@@ -42,6 +43,10 @@ pub struct AppState {
     pub inbox: Option<Arc<DevInbox>>,
     /// Signs delivery receipts; `None` refuses them.
     pub receipt_secret: Option<Arc<[u8]>>,
+    /// Signs code page links.
+    pub widget: Arc<crate::widget::WidgetSigner>,
+    /// Where buyers reach the service, without a trailing slash.
+    pub public_url: String,
 }
 
 #[derive(OpenApi)]
@@ -55,6 +60,7 @@ pub struct AppState {
     tags(
         (name = "verifications", description = "Verification lifecycle (API key of a brand)"),
         (name = "callbacks", description = "Called by SMS providers (signed)"),
+        (name = "code page", description = "HTML pages for the buyer, in the shop's iframe"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "development", description = "Dev mode only")
     )
@@ -80,6 +86,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(verifications::router())
         .merge(ops::router())
         .merge(callbacks::router())
+        .merge(pages::router())
         .merge(dev::router())
 }
 

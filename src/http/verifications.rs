@@ -76,10 +76,13 @@ pub struct Verification {
     pub created_at: String,
     pub expires_at: String,
     pub finished_at: Option<String>,
+    /// The code page for the shop's iframe. Append `&parent=<shop origin>` (one of the
+    /// brand's frame origins) and optionally `&locale=de`.
+    pub widget_url: String,
 }
 
-impl From<&VerificationRecord> for Verification {
-    fn from(record: &VerificationRecord) -> Self {
+impl Verification {
+    fn new(state: &AppState, record: &VerificationRecord) -> Self {
         let pending = record.status == Status::Pending;
         Self {
             id: record.id.to_string(),
@@ -100,6 +103,7 @@ impl From<&VerificationRecord> for Verification {
             created_at: rfc3339(record.created_at),
             expires_at: rfc3339(record.expires_at),
             finished_at: record.finished_at.map(rfc3339),
+            widget_url: state.widget_url(record),
         }
     }
 }
@@ -110,8 +114,12 @@ fn parse_id(id: &str) -> Result<VerificationId, ApiError> {
         .map_err(|_| ApiError::Verify(crate::verifier::VerifyError::NotFound))
 }
 
-fn verification_response(status: StatusCode, record: &VerificationRecord) -> Response {
-    (status, axum::Json(Verification::from(record))).into_response()
+fn verification_response(
+    state: &AppState,
+    status: StatusCode,
+    record: &VerificationRecord,
+) -> Response {
+    (status, axum::Json(Verification::new(state, record))).into_response()
 }
 
 /// Start a verification and send the first code.
@@ -210,7 +218,7 @@ async fn start(
         user_agent: body.user_agent,
     };
     let record = state.verifier.start(brand, request).await?;
-    let mut response = verification_response(StatusCode::CREATED, &record);
+    let mut response = verification_response(state, StatusCode::CREATED, &record);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", record.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -233,7 +241,7 @@ pub async fn get_verification(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.get(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record))
 }
 
 /// Check the code the buyer typed. Wrong codes count towards the lock, per verification.
@@ -259,7 +267,7 @@ pub async fn check_code(
         .verifier
         .check(&brand, &parse_id(&id)?, &body.code)
         .await?;
-    Ok(verification_response(StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record))
 }
 
 /// Send a new code; the previous one stops working.
@@ -279,7 +287,7 @@ pub async fn resend_code(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.resend(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record))
 }
 
 /// Cancel a pending verification (the buyer aborted the purchase).
@@ -298,5 +306,5 @@ pub async fn cancel_verification(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.cancel(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record))
 }

@@ -17,6 +17,32 @@ use crate::domain::{PhoneNumber, VerificationId};
 use crate::metrics::Metrics;
 use crate::settings::ProviderSettings;
 
+/// The values of a code SMS.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeSms<'a> {
+    pub brand: &'a str,
+    /// The amount as the buyer's locale writes it.
+    pub amount: &'a str,
+    pub order_reference: &'a str,
+    pub minutes: i64,
+    pub code: &'a str,
+    /// The host of the WebOTP line.
+    pub otp_host: &'a str,
+}
+
+/// The code SMS: the brand's text for the locale with its placeholders filled, then a blank
+/// line and the WebOTP line `@host #code` that browsers use to fill the code in. No-break
+/// spaces become spaces, so a localized amount does not force UCS-2.
+pub fn compose(text: &str, sms: &CodeSms<'_>) -> String {
+    let body = text
+        .replace("{brand}", sms.brand)
+        .replace("{amount}", &sms.amount.replace('\u{a0}', " "))
+        .replace("{order_reference}", sms.order_reference)
+        .replace("{minutes}", &sms.minutes.to_string())
+        .replace("{code}", sms.code);
+    format!("{body}\n\n@{} #{}", sms.otp_host, sms.code)
+}
+
 /// One SMS to send. `Debug` leaves the text out: it carries the code.
 pub struct SmsMessage {
     pub message_id: uuid::Uuid,

@@ -21,6 +21,11 @@ pub struct SegmentCount {
     pub segments: usize,
 }
 
+/// Whether `c` fits GSM-7 (basic or extension table).
+pub fn is_gsm7(c: char) -> bool {
+    GSM7_BASIC.contains(c) || GSM7_EXTENSION.contains(c)
+}
+
 /// Counts segments: 160 septets or 70 UCS-2 units fit one SMS; longer texts are split into
 /// parts of 153 septets or 67 units (the rest holds the concatenation header).
 pub fn count(text: &str) -> SegmentCount {

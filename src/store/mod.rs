@@ -202,6 +202,12 @@ pub trait Store: Send + Sync + 'static {
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>>;
 
+    /// A verification by id alone (the code page, authorized by its signed link).
+    async fn find_verification(
+        &self,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<VerificationRecord>>;
+
     /// In one transaction: raises the check counter if the verification is pending, unexpired
     /// and under its limit (so parallel checks can never count more than `max_checks`), lets
     /// `decide` compare the code, and applies the decision and its events.

@@ -312,6 +312,14 @@ impl Store for SqlStore {
         fetch_brand_record(&mut conn, brand, id).await
     }
 
+    async fn find_verification(
+        &self,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<VerificationRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_record(&mut conn, id).await
+    }
+
     async fn check_code(
         &self,
         brand: &BrandId,

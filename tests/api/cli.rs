@@ -89,6 +89,7 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
         "database.url (ORDERGUARD_DATABASE__URL)",
         "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY)",
         "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER)",
+        "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY)",
         "sms.providers (ORDERGUARD_SMS__PROVIDERS)",
         "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL)",
     ] {
@@ -132,6 +133,10 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
         .env(
             "ORDERGUARD_SECRETS__EVENT_PEPPER",
             "a-production-pepper-of-at-least-32-chars",
+        )
+        .env(
+            "ORDERGUARD_SECRETS__WIDGET_KEY",
+            "a-production-widget-key-of-32-characters",
         )
         .env("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http")
         .env("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gateway")

@@ -57,7 +57,10 @@ async fn health_and_readiness_report_the_database_and_brands(backend: Backend) {
     let ready = app.get_public("/readyz").await;
     assert_eq!(ready.status, 200, "{ready:#?}");
     assert_eq!(ready.body["database"], "ok");
-    assert_eq!(ready.body["brands_loaded"], 2);
+    assert_eq!(
+        ready.body["brands_loaded"], 3,
+        "nordwind, fjallnet and the test brand"
+    );
     let expected = match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -170,6 +173,12 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "GET /openapi.json",
         "GET /dev/inbox",
         "POST /v1/callbacks/sms/{provider}",
+        "GET /w/{id}",
+        "POST /w/{id}/check",
+        "POST /w/{id}/resend",
+        "POST /w/{id}/cancel",
+        "GET /assets/{brand}/{file}",
+        "GET /demo/{brand}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -182,7 +191,9 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         let url = app.url(
             &path
                 .replace("{id}", &uuid::Uuid::now_v7().to_string())
-                .replace("{provider}", "http"),
+                .replace("{provider}", "http")
+                .replace("{brand}", "nordwind")
+                .replace("{file}", "style.css"),
         );
         let request = app
             .client

@@ -22,6 +22,7 @@ both_backends!(
     a_brand_cannot_see_or_touch_another_brands_verification,
     requests_without_a_valid_key_are_unauthorized,
     a_brands_limits_override_the_defaults,
+    the_sms_is_in_the_locale_given_at_start,
     codes_are_stored_only_as_keyed_hashes,
 );
 
@@ -85,10 +86,12 @@ async fn the_sms_names_brand_and_amount_and_ends_with_the_webotp_line(backend: B
     let text = message["text"].as_str().expect("text");
     assert_eq!(message["to"], PHONE);
     assert_eq!(message["sender"], "Nordwind");
+    // Nordwind's default locale is German: its text, its amount format.
     assert!(
-        text.contains("Nordwind Mobil") && text.contains("49.90 EUR") && text.contains("A-1001"),
+        text.contains("Nordwind Mobil") && text.contains("49,90 €") && text.contains("A-1001"),
         "{text}"
     );
+    assert!(text.contains("bestätigt"), "German by default: {text}");
     assert!(
         text.ends_with(&format!("\n\n@localhost #{code}")),
         "WebOTP line missing: {text:?}"
@@ -453,4 +456,31 @@ async fn codes_are_stored_only_as_keyed_hashes(backend: Backend) {
             );
         }
     }
+}
+
+async fn the_sms_is_in_the_locale_given_at_start(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut body = start_body();
+    body["locale"] = json!("en");
+    let started = app.start(&body).await;
+    assert_eq!(started.status, 201, "{started:#?}");
+    let id = started.body["id"].as_str().expect("id");
+    let inbox = app
+        .get_public(&format!("/dev/inbox?verification_id={id}"))
+        .await;
+    let text = inbox.body["messages"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    crate::helpers::must_not_be_logged(inbox.body["messages"][0]["code"].as_str().expect("code"));
+    assert!(
+        text.contains("€49.90") && text.contains("confirms order A-1001"),
+        "English: {text}"
+    );
+    assert!(
+        started.body["widget_url"]
+            .as_str()
+            .is_some_and(|u| u.contains(&format!("/w/{id}?t="))),
+        "{started:#?}"
+    );
 }
