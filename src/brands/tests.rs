@@ -65,10 +65,13 @@ fn the_fixture_is_valid() {
     assert_eq!(check(dir.path()), Vec::<String>::new());
 }
 
+/// A case: what it breaks, the files written over the fixture, the one problem expected.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 #[test]
 fn each_broken_folder_fails_with_its_message() {
     let long = "x".repeat(140);
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("unknown key", vec![("acme/brand.toml", format!("colour = \"red\"\n{ACME}"))], "acme/brand.toml: colour: unknown key"),
         (
             "unknown nested key",
