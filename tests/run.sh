@@ -59,6 +59,15 @@ if ! postgres_answers && ! start_installed_cluster && ! install_postgres; then
 fi
 log "PostgreSQL answers at ${ORDERGUARD_TEST_POSTGRES_URL%%@*}@…"
 
+# Headless Chromium and ChromeDriver for the browser tests, from Debian's packages.
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  log "installing chromium and chromium-driver for the browser tests"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null \
+    || { log "cannot install chromium; the browser tests need /usr/bin/chromium and /usr/bin/chromedriver"; exit 1; }
+fi
+rm -rf test-output
+
 # The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.
 ORDERGUARD_TEST_PYTHON="$(bash tests/clickhouse/setup.sh)"
 export ORDERGUARD_TEST_PYTHON

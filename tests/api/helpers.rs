@@ -157,6 +157,8 @@ pub struct TestApp {
     pub address: String,
     /// The service's data directory (embedded database, keys, events.jsonl).
     pub data_dir: PathBuf,
+    /// The brands folder the service reads (a copy, safe to change).
+    pub brands_dir: PathBuf,
     pub client: reqwest::Client,
     pub database_url: String,
     _dir: tempfile::TempDir,
@@ -224,6 +226,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     configure(&mut settings);
     let database_url = settings.database_url();
     let data_dir = settings.data_dir.clone();
+    let brands_dir = settings.brands_dir.clone();
     let app = Application::build(settings)
         .await
         .expect("application builds");
@@ -238,6 +241,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     TestApp {
         address,
         data_dir,
+        brands_dir,
         client: reqwest::Client::new(),
         database_url,
         _dir: dir,
@@ -332,6 +336,36 @@ impl TestApp {
                 .expect("request"),
         )
         .await
+    }
+
+    /// A page: status, headers and HTML.
+    pub async fn page(&self, url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let url = if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            self.url(url)
+        };
+        let response = self.client.get(url).send().await.expect("page");
+        (
+            response.status().as_u16(),
+            response.headers().clone(),
+            response.text().await.expect("html"),
+        )
+    }
+
+    /// A form post from the code page.
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .form(fields)
+            .send()
+            .await
+            .expect("form post");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("html"),
+        )
     }
 
     /// A GET without an API key.

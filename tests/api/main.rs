@@ -2,11 +2,14 @@
 
 mod helpers;
 
+mod browser;
 mod cli;
 mod concurrency;
 mod events;
 mod ops;
+mod pages;
 mod requests;
 mod sms;
 mod store;
 mod verifications;
+mod webdriver;
