@@ -308,3 +308,72 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
         "Ctrl-C (SIGINT) stops it cleanly too"
     );
 }
+
+#[test]
+fn brands_check_passes_the_shipped_brands_and_fails_a_broken_folder_with_its_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = orderguard(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .args(["brands", "check", "brands/"])
+        .output()
+        .expect("run");
+    assert!(
+        shipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shipped.stdout)
+    );
+    assert!(String::from_utf8_lossy(&shipped.stdout).contains("all brands are valid"));
+
+    let brands = test_brands_dir(dir.path());
+    let nordwind = brands.join("nordwind/brand.toml");
+    let text = std::fs::read_to_string(&nordwind).expect("read");
+    std::fs::write(
+        &nordwind,
+        text.replace("primary = \"#0b2545\"", "primary = \"navy\""),
+    )
+    .expect("write");
+    let broken = orderguard(dir.path())
+        .args(["brands", "check"])
+        .arg(&brands)
+        .output()
+        .expect("run");
+    assert!(!broken.status.success(), "a broken brand fails the check");
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(
+        stdout.trim(),
+        r#"nordwind/brand.toml: theme.primary: "navy" is not a colour (#rgb or #rrggbb)"#
+    );
+
+    std::fs::write(&nordwind, text).expect("restore");
+    let created = orderguard(dir.path())
+        .args(["brands", "new", "nordlicht", "--dir"])
+        .arg(&brands)
+        .output()
+        .expect("run");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    let key = stdout
+        .lines()
+        .find_map(|l| l.split("): ").nth(1))
+        .expect("the new key is printed")
+        .trim()
+        .to_owned();
+    let again = orderguard(dir.path())
+        .args(["brands", "check"])
+        .arg(&brands)
+        .output()
+        .expect("run");
+    assert!(
+        again.status.success(),
+        "the new brand passes: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let registry = orderguard::brands::BrandRegistry::load(&brands, false).expect("loads");
+    assert_eq!(
+        registry.authenticate(&key).map(|(b, _)| b.id.to_string()),
+        Some("nordlicht".to_owned())
+    );
+}
