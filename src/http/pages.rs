@@ -434,13 +434,23 @@ pub async fn show_code_page(
     }
 }
 
-async fn form_action(
+/// The three form posts of the code page.
+#[derive(Clone, Copy)]
+enum Action {
+    Check,
+    Resend,
+    Cancel,
+}
+
+/// Resolves the form's link, runs `action`, and renders what became of it.
+async fn page_action(
     state: &AppState,
     id: &str,
-    form: &PageForm,
     headers: &HeaderMap,
-) -> Result<PageContext, Response> {
-    resolve(
+    form: &PageForm,
+    action: Action,
+) -> Response {
+    let resolved = resolve(
         state,
         id,
         Some(&form.t),
@@ -448,7 +458,45 @@ async fn form_action(
         form.parent.as_deref(),
         headers,
     )
-    .await
+    .await;
+    let mut context = match resolved {
+        Ok(context) => context,
+        Err(page) => return page,
+    };
+    let (brand, id) = (&context.brand, &context.record.id);
+    let result = match action {
+        Action::Check => {
+            state
+                .verifier
+                .check(brand, id, form.code.as_deref().unwrap_or_default())
+                .await
+        }
+        Action::Resend => state.verifier.resend(brand, id).await,
+        Action::Cancel => state.verifier.cancel(brand, id).await,
+    };
+    let outcome = match result {
+        Ok(record) => {
+            context.record = record;
+            match action {
+                Action::Resend => Outcome::Resent,
+                Action::Check | Action::Cancel => final_outcome(&context.record),
+            }
+        }
+        Err(error) => {
+            // Show the verification as it stands now (attempts left, cooldown).
+            if let Ok(record) = state.verifier.find(&context.record.id).await {
+                context.record = record;
+            }
+            refusal_outcome(&error)
+        }
+    };
+    render(
+        state,
+        &context.brand,
+        &context.locale,
+        Some(&context),
+        outcome,
+    )
 }
 
 /// The code form: checks the code and shows the outcome.
@@ -461,35 +509,7 @@ pub async fn submit_code(
     headers: HeaderMap,
     axum::Form(form): axum::Form<PageForm>,
 ) -> Response {
-    let mut context = match form_action(&state, &id, &form, &headers).await {
-        Ok(context) => context,
-        Err(page) => return page,
-    };
-    let code = form.code.as_deref().unwrap_or_default();
-    let outcome = match state
-        .verifier
-        .check(&context.brand, &context.record.id, code)
-        .await
-    {
-        Ok(record) => {
-            context.record = record;
-            final_outcome(&context.record)
-        }
-        Err(error) => {
-            let outcome = refusal_outcome(&error);
-            if let Ok(record) = state.verifier.find(&context.record.id).await {
-                context.record = record;
-            }
-            outcome
-        }
-    };
-    render(
-        &state,
-        &context.brand,
-        &context.locale,
-        Some(&context),
-        outcome,
-    )
+    page_action(&state, &id, &headers, &form, Action::Check).await
 }
 
 /// The resend form: sends a new code.
@@ -502,34 +522,7 @@ pub async fn resend_from_page(
     headers: HeaderMap,
     axum::Form(form): axum::Form<PageForm>,
 ) -> Response {
-    let mut context = match form_action(&state, &id, &form, &headers).await {
-        Ok(context) => context,
-        Err(page) => return page,
-    };
-    let outcome = match state
-        .verifier
-        .resend(&context.brand, &context.record.id)
-        .await
-    {
-        Ok(record) => {
-            context.record = record;
-            Outcome::Resent
-        }
-        Err(error) => {
-            let outcome = refusal_outcome(&error);
-            if let Ok(record) = state.verifier.find(&context.record.id).await {
-                context.record = record;
-            }
-            outcome
-        }
-    };
-    render(
-        &state,
-        &context.brand,
-        &context.locale,
-        Some(&context),
-        outcome,
-    )
+    page_action(&state, &id, &headers, &form, Action::Resend).await
 }
 
 /// The cancel form: the buyer aborts the purchase.
@@ -542,28 +535,7 @@ pub async fn cancel_from_page(
     headers: HeaderMap,
     axum::Form(form): axum::Form<PageForm>,
 ) -> Response {
-    let mut context = match form_action(&state, &id, &form, &headers).await {
-        Ok(context) => context,
-        Err(page) => return page,
-    };
-    let outcome = match state
-        .verifier
-        .cancel(&context.brand, &context.record.id)
-        .await
-    {
-        Ok(record) => {
-            context.record = record;
-            final_outcome(&context.record)
-        }
-        Err(error) => refusal_outcome(&error),
-    };
-    render(
-        &state,
-        &context.brand,
-        &context.locale,
-        Some(&context),
-        outcome,
-    )
+    page_action(&state, &id, &headers, &form, Action::Cancel).await
 }
 
 /// A brand's asset (its own, else `_base`'s), or its theme as `theme.css`.
