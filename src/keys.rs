@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use rand::TryRngCore;
 use secrecy::ExposeSecret;
+use sha2::Digest;
 
 use crate::settings::{Mode, Settings};
 
@@ -39,6 +40,35 @@ pub fn widget_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
         "widget_key",
         "widget.key",
     )
+}
+
+/// The approval token keys `(kid, Ed25519 seed)`: configured, or in dev mode one generated
+/// into `<data_dir>/keys/approval.key`.
+pub fn approval_keys(settings: &Settings) -> anyhow::Result<Vec<(String, [u8; 32])>> {
+    use base64::Engine;
+    let mut keys = Vec::new();
+    for key in &settings.approval.keys {
+        let text = key.private_key.expose_secret().trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .or_else(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok())
+            .with_context(|| format!("approval key {}: private_key is neither hex nor base64url", key.kid))?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("approval key {}: private_key must be 32 bytes", key.kid))?;
+        keys.push((key.kid.clone(), seed));
+    }
+    if !keys.is_empty() {
+        return Ok(keys);
+    }
+    if settings.mode == Mode::Production {
+        bail!("approval.keys (ORDERGUARD_APPROVAL__KEYS) is required in production mode");
+    }
+    let seed: [u8; 32] = generated_key(&settings.data_dir.join("keys").join("approval.key"))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("approval.key must hold 32 bytes"))?;
+    let kid = format!("dev-{}", &hex::encode(sha2::Sha256::digest(seed))[..8]);
+    Ok(vec![(kid, seed)])
 }
 
 /// A configured secret, or in dev mode one generated once into `<data_dir>/keys/<file>`.

@@ -3,15 +3,19 @@
 //! The binary is a thin wrapper around [`cli`]; [`startup::Application`] builds and runs the
 //! service from [`settings::Settings`].
 
+pub mod approval;
 pub mod bench;
 pub mod brands;
 pub mod cli;
+pub mod directory;
 pub mod domain;
 pub mod events;
+pub mod gate;
 pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod settings;
+pub mod signature;
 pub mod sms;
 pub mod startup;
 pub mod store;

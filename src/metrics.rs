@@ -19,6 +19,8 @@ pub struct Metrics {
     events_dead_lettered: IntCounterVec,
     sms_receipts: IntCounterVec,
     brand_reloads: IntCounterVec,
+    order_forwards: IntCounterVec,
+    webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +113,16 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(brand_reloads.clone()))?;
+        let order_forwards = IntCounterVec::new(
+            Opts::new("order_forwards_total", "Forward attempts of held orders: forwarded, rejected, retry, failed"),
+            &["brand", "result"],
+        )?;
+        let webhooks = IntCounterVec::new(
+            Opts::new("webhooks_total", "Webhook attempts: delivered, retry, failed"),
+            &["brand", "result"],
+        )?;
+        registry.register(Box::new(order_forwards.clone()))?;
+        registry.register(Box::new(webhooks.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -125,6 +137,8 @@ impl Metrics {
             events_dead_lettered,
             sms_receipts,
             brand_reloads,
+            order_forwards,
+            webhooks,
         })
     }
 
@@ -183,6 +197,14 @@ impl Metrics {
 
     pub fn brand_reload(&self, result: &str) {
         self.brand_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn order_forward(&self, brand: &str, result: &str) {
+        self.order_forwards.with_label_values(&[brand, result]).inc();
+    }
+
+    pub fn webhook(&self, brand: &str, result: &str) {
+        self.webhooks.with_label_values(&[brand, result]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

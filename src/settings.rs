@@ -33,8 +33,15 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub sms: SmsSettings,
     pub sweeper: SweeperSettings,
-    pub events: EventSettings,
+        pub events: EventSettings,
     pub clickhouse: ClickHouseSettings,
+    pub approval: ApprovalSettings,
+    pub gate: GateSettings,
+    /// Secrets that brand folders refer to by name (`upstream.auth_secret`,
+    /// `customer_directory.auth_secret`, `webhooks.secret`), e.g.
+    /// `ORDERGUARD_BRAND_SECRETS__NORDWIND_UPSTREAM`. Brand folders never hold secrets.
+    #[serde(serialize_with = "serialize_redacted_map")]
+    pub brand_secrets: std::collections::BTreeMap<String, SecretString>,
     pub log: LogSettings,
 }
 
@@ -57,7 +64,7 @@ pub struct HttpSettings {
     pub public_url: Option<String>,
     /// Requests taking longer are answered 408. Default 10000.
     pub request_timeout_ms: u64,
-    /// Larger request bodies are refused with 413. Default 16384.
+        /// Larger request bodies are refused with 413. Default 65536.
     pub body_limit_bytes: usize,
 }
 
@@ -165,6 +172,73 @@ pub struct EventSettings {
     pub instance: Option<String>,
 }
 
+/// Approval tokens (EdDSA JWS) issued on approval.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalSettings {
+    /// Signing keys; the first signs, all are published in the JWKS (rotation). Dev mode
+    /// generates one in `<data_dir>/keys/approval.key` when none is set; production requires one.
+    pub keys: Vec<ApprovalKeySettings>,
+    /// Token lifetime in seconds. Default 300.
+    pub ttl_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalKeySettings {
+    /// Key id in tokens and the JWKS.
+    pub kid: String,
+    /// The 32-byte Ed25519 seed, base64url (no padding) or hex.
+    #[serde(serialize_with = "serialize_redacted_secret")]
+    pub private_key: SecretString,
+}
+
+/// Gate mode: holding orders, forwarding them, webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSettings {
+    /// Largest order payload accepted, in bytes. Default 32768.
+    pub payload_limit_bytes: usize,
+    /// Largest upstream answer stored, in bytes. Default 16384.
+    pub upstream_body_limit_bytes: usize,
+    /// How often the forwarder and the webhook sender look for due work. Default 500.
+    pub poll_interval_ms: u64,
+    /// How long a claimed forward or webhook is reserved for one instance. Default 60000.
+    pub lease_ms: u64,
+    /// Forward attempts before an order ends as forward_failed. Default 10.
+    pub forward_max_attempts: u32,
+    /// Webhook attempts before a delivery is given up. Default 12.
+    pub webhook_max_attempts: u32,
+    /// First retry delay (forwards and webhooks); doubles up to `retry_max_ms`. Default 1000.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay. Default 300000.
+    pub retry_max_ms: u64,
+    /// Timeout of a webhook request. Default 5000.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self { keys: Vec::new(), ttl_seconds: 300 }
+    }
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            payload_limit_bytes: 32 * 1024,
+            upstream_body_limit_bytes: 16 * 1024,
+            poll_interval_ms: 500,
+            lease_ms: 60_000,
+            forward_max_attempts: 10,
+            webhook_max_attempts: 12,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 300_000,
+            webhook_timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Where events go in production. Unset `url` means the JSON-lines file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -236,6 +310,22 @@ fn default_sms_timeout_ms() -> u64 {
     5_000
 }
 
+fn serialize_redacted_secret<S: serde::Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("<redacted>")
+}
+
+fn serialize_redacted_map<S: serde::Serializer>(
+    map: &std::collections::BTreeMap<String, SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = serializer.serialize_map(Some(map.len()))?;
+    for key in map.keys() {
+        out.serialize_entry(key, "<redacted>")?;
+    }
+    out.end()
+}
+
 fn serialize_redacted<S: serde::Serializer>(
     value: &Option<SecretString>,
     serializer: S,
@@ -258,8 +348,11 @@ impl Default for Settings {
             secrets: SecretSettings::default(),
             sms: SmsSettings::default(),
             sweeper: SweeperSettings::default(),
-            events: EventSettings::default(),
+                        events: EventSettings::default(),
             clickhouse: ClickHouseSettings::default(),
+            approval: ApprovalSettings::default(),
+            gate: GateSettings::default(),
+            brand_secrets: std::collections::BTreeMap::new(),
             log: LogSettings::default(),
         }
     }
@@ -272,7 +365,7 @@ impl Default for HttpSettings {
             port: 8080,
             public_url: None,
             request_timeout_ms: 10_000,
-            body_limit_bytes: 16 * 1024,
+            body_limit_bytes: 64 * 1024,
         }
     }
 }
@@ -400,6 +493,12 @@ impl Settings {
         if self.secrets.widget_key.is_none() {
             problems.push(
                 "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY) is not set: production refuses a generated key"
+                    .to_owned(),
+            );
+        }
+        if self.approval.keys.is_empty() {
+            problems.push(
+                "approval.keys (ORDERGUARD_APPROVAL__KEYS) is empty: production refuses a generated signing key"
                     .to_owned(),
             );
         }
@@ -620,7 +719,8 @@ mod tests {
             "database.url",
             "secrets.code_key",
             "secrets.event_pepper",
-            "secrets.widget_key",
+                        "secrets.widget_key",
+            "approval.keys",
             "sms.providers",
             "http.public_url",
         ] {

@@ -13,7 +13,10 @@ use crate::domain::CodeHasher;
 use crate::events::clickhouse::ClickHouseSink;
 use crate::events::jsonl::JsonLinesSink;
 use crate::events::relay::{EventSink, Relay, RelaySettings};
+use crate::approval::ApprovalSigner;
 use crate::events::{EventFactory, Pseudonymizer};
+use crate::gate::forwarder::Forwarder;
+use crate::gate::webhooks::WebhookSender;
 use crate::http::{AppState, HttpLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Mode, ProviderSettings, Settings};
@@ -30,6 +33,8 @@ pub struct Application {
     sweep_interval: Duration,
     brands_reload: Duration,
     relay: Relay,
+    forwarder: Forwarder,
+    webhooks: WebhookSender,
 }
 
 /// The event sink the settings ask for: ClickHouse when `clickhouse.url` is set (its
@@ -107,14 +112,48 @@ impl Application {
             usize::from(settings.events.prefix_digits),
             instance.clone(),
         );
+                let secrets: crate::directory::BrandSecrets = Arc::new(settings.brand_secrets.clone());
+        let directory = Arc::new(crate::directory::Directory::new(secrets.clone())?);
+        let wake = Arc::new(tokio::sync::Notify::new());
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             sms,
             CodeHasher::new(&code_key),
-            events,
+            events.clone(),
             metrics.clone(),
             otp_host,
+            directory,
+            wake.clone(),
         ));
+        let approval = Arc::new(ApprovalSigner::new(
+            crate::keys::approval_keys(&settings)?,
+            public_url.clone(),
+            i64::from(settings.approval.ttl_seconds),
+        )?);
+        let brands = Arc::new(brands);
+        let worker_owner = format!("{instance}:{}", uuid::Uuid::now_v7());
+        let http_client = reqwest::Client::builder().build().context("building the HTTP client")?;
+        let forwarder = Forwarder {
+            store: store.clone(),
+            brands: brands.clone(),
+            approval: approval.clone(),
+            secrets: secrets.clone(),
+            events,
+            metrics: metrics.clone(),
+            settings: settings.gate.clone(),
+            owner: worker_owner.clone(),
+            wake,
+            client: http_client.clone(),
+        };
+        let webhooks = WebhookSender {
+            store: store.clone(),
+            brands: brands.clone(),
+            secrets,
+            metrics: metrics.clone(),
+            settings: settings.gate.clone(),
+            owner: worker_owner,
+            client: http_client,
+        };
         let sink = event_sink(&settings).await?;
         let relay = Relay::new(
             store.clone(),
@@ -126,7 +165,7 @@ impl Application {
         let state = AppState {
             verifier,
             store,
-            brands: Arc::new(brands),
+            brands,
             metrics,
             inbox,
             receipt_secret: settings
@@ -138,6 +177,8 @@ impl Application {
                 &settings,
             )?)),
             public_url: public_url.clone(),
+            approval,
+            gate: settings.gate.clone(),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
@@ -150,7 +191,9 @@ impl Application {
             state,
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
-            brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
+                        brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
+            forwarder,
+            webhooks,
             relay,
         })
     }
@@ -171,7 +214,9 @@ impl Application {
             self.sweep_interval,
             stop_rx,
         ));
-        let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
+                let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
+        let forwarder = tokio::spawn(self.forwarder.run(stop_tx.subscribe()));
+        let webhooks = tokio::spawn(self.webhooks.run(stop_tx.subscribe()));
         let watcher = (!self.brands_reload.is_zero()).then(|| {
             tokio::spawn(crate::brands::watch::run(
                 self.state.brands.clone(),
@@ -191,7 +236,9 @@ impl Application {
         // ships what it has claimed before stopping (the rest waits for the next start).
         let _ = stop_tx.send(true);
         sweeper.await.context("sweeper task")?;
-        relay.await.context("relay task")?;
+                relay.await.context("relay task")?;
+        forwarder.await.context("forwarder task")?;
+        webhooks.await.context("webhook task")?;
         if let Some(watcher) = watcher {
             watcher.await.context("brand watcher task")?;
         }

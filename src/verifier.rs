@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::brands::Brand;
+use crate::directory::DirectoryError;
 use crate::domain::{
     CodeHasher, Millis, Money, OtpCode, PhoneError, PhoneNumber, Status, VerificationId,
     money::MoneyError, now_millis,
@@ -21,7 +22,9 @@ use crate::store::{
 /// What a shop gives to start a verification (raw; validated by [`Verifier::start`]).
 #[derive(Debug, Clone)]
 pub struct StartRequest {
-    pub phone: String,
+        /// The number typed in the checkout; ignored when a customer reference is given and the
+    /// brand has a customer directory (the number on file is used).
+    pub phone: Option<String>,
     pub order_reference: String,
     pub amount: String,
     pub currency: String,
@@ -30,8 +33,10 @@ pub struct StartRequest {
     pub customer_reference: Option<String>,
     /// The buyer's IP address as the shop saw it; only its pseudonym is kept.
     pub client_ip: Option<String>,
-    /// The buyer's User-Agent; only its coarse family is kept.
+        /// The buyer's User-Agent; only its coarse family is kept.
     pub user_agent: Option<String>,
+    /// Gate mode: the order to hold until the verification is approved.
+    pub order: Option<crate::store::NewOrder>,
 }
 
 /// Why an operation was refused. Each variant has a stable problem type at the HTTP edge.
@@ -60,6 +65,12 @@ pub enum VerifyError {
     ResendCooldown { available_at: Millis },
     #[error("no more codes can be sent for this verification")]
     SendLimitReached,
+        #[error("the customer directory does not know this customer")]
+    CustomerUnknown,
+    #[error("the customer directory has no mobile number for this customer")]
+    CustomerHasNoPhone,
+    #[error("the customer directory is unavailable; try again shortly")]
+    DirectoryUnavailable,
     #[error("the SMS could not be sent; try again with resend")]
     SmsFailed { verification_id: VerificationId },
     #[error(transparent)]
@@ -85,27 +96,25 @@ pub struct Verifier {
     hasher: CodeHasher,
     events: EventFactory,
     metrics: Arc<Metrics>,
-    /// The host in the SMS's WebOTP line.
-    otp_host: String,
+        /// The host in the SMS's WebOTP line.
+        otp_host: String,
+    directory: Arc<crate::directory::Directory>,
+    /// Woken on every approval: gate mode forwards the held order at once.
+    on_approval: Arc<tokio::sync::Notify>,
 }
 
 impl Verifier {
     pub fn new(
         store: Arc<dyn Store>,
-        sms: Arc<SmsSender>,
+                sms: Arc<SmsSender>,
         hasher: CodeHasher,
         events: EventFactory,
         metrics: Arc<Metrics>,
-        otp_host: String,
+                otp_host: String,
+        directory: Arc<crate::directory::Directory>,
+        on_approval: Arc<tokio::sync::Notify>,
     ) -> Self {
-        Self {
-            store,
-            sms,
-            hasher,
-            events,
-            metrics,
-            otp_host,
-        }
+        Self { store, sms, hasher, events, metrics, otp_host, directory, on_approval }
     }
 
     /// Starts a verification and sends the first code.
@@ -124,9 +133,26 @@ impl Verifier {
             .transpose()?;
         let client_ip = request.client_ip.as_deref().map(validate_ip).transpose()?;
         let user_agent = request.user_agent.as_deref().unwrap_or_default();
-        let now = now_millis();
+                let now = now_millis();
+        // The number on file wins over a typed-in one: it cannot be redirected by a fraudster.
+        let on_file = match &customer_reference {
+            Some(reference) => match self.directory.phone(&brand.customer_directory, reference).await {
+                Ok(phone) => phone,
+                Err(DirectoryError::UnknownCustomer) => return Err(VerifyError::CustomerUnknown),
+                Err(DirectoryError::NoPhone) => return Err(VerifyError::CustomerHasNoPhone),
+                Err(DirectoryError::Unavailable(cause)) => {
+                    tracing::warn!(brand = %brand.id, cause, "customer directory unavailable");
+                    return Err(VerifyError::DirectoryUnavailable);
+                }
+            },
+            None => None,
+        };
+        let phone_input = on_file.or(request.phone.clone()).ok_or_else(|| VerifyError::InvalidField {
+            field: "phone",
+            message: "is required (or a customer_reference, for a brand with a customer directory)".to_owned(),
+        })?;
         let phone = match PhoneNumber::parse(
-            &request.phone,
+            &phone_input,
             brand.default_country.as_deref(),
             &brand.allowed_countries,
         ) {
@@ -135,7 +161,7 @@ impl Verifier {
                 // A rule refused the number (country, number type): that is a blocked start.
                 if error != PhoneError::Invalid {
                     let parsed =
-                        PhoneNumber::parse_valid(&request.phone, brand.default_country.as_deref())
+                        PhoneNumber::parse_valid(&phone_input, brand.default_country.as_deref())
                             .ok()
                             .map(|(number, _)| number);
                     let blocked = BlockedStart {
@@ -179,13 +205,17 @@ impl Verifier {
                 customer_reference.as_deref().unwrap_or_default(),
             ),
             ip_pseudonym: pseudonymizer.pseudonym("ip", client_ip.as_deref().unwrap_or_default()),
-            user_agent_family: user_agent_family(user_agent).to_owned(),
+                        user_agent_family: user_agent_family(user_agent).to_owned(),
+            order: request.order.clone(),
         };
         let record = VerificationRecord::pending(&new);
-        let started = self
-            .events
-            .verification(&record, EventType::VerificationStarted, now);
-        self.store.insert_verification(&new, &[started]).await?;
+                let mut events = vec![self.events.verification(&record, EventType::VerificationStarted, now)];
+        if let Some(order) = &new.order {
+            let mut held = self.events.verification(&record, EventType::OrderHeld, now);
+            held.order_id = *order.id.as_uuid();
+            events.push(held);
+        }
+        self.store.insert_verification(&new, &events).await?;
         self.metrics.verification_started(brand.id.as_str());
         tracing::info!(verification_id = %id, brand = %brand.id, to = %record.phone, "verification started");
         self.send_code(brand, &record, &code).await?;
@@ -269,7 +299,8 @@ impl Verifier {
         };
         let attempt = record.checks_used;
         match record.status {
-            Status::Approved => {
+                        Status::Approved => {
+                self.on_approval.notify_one();
                 self.metrics
                     .verification_finished(brand.id.as_str(), Status::Approved.as_str());
                 tracing::info!(verification_id = %id, brand = %brand.id, attempt, "code correct, approved");

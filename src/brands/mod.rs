@@ -79,6 +79,60 @@ pub struct Theme {
     pub logo: String,
 }
 
+/// Gate mode: the order API approved orders are forwarded to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Where held orders are POSTed once approved.
+    pub url: String,
+    /// Header carrying the credential, e.g. `Authorization`.
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Name of the credential in the service's `brand_secrets`.
+    #[serde(default)]
+    pub auth_secret: Option<String>,
+    /// Give up on one attempt after this long (it is retried). Default 10000.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_upstream_timeout() -> u64 {
+    10_000
+}
+
+fn default_directory_timeout() -> u64 {
+    3_000
+}
+
+/// Where the number on file comes from when a customer reference is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DirectoryConfig {
+    /// The phone number comes from the request.
+    None,
+    /// `GET url` (with `{customer_reference}` filled in, URL-encoded); the number is at the
+    /// JSON pointer `phone_pointer` of the answer.
+    Http {
+        url: String,
+        phone_pointer: String,
+        #[serde(default = "default_directory_timeout")]
+        timeout_ms: u64,
+        #[serde(default)]
+        auth_header: Option<String>,
+        #[serde(default)]
+        auth_secret: Option<String>,
+    },
+}
+
+/// Webhooks to shops' `callback_url`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Name of the signing secret in the service's `brand_secrets`; shops verify with it.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
 /// A file served under `/assets/<brand>/`.
 #[derive(Debug, Clone)]
 pub struct Asset {
@@ -101,6 +155,9 @@ pub struct Brand {
     pub locales: Vec<String>,
     pub theme: Theme,
     pub sms_max_segments: u8,
+    pub upstream: Option<UpstreamConfig>,
+    pub customer_directory: DirectoryConfig,
+    pub webhooks: WebhookConfig,
     /// Locale → its copy (nested tables, as templates see them).
     catalogs: HashMap<String, serde_json::Value>,
     templates: Handlebars<'static>,

@@ -3,11 +3,13 @@
 
 pub mod code;
 pub mod money;
+pub mod order;
 pub mod phone;
 pub mod verification;
 
 pub use code::{CodeHasher, OtpCode};
 pub use money::Money;
+pub use order::{OrderId, OrderStatus};
 pub use phone::{PhoneError, PhoneNumber};
 pub use verification::{Limits, Status, VerificationId};
 

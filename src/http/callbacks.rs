@@ -9,17 +9,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiError, AppState};
 use crate::domain::now_millis;
 use crate::verifier::ReceiptResult;
-
-/// How far a receipt's timestamp may be from now.
-const SIGNATURE_TOLERANCE_SECONDS: i64 = 300;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(receive_sms_receipt))
@@ -35,36 +30,6 @@ pub struct SmsReceipt {
     /// The gateway's error description, if any.
     #[serde(default)]
     pub error: Option<String>,
-}
-
-/// The signature header's `t` and `v1` parts.
-fn parse_signature(headers: &HeaderMap) -> Option<(i64, Vec<u8>)> {
-    let value = headers.get("x-orderguard-signature")?.to_str().ok()?;
-    let mut timestamp = None;
-    let mut signature = None;
-    for part in value.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", t)) => timestamp = t.parse().ok(),
-            Some(("v1", v)) => signature = hex::decode(v).ok(),
-            _ => {}
-        }
-    }
-    Some((timestamp?, signature?))
-}
-
-/// Checks the signature in constant time and the timestamp against replays.
-pub fn verify_signature(secret: &[u8], headers: &HeaderMap, body: &[u8], now_seconds: i64) -> bool {
-    let Some((timestamp, signature)) = parse_signature(headers) else {
-        return false;
-    };
-    if (now_seconds - timestamp).abs() > SIGNATURE_TOLERANCE_SECONDS {
-        return false;
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&signature).is_ok()
 }
 
 /// Receive a delivery receipt (signed; see `X-Orderguard-Signature`).
@@ -99,7 +64,8 @@ pub async fn receive_sms_receipt(
         .receipt_secret
         .as_deref()
         .ok_or_else(|| not_found("receipts_disabled", "sms.receipt_secret is not set"))?;
-    if !verify_signature(secret, &headers, &body, now_millis() / 1000) {
+    let header = headers.get("x-orderguard-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !crate::signature::verify(secret, header, &body, now_millis() / 1000) {
         return Err(ApiError::Request {
             status: StatusCode::UNAUTHORIZED,
             kind: "invalid_signature",

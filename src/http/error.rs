@@ -91,6 +91,13 @@ impl ApiError {
                 VerifyError::SendLimitReached => {
                     (S::CONFLICT, "send_limit_reached", "Send limit reached")
                 }
+                                VerifyError::CustomerUnknown => (S::UNPROCESSABLE_ENTITY, "customer_unknown", "Customer unknown"),
+                VerifyError::CustomerHasNoPhone => {
+                    (S::UNPROCESSABLE_ENTITY, "customer_phone_missing", "No mobile number on file")
+                }
+                VerifyError::DirectoryUnavailable => {
+                    (S::SERVICE_UNAVAILABLE, "customer_directory_unavailable", "Customer directory unavailable")
+                }
                 VerifyError::SmsFailed { verification_id } => {
                     extra.insert("verification_id".into(), json!(verification_id));
                     (
@@ -134,7 +141,8 @@ impl ApiError {
                     .ceil()
                     .max(1.0) as i64,
             ),
-            Self::IdempotencyInProgress => Some(1),
+                        Self::IdempotencyInProgress => Some(1),
+            Self::Verify(VerifyError::DirectoryUnavailable) => Some(5),
             _ => None,
         }
     }
@@ -159,7 +167,7 @@ impl IntoResponse for ApiError {
             // Logged once, here, inside the request's span; the client learns nothing internal.
             tracing::error!(error = %format!("{self:#}"), kind, "request failed");
             match kind {
-                "sms_delivery_failed" => self.to_string(),
+                "sms_delivery_failed" | "customer_directory_unavailable" => self.to_string(),
                 _ => "An internal error occurred; it has been logged.".to_owned(),
             }
         } else {

@@ -5,6 +5,7 @@ mod dev;
 mod error;
 mod extract;
 mod ops;
+mod orders;
 mod pages;
 mod verifications;
 
@@ -47,6 +48,10 @@ pub struct AppState {
     pub widget: Arc<crate::widget::WidgetSigner>,
     /// Where buyers reach the service, without a trailing slash.
     pub public_url: String,
+    /// Signs approval tokens and publishes their keys.
+    pub approval: Arc<crate::approval::ApprovalSigner>,
+    /// Gate mode limits.
+    pub gate: crate::settings::GateSettings,
 }
 
 #[derive(OpenApi)]
@@ -59,6 +64,7 @@ pub struct AppState {
     modifiers(&ApiKeyScheme),
     tags(
         (name = "verifications", description = "Verification lifecycle (API key of a brand)"),
+        (name = "orders", description = "Gate mode: held orders, forwarded once approved (API key of a brand)"),
         (name = "callbacks", description = "Called by SMS providers (signed)"),
         (name = "code page", description = "HTML pages for the buyer, in the shop's iframe"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
@@ -84,6 +90,7 @@ impl utoipa::Modify for ApiKeyScheme {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(verifications::router())
+        .merge(orders::router())
         .merge(ops::router())
         .merge(callbacks::router())
         .merge(pages::router())

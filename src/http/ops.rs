@@ -14,6 +14,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
+        .routes(routes!(jwks))
 }
 
 /// Liveness: the process answers.
@@ -70,5 +71,13 @@ pub async fn openapi() -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// The public keys of approval tokens (JWK Set; EdDSA over Ed25519).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, description = "JWK Set")))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = axum::Json(state.approval.jwks()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     response
 }

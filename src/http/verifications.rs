@@ -27,8 +27,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartVerification {
-    /// The buyer's mobile number, E.164 (`+4915123456789`) or national for the brand's country.
-    pub phone: String,
+        /// The buyer's mobile number, E.164 (`+4915123456789`) or national for the brand's country.
+    /// Not needed (and ignored) with a `customer_reference` when the brand has a customer
+    /// directory: the number on file is used.
+    #[serde(default)]
+    pub phone: Option<String>,
     /// The shop's order reference, shown in the SMS (1–64 characters).
     pub order_reference: String,
     /// Decimal amount, e.g. `"49.90"`.
@@ -79,6 +82,9 @@ pub struct Verification {
     /// The code page for the shop's iframe. Append `&parent=<shop origin>` (one of the
     /// brand's frame origins) and optionally `&locale=de`.
     pub widget_url: String,
+    /// Once approved: a short-lived EdDSA JWS for the order API (check it with
+    /// `/.well-known/jwks.json`).
+    pub approval_token: Option<String>,
 }
 
 impl Verification {
@@ -104,6 +110,7 @@ impl Verification {
             expires_at: rfc3339(record.expires_at),
             finished_at: record.finished_at.map(rfc3339),
             widget_url: state.widget_url(record),
+            approval_token: state.approval.token(record),
         }
     }
 }
@@ -145,60 +152,64 @@ pub async fn start_verification(
     headers: HeaderMap,
     ApiJson(body): ApiJson<StartVerification>,
 ) -> Result<Response, ApiError> {
+    let request = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
+    let brand_ref = &brand;
+    let state_ref = &state;
+    idempotent(state_ref, brand_ref, &headers, "verifications", &request, || async move {
+        start(state_ref, brand_ref, body).await.into_response()
+    })
+    .await
+}
+
+/// Runs `create` at most once per `Idempotency-Key` (scoped to the brand and `scope`), and
+/// replays its response for a repeat with the same body. Without the header it just runs.
+pub(super) async fn idempotent<F, Fut>(
+    state: &AppState,
+    brand: &crate::brands::Brand,
+    headers: &HeaderMap,
+    scope: &str,
+    request: &[u8],
+    create: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let Some(key) = headers.get("idempotency-key") else {
-        return Ok(start(&state, &brand, body).await.into_response());
+        return Ok(create().await);
     };
     let key = key
         .to_str()
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters")
-        })?;
-    let request_hash =
-        Sha256::digest(serde_json::to_vec(&body).map_err(anyhow::Error::from)?).to_vec();
-    match state
-        .store
-        .idempotency_claim(&brand.id, key, &request_hash, now_millis())
-        .await?
-    {
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters"))?;
+    let key = format!("{scope}:{key}");
+    let request_hash = Sha256::digest(request).to_vec();
+    match state.store.idempotency_claim(&brand.id, &key, &request_hash, now_millis()).await? {
         IdempotencyClaim::Claimed => {}
         IdempotencyClaim::Replay { status, body } => {
             let status = StatusCode::from_u16(status).map_err(anyhow::Error::from)?;
-            let content_type = if status.is_success() {
-                "application/json"
-            } else {
-                "application/problem+json"
-            };
+            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
             let mut response = (status, body).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(response);
         }
         IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
         IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
     }
-    let response = start(&state, &brand, body).await.into_response();
+    let response = create().await;
     let status = response.status();
     if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
         // Nothing was decided: let the client retry with the same key.
-        state.store.idempotency_release(&brand.id, key).await?;
+        state.store.idempotency_release(&brand.id, &key).await?;
         return Ok(response);
     }
     // Buffer the body to store it, then answer with the same bytes.
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    state
-        .store
-        .idempotency_complete(&brand.id, key, status.as_u16(), &text)
-        .await?;
+    state.store.idempotency_complete(&brand.id, &key, status.as_u16(), &text).await?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
@@ -215,7 +226,8 @@ async fn start(
         locale: body.locale,
         customer_reference: body.customer_reference,
         client_ip: body.client_ip,
-        user_agent: body.user_agent,
+                user_agent: body.user_agent,
+        order: None,
     };
     let record = state.verifier.start(brand, request).await?;
     let mut response = verification_response(state, StatusCode::CREATED, &record);

@@ -11,7 +11,7 @@ pub use sql::{Backend, SqlStore};
 use async_trait::async_trait;
 
 use crate::brands::BrandId;
-use crate::domain::{Limits, Millis, Money, PhoneNumber, Status, VerificationId};
+use crate::domain::{Limits, Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
 use crate::events::Event;
 
 /// A verification as stored.
@@ -62,6 +62,67 @@ pub struct NewVerification {
     pub customer_pseudonym: String,
     pub ip_pseudonym: String,
     pub user_agent_family: String,
+    /// Gate mode: the order held until this verification is approved.
+    pub order: Option<NewOrder>,
+}
+
+/// An order held with a new verification (gate mode).
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub id: OrderId,
+    /// The upstream order payload, stored and forwarded as is (JSON text).
+    pub payload: String,
+    pub callback_url: Option<String>,
+}
+
+/// A held order as stored.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub id: OrderId,
+    pub brand: String,
+    pub verification_id: VerificationId,
+    pub status: OrderStatus,
+    pub order_reference: String,
+    pub amount: Money,
+    pub payload: String,
+    pub callback_url: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub upstream_status: Option<u16>,
+    pub upstream_body: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+/// What became of one forward attempt.
+#[derive(Debug, Clone)]
+pub enum ForwardOutcome {
+    /// The upstream took the order (2xx).
+    Forwarded { status: u16, body: String },
+    /// The upstream refused it (4xx other than 408/429): final, never retried.
+    Rejected { status: u16, body: String },
+    /// Worth another attempt at `next_attempt_at` (5xx, 408, 429, timeout, connection).
+    Retry { status: Option<u16>, body: Option<String>, error: String, next_attempt_at: Millis },
+    /// Out of attempts, or nothing to forward to: final.
+    Failed { status: Option<u16>, body: Option<String>, error: String },
+}
+
+/// A webhook due for delivery, with the order it announces.
+#[derive(Debug, Clone)]
+pub struct WebhookJob {
+    pub webhook_id: i64,
+    pub attempts: u32,
+    pub order: OrderRecord,
+}
+
+/// What became of one webhook attempt.
+#[derive(Debug, Clone)]
+pub enum WebhookOutcome {
+    Delivered,
+    Retry { error: String, next_attempt_at: Millis },
+    Failed { error: String },
 }
 
 impl VerificationRecord {
@@ -286,6 +347,30 @@ pub trait Store: Send + Sync + 'static {
     -> anyhow::Result<()>;
 
     async fn outbox_stats(&self) -> anyhow::Result<OutboxStats>;
+
+    /// A brand's held order; another brand's id is `None`.
+    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> anyhow::Result<Option<OrderRecord>>;
+
+    /// The order held with a verification, if any.
+    async fn order_for_verification(&self, id: &VerificationId) -> anyhow::Result<Option<OrderRecord>>;
+
+    /// Leases up to `limit` orders due for a forward attempt to `owner` until `lease_until`.
+    /// An order whose holder died mid-forward is due again once its lease has run out.
+    async fn claim_forwards(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64)
+    -> anyhow::Result<Vec<OrderRecord>>;
+
+    /// Records a forward attempt by the lease holder, with its events and (when final) the
+    /// webhook, in one transaction. `false` if `owner` no longer holds the order.
+    async fn complete_forward(&self, id: &OrderId, owner: &str, outcome: &ForwardOutcome, now: Millis, events: &[Event])
+    -> anyhow::Result<bool>;
+
+    /// Leases up to `limit` due webhooks to `owner`.
+    async fn claim_webhooks(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64)
+    -> anyhow::Result<Vec<WebhookJob>>;
+
+    /// Records a webhook attempt by the lease holder.
+    async fn complete_webhook(&self, webhook_id: i64, owner: &str, outcome: &WebhookOutcome, now: Millis)
+    -> anyhow::Result<()>;
 
     /// Claims `key` for a request whose body hashes to `request_hash`.
     async fn idempotency_claim(

@@ -9,11 +9,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 use super::{
+    ForwardOutcome, OrderRecord, WebhookJob, WebhookOutcome,
     CheckCount, DecideCheck, EventsFor, IdempotencyClaim, NewVerification, OutboxRow, OutboxStats,
     ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord, Store, VerificationRecord,
 };
 use crate::brands::BrandId;
-use crate::domain::{Millis, Money, PhoneNumber, Status, VerificationId};
+use crate::domain::{Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
 use crate::events::Event;
 
 /// Which database a URL points at.
@@ -100,6 +101,15 @@ impl SqlStore {
             .run(&self.pool)
             .await
             .context("applying database migrations")
+    }
+
+    /// PostgreSQL: SKIP LOCKED lets several instances claim disjoint work without waiting.
+    /// SQLite has one writer, so claims are serialised anyway.
+    fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
     }
 
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
@@ -201,6 +211,76 @@ fn record_from_row(row: &AnyRow) -> anyhow::Result<VerificationRecord> {
     })
 }
 
+/// Columns read back for an [`OrderRecord`].
+const ORDER_COLUMNS: &str = "order_id, brand_id, verification_id, status, order_reference, amount_minor, currency, \
+    payload, callback_url, attempts, next_attempt_at, upstream_status, upstream_body, last_error, created_at, \
+    updated_at, finished_at";
+
+fn order_from_row(row: &AnyRow) -> anyhow::Result<OrderRecord> {
+    let id: String = row.try_get("order_id")?;
+    let verification: String = row.try_get("verification_id")?;
+    let status: String = row.try_get("status")?;
+    let upstream_status: Option<i64> = row.try_get("upstream_status")?;
+    Ok(OrderRecord {
+        id: OrderId::from_str(&id).context("stored order id")?,
+        brand: row.try_get("brand_id")?,
+        verification_id: VerificationId::from_str(&verification).context("stored verification id")?,
+        status: OrderStatus::from_str(&status).map_err(anyhow::Error::msg)?,
+        order_reference: row.try_get("order_reference")?,
+        amount: Money::from_minor(row.try_get("amount_minor")?, row.try_get("currency")?),
+        payload: row.try_get("payload")?,
+        callback_url: row.try_get("callback_url")?,
+        attempts: int(row, "attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        upstream_status: upstream_status.and_then(|s| u16::try_from(s).ok()),
+        upstream_body: row.try_get("upstream_body")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Queues a webhook for each order with a callback URL matching `condition` (a SQL predicate
+/// on `held_order` with `$1` bound to `key`), inside the caller's transaction.
+async fn queue_webhooks(conn: &mut AnyConnection, condition: &str, key: &str, now: Millis) -> anyhow::Result<()> {
+    let sql = format!(
+        "INSERT INTO webhook_delivery (order_id, status, next_attempt_at, created_at) \
+         SELECT order_id, 'pending', $2, $2 FROM held_order WHERE callback_url IS NOT NULL AND {condition}"
+    );
+    sqlx::query(&sql).bind(key).bind(now).execute(&mut *conn).await.context("queueing a webhook")?;
+    Ok(())
+}
+
+/// Moves the order held with a verification along with it, inside the verification's
+/// transaction: approved → forwarding (due now); locked / aborted / expired → the same final
+/// status, announced by webhook.
+async fn order_follows(conn: &mut AnyConnection, verification: &VerificationId, to: Status, now: Millis) -> anyhow::Result<()> {
+    let (status, next_attempt_at, finished_at) = match to {
+        Status::Pending => return Ok(()),
+        Status::Approved => (OrderStatus::Forwarding, Some(now), None),
+        Status::Locked => (OrderStatus::Locked, None, Some(now)),
+        Status::Aborted => (OrderStatus::Aborted, None, Some(now)),
+        Status::Expired => (OrderStatus::Expired, None, Some(now)),
+    };
+    let moved = sqlx::query(
+        "UPDATE held_order SET status = $2, next_attempt_at = $3, finished_at = $4, updated_at = $5 \
+         WHERE verification_id = $1 AND status = 'awaiting_verification'",
+    )
+    .bind(verification.to_string())
+    .bind(status.as_str())
+    .bind(next_attempt_at)
+    .bind(finished_at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .context("moving the held order along")?;
+    if moved.rows_affected() == 1 && status.is_final() {
+        queue_webhooks(conn, "verification_id = $1", &verification.to_string(), now).await?;
+    }
+    Ok(())
+}
+
 /// Rows per multi-row outbox INSERT; well under both backends' parameter limits.
 const EVENTS_PER_INSERT: usize = 200;
 
@@ -296,9 +376,28 @@ impl Store for SqlStore {
         .bind(&new.customer_pseudonym)
         .bind(&new.ip_pseudonym)
         .bind(&new.user_agent_family)
-        .execute(&mut *tx)
+                .execute(&mut *tx)
         .await
         .context("inserting verification")?;
+        if let Some(order) = &new.order {
+            sqlx::query(
+                "INSERT INTO held_order (order_id, brand_id, verification_id, status, order_reference, amount_minor, \
+                 currency, payload, callback_url, created_at, updated_at) \
+                 VALUES ($1, $2, $3, 'awaiting_verification', $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(order.id.to_string())
+            .bind(new.brand.as_str())
+            .bind(new.id.to_string())
+            .bind(&new.order_reference)
+            .bind(new.amount.minor())
+            .bind(new.amount.currency())
+            .bind(&order.payload)
+            .bind(order.callback_url.as_deref())
+            .bind(new.now)
+            .execute(&mut *tx)
+            .await
+            .context("holding the order")?;
+        }
         insert_events(&mut tx, events).await?;
         tx.commit().await.context("committing a new verification")
     }
@@ -354,10 +453,8 @@ impl Store for SqlStore {
         let decision = decide(&record, &code_hash);
         if let Some(status) = decision.finish {
             // We hold the row lock: it is still pending.
-            anyhow::ensure!(
-                finish_in(&mut tx, id, status, now).await?,
-                "verification {id} changed under its lock"
-            );
+            anyhow::ensure!(finish_in(&mut tx, id, status, now).await?, "verification {id} changed under its lock");
+            order_follows(&mut tx, id, status, now).await?;
             record.status = status;
             record.finished_at = Some(now);
         }
@@ -376,6 +473,7 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let finished = finish_in(&mut tx, id, to, now).await?;
         if finished {
+            order_follows(&mut tx, id, to, now).await?;
             insert_events(&mut tx, events).await?;
         }
         tx.commit().await.context("committing a status change")?;
@@ -444,10 +542,10 @@ impl Store for SqlStore {
             .fetch_all(&mut *tx)
             .await
             .context("expiring verifications")?;
-        let records = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+                let records = rows.iter().map(record_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        for record in &records {
+            order_follows(&mut tx, &record.id, Status::Expired, now).await?;
+        }
         let all: Vec<Event> = records.iter().flat_map(events).collect();
         insert_events(&mut tx, &all).await?;
         tx.commit().await.context("committing expiries")?;
@@ -536,12 +634,7 @@ impl Store for SqlStore {
         now: Millis,
         lease_until: Millis,
     ) -> anyhow::Result<Vec<OutboxRow>> {
-        // PostgreSQL: SKIP LOCKED lets several relays claim disjoint batches without waiting.
-        // SQLite has one writer, so claims are serialised anyway.
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let lock = self.skip_locked();
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
              WHERE outbox_id IN ( \
@@ -643,6 +736,139 @@ impl Store for SqlStore {
             pending: row.try_get("pending")?,
             oldest_created_at: row.try_get("oldest")?,
         })
+    }
+
+    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> anyhow::Result<Option<OrderRecord>> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1 AND brand_id = $2");
+        let row = sqlx::query(&sql).bind(id.to_string()).bind(brand.as_str()).fetch_optional(&self.pool).await?;
+        row.map(|row| order_from_row(&row)).transpose()
+    }
+
+    async fn order_for_verification(&self, id: &VerificationId) -> anyhow::Result<Option<OrderRecord>> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE verification_id = $1");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        row.map(|row| order_from_row(&row)).transpose()
+    }
+
+    async fn claim_forwards(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64) -> anyhow::Result<Vec<OrderRecord>> {
+        let lock = self.skip_locked();
+        let sql = format!(
+            "UPDATE held_order SET lease_owner = $1, lease_until = $2 \
+             WHERE status = 'forwarding' AND lease_until < $3 AND order_id IN ( \
+                 SELECT order_id FROM held_order \
+                 WHERE status = 'forwarding' AND next_attempt_at <= $3 AND lease_until < $3 \
+                 ORDER BY next_attempt_at LIMIT $4 {lock}) \
+             RETURNING {ORDER_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("claiming orders to forward")?;
+        rows.iter().map(order_from_row).collect()
+    }
+
+    async fn complete_forward(
+        &self,
+        id: &OrderId,
+        owner: &str,
+        outcome: &ForwardOutcome,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool> {
+        let (status, upstream_status, body, error, next_attempt_at) = match outcome {
+            ForwardOutcome::Forwarded { status, body } => (OrderStatus::Forwarded, Some(*status), Some(body.as_str()), None, None),
+            ForwardOutcome::Rejected { status, body } => (OrderStatus::RejectedUpstream, Some(*status), Some(body.as_str()), None, None),
+            ForwardOutcome::Retry { status, body, error, next_attempt_at } => {
+                (OrderStatus::Forwarding, *status, body.as_deref(), Some(error.as_str()), Some(*next_attempt_at))
+            }
+            ForwardOutcome::Failed { status, body, error } => {
+                (OrderStatus::ForwardFailed, *status, body.as_deref(), Some(error.as_str()), None)
+            }
+        };
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE held_order SET status = $2, attempts = attempts + 1, upstream_status = $3, upstream_body = $4, \
+                 last_error = $5, next_attempt_at = $6, finished_at = $7, lease_owner = NULL, lease_until = 0, \
+                 updated_at = $8 \
+             WHERE order_id = $1 AND lease_owner = $9 AND status = 'forwarding'",
+        )
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(upstream_status.map(i64::from))
+        .bind(body)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(status.is_final().then_some(now))
+        .bind(now)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .context("recording a forward attempt")?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if status.is_final() {
+            queue_webhooks(&mut tx, "order_id = $1", &id.to_string(), now).await?;
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.context("committing a forward attempt")?;
+        Ok(true)
+    }
+
+    async fn claim_webhooks(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64) -> anyhow::Result<Vec<WebhookJob>> {
+        let lock = self.skip_locked();
+        let sql = format!(
+            "UPDATE webhook_delivery SET lease_owner = $1, lease_until = $2 \
+             WHERE status = 'pending' AND lease_until < $3 AND webhook_id IN ( \
+                 SELECT webhook_id FROM webhook_delivery \
+                 WHERE status = 'pending' AND next_attempt_at <= $3 AND lease_until < $3 \
+                 ORDER BY webhook_id LIMIT $4 {lock}) \
+             RETURNING webhook_id, order_id, attempts"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("claiming webhooks")?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let order_id: String = row.try_get("order_id")?;
+            let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1");
+            let order = sqlx::query(&sql).bind(&order_id).fetch_one(&self.pool).await.context("reading a webhook's order")?;
+            jobs.push(WebhookJob { webhook_id: row.try_get("webhook_id")?, attempts: int(&row, "attempts")?, order: order_from_row(&order)? });
+        }
+        Ok(jobs)
+    }
+
+    async fn complete_webhook(&self, webhook_id: i64, owner: &str, outcome: &WebhookOutcome, now: Millis) -> anyhow::Result<()> {
+        let (status, error, next_attempt_at, delivered_at) = match outcome {
+            WebhookOutcome::Delivered => ("delivered", None, now, Some(now)),
+            WebhookOutcome::Retry { error, next_attempt_at } => ("pending", Some(error.as_str()), *next_attempt_at, None),
+            WebhookOutcome::Failed { error } => ("failed", Some(error.as_str()), now, None),
+        };
+        sqlx::query(
+            "UPDATE webhook_delivery SET status = $2, attempts = attempts + 1, last_error = $3, next_attempt_at = $4, \
+                 delivered_at = $5, lease_owner = NULL, lease_until = 0 \
+             WHERE webhook_id = $1 AND lease_owner = $6",
+        )
+        .bind(webhook_id)
+        .bind(status)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(delivered_at)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .context("recording a webhook attempt")?;
+        Ok(())
     }
 
     async fn idempotency_claim(

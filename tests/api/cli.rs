@@ -89,7 +89,8 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
         "database.url (ORDERGUARD_DATABASE__URL)",
         "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY)",
         "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER)",
-        "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY)",
+                "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY)",
+        "approval.keys (ORDERGUARD_APPROVAL__KEYS)",
         "sms.providers (ORDERGUARD_SMS__PROVIDERS)",
         "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL)",
     ] {
@@ -134,9 +135,10 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
             "ORDERGUARD_SECRETS__EVENT_PEPPER",
             "a-production-pepper-of-at-least-32-chars",
         )
+                .env("ORDERGUARD_SECRETS__WIDGET_KEY", "a-production-widget-key-of-32-characters")
         .env(
-            "ORDERGUARD_SECRETS__WIDGET_KEY",
-            "a-production-widget-key-of-32-characters",
+            "ORDERGUARD_APPROVAL__KEYS",
+            r#"[{kid = "prod-1", private_key = "0101010101010101010101010101010101010101010101010101010101010101"}]"#,
         )
         .env("ORDERGUARD_SMS__PROVIDERS__0__KIND", "http")
         .env("ORDERGUARD_SMS__PROVIDERS__0__NAME", "gateway")

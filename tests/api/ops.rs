@@ -179,6 +179,9 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "POST /w/{id}/cancel",
         "GET /assets/{brand}/{file}",
         "GET /demo/{brand}",
+        "POST /v1/orders",
+        "GET /v1/orders/{id}",
+        "GET /.well-known/jwks.json",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -74,7 +74,7 @@ async fn malformed_requests_get_a_problem_each(backend: Backend) {
     .assert_problem(415, "unsupported_media_type");
 
     let mut huge = start_body();
-    huge["order_reference"] = json!("x".repeat(20_000));
+    huge["order_reference"] = json!("x".repeat(70_000));
     read(
         post(huge.to_string(), "application/json")
             .await

@@ -1,0 +1,124 @@
+//! Tells shops the outcome of their held orders: a signed POST to the order's `callback_url`
+//! (`Orderguard-Signature: t=…,v1=…`, see [`crate::signature`]), retried with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::backoff;
+use crate::brands::BrandRegistry;
+use crate::directory::BrandSecrets;
+use crate::domain::now_millis;
+use crate::metrics::Metrics;
+use crate::settings::GateSettings;
+use crate::store::{OrderRecord, Store, WebhookJob, WebhookOutcome};
+
+pub struct WebhookSender {
+    pub store: Arc<dyn Store>,
+    pub brands: Arc<BrandRegistry>,
+    pub secrets: BrandSecrets,
+    pub metrics: Arc<Metrics>,
+    pub settings: GateSettings,
+    pub owner: String,
+    pub client: reqwest::Client,
+}
+
+/// The webhook body: what became of the order.
+pub fn body(order: &OrderRecord, occurred_at: &str) -> serde_json::Value {
+    json!({
+        "type": format!("order.{}", order.status.as_str()),
+        "order_id": order.id.to_string(),
+        "verification_id": order.verification_id.to_string(),
+        "brand": order.brand,
+        "order_reference": order.order_reference,
+        "status": order.status.as_str(),
+        "upstream_status": order.upstream_status,
+        "occurred_at": occurred_at,
+    })
+}
+
+impl WebhookSender {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
+        loop {
+            let worked = match self.send_due().await {
+                Ok(count) => count > 0,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "sending webhooks failed; retrying");
+                    false
+                }
+            };
+            if worked {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        tracing::info!("webhook sender stopped");
+    }
+
+    pub async fn send_due(&self) -> anyhow::Result<usize> {
+        let now = now_millis();
+        let jobs = self.store.claim_webhooks(&self.owner, now, now + self.settings.lease_ms as i64, 16).await?;
+        let count = jobs.len();
+        for job in jobs {
+            let outcome = self.deliver(&job).await;
+            let result = match &outcome {
+                WebhookOutcome::Delivered => "delivered",
+                WebhookOutcome::Retry { .. } => "retry",
+                WebhookOutcome::Failed { .. } => "failed",
+            };
+            self.metrics.webhook(&job.order.brand, result);
+            tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
+            self.store.complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis()).await?;
+        }
+        Ok(count)
+    }
+
+    async fn deliver(&self, job: &WebhookJob) -> WebhookOutcome {
+        let attempts = job.attempts + 1;
+        let retry = |error: String| {
+            if attempts >= self.settings.webhook_max_attempts {
+                WebhookOutcome::Failed { error }
+            } else {
+                WebhookOutcome::Retry { error, next_attempt_at: now_millis() + backoff(&self.settings, attempts).as_millis() as i64 }
+            }
+        };
+        let order = &job.order;
+        let Some(url) = &order.callback_url else {
+            return WebhookOutcome::Failed { error: "the order has no callback_url".to_owned() };
+        };
+        let secret = self
+            .brands
+            .get(&order.brand)
+            .and_then(|brand| brand.webhooks.secret.clone())
+            .and_then(|name| self.secrets.get(&name).cloned());
+        let Some(secret) = secret else {
+            return retry("no webhook secret configured for the brand (webhooks.secret)".to_owned());
+        };
+        let occurred_at = crate::http::rfc3339(order.finished_at.unwrap_or(order.updated_at));
+        let payload = serde_json::to_vec(&body(order, &occurred_at)).unwrap_or_default();
+        let signature = crate::signature::sign(secret.expose_secret().as_bytes(), now_millis() / 1000, &payload);
+        let sent = self
+            .client
+            .post(url)
+            .timeout(Duration::from_millis(self.settings.webhook_timeout_ms))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Orderguard-Signature", signature)
+            .header("Orderguard-Webhook-Id", job.webhook_id.to_string())
+            .body(payload)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => WebhookOutcome::Delivered,
+            Ok(response) => retry(format!("the receiver answered {}", response.status())),
+            Err(error) if error.is_timeout() => retry("timed out".to_owned()),
+            Err(error) => retry(format!("transport error: {}", error.without_url())),
+        }
+    }
+}
