@@ -41,16 +41,29 @@ pub struct ApprovalSigner {
 impl std::fmt::Debug for ApprovalSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kids: Vec<&str> = self.keys.iter().map(|(kid, _)| kid.as_str()).collect();
-        f.debug_struct("ApprovalSigner").field("kids", &kids).finish_non_exhaustive()
+        f.debug_struct("ApprovalSigner")
+            .field("kids", &kids)
+            .finish_non_exhaustive()
     }
 }
 
 impl ApprovalSigner {
     /// `keys` are `(kid, 32-byte Ed25519 seed)`; at least one.
-    pub fn new(keys: Vec<(String, [u8; 32])>, issuer: String, ttl_seconds: i64) -> anyhow::Result<Self> {
+    pub fn new(
+        keys: Vec<(String, [u8; 32])>,
+        issuer: String,
+        ttl_seconds: i64,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!keys.is_empty(), "at least one approval key is needed");
-        let keys = keys.into_iter().map(|(kid, seed)| (kid, SigningKey::from_bytes(&seed))).collect();
-        Ok(Self { keys, issuer, ttl_seconds })
+        let keys = keys
+            .into_iter()
+            .map(|(kid, seed)| (kid, SigningKey::from_bytes(&seed)))
+            .collect();
+        Ok(Self {
+            keys,
+            issuer,
+            ttl_seconds,
+        })
     }
 
     /// The claims for an approved verification; `None` unless it is approved.
@@ -79,10 +92,18 @@ impl ApprovalSigner {
         let claims = self.claims(record)?;
         let (kid, key) = &self.keys[0];
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-        let encode = |value: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default());
-        let signing_input = format!("{}.{}", encode(&header), encode(&serde_json::to_value(&claims).ok()?));
+        let encode =
+            |value: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default());
+        let signing_input = format!(
+            "{}.{}",
+            encode(&header),
+            encode(&serde_json::to_value(&claims).ok()?)
+        );
         let signature = key.sign(signing_input.as_bytes());
-        Some(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes())))
+        Some(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        ))
     }
 
     /// The public keys as a JWK Set.
@@ -143,20 +164,41 @@ mod tests {
         let token = signer.token(&record()).expect("approved");
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
-        assert_eq!((header["alg"].as_str(), header["kid"].as_str()), (Some("EdDSA"), Some("k2")));
-        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
-        assert_eq!((&claims["amount"], &claims["currency"], &claims["brand"]), (&json!("49.90"), &json!("EUR"), &json!("nordwind")));
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
+        assert_eq!(
+            (header["alg"].as_str(), header["kid"].as_str()),
+            (Some("EdDSA"), Some("k2"))
+        );
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(
+            (&claims["amount"], &claims["currency"], &claims["brand"]),
+            (&json!("49.90"), &json!("EUR"), &json!("nordwind"))
+        );
         assert_eq!(claims["exp"].as_i64(), Some(1_700_000_060 + 300));
 
         let jwks = signer.jwks();
-        assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2), "rotation: both keys published");
-        let x = URL_SAFE_NO_PAD.decode(jwks["keys"][0]["x"].as_str().expect("x")).expect("b64");
+        assert_eq!(
+            jwks["keys"].as_array().map(Vec::len),
+            Some(2),
+            "rotation: both keys published"
+        );
+        let x = URL_SAFE_NO_PAD
+            .decode(jwks["keys"][0]["x"].as_str().expect("x"))
+            .expect("b64");
         let key = VerifyingKey::from_bytes(&x.try_into().expect("32 bytes")).expect("key");
-        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).expect("b64")).expect("sig");
-        assert!(key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature).is_ok());
+        let signature =
+            Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).expect("b64")).expect("sig");
+        assert!(
+            key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+                .is_ok()
+        );
         let mut pending = record();
         pending.status = crate::domain::Status::Pending;
-        assert!(signer.token(&pending).is_none(), "only approvals get tokens");
+        assert!(
+            signer.token(&pending).is_none(),
+            "only approvals get tokens"
+        );
     }
 }

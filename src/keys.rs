@@ -51,11 +51,20 @@ pub fn approval_keys(settings: &Settings) -> anyhow::Result<Vec<(String, [u8; 32
         let text = key.private_key.expose_secret().trim();
         let bytes = hex::decode(text)
             .ok()
-            .or_else(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok())
-            .with_context(|| format!("approval key {}: private_key is neither hex nor base64url", key.kid))?;
-        let seed: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("approval key {}: private_key must be 32 bytes", key.kid))?;
+            .or_else(|| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(text)
+                    .ok()
+            })
+            .with_context(|| {
+                format!(
+                    "approval key {}: private_key is neither hex nor base64url",
+                    key.kid
+                )
+            })?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| {
+            anyhow::anyhow!("approval key {}: private_key must be 32 bytes", key.kid)
+        })?;
         keys.push((key.kid.clone(), seed));
     }
     if !keys.is_empty() {

@@ -114,11 +114,17 @@ impl Metrics {
         )?;
         registry.register(Box::new(brand_reloads.clone()))?;
         let order_forwards = IntCounterVec::new(
-            Opts::new("order_forwards_total", "Forward attempts of held orders: forwarded, rejected, retry, failed"),
+            Opts::new(
+                "order_forwards_total",
+                "Forward attempts of held orders: forwarded, rejected, retry, failed",
+            ),
             &["brand", "result"],
         )?;
         let webhooks = IntCounterVec::new(
-            Opts::new("webhooks_total", "Webhook attempts: delivered, retry, failed"),
+            Opts::new(
+                "webhooks_total",
+                "Webhook attempts: delivered, retry, failed",
+            ),
             &["brand", "result"],
         )?;
         registry.register(Box::new(order_forwards.clone()))?;
@@ -200,7 +206,9 @@ impl Metrics {
     }
 
     pub fn order_forward(&self, brand: &str, result: &str) {
-        self.order_forwards.with_label_values(&[brand, result]).inc();
+        self.order_forwards
+            .with_label_values(&[brand, result])
+            .inc();
     }
 
     pub fn webhook(&self, brand: &str, result: &str) {

@@ -33,7 +33,7 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub sms: SmsSettings,
     pub sweeper: SweeperSettings,
-        pub events: EventSettings,
+    pub events: EventSettings,
     pub clickhouse: ClickHouseSettings,
     pub approval: ApprovalSettings,
     pub gate: GateSettings,
@@ -64,7 +64,7 @@ pub struct HttpSettings {
     pub public_url: Option<String>,
     /// Requests taking longer are answered 408. Default 10000.
     pub request_timeout_ms: u64,
-        /// Larger request bodies are refused with 413. Default 65536.
+    /// Larger request bodies are refused with 413. Default 65536.
     pub body_limit_bytes: usize,
 }
 
@@ -219,7 +219,10 @@ pub struct GateSettings {
 
 impl Default for ApprovalSettings {
     fn default() -> Self {
-        Self { keys: Vec::new(), ttl_seconds: 300 }
+        Self {
+            keys: Vec::new(),
+            ttl_seconds: 300,
+        }
     }
 }
 
@@ -310,7 +313,10 @@ fn default_sms_timeout_ms() -> u64 {
     5_000
 }
 
-fn serialize_redacted_secret<S: serde::Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_redacted_secret<S: serde::Serializer>(
+    _: &SecretString,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("<redacted>")
 }
 
@@ -348,7 +354,7 @@ impl Default for Settings {
             secrets: SecretSettings::default(),
             sms: SmsSettings::default(),
             sweeper: SweeperSettings::default(),
-                        events: EventSettings::default(),
+            events: EventSettings::default(),
             clickhouse: ClickHouseSettings::default(),
             approval: ApprovalSettings::default(),
             gate: GateSettings::default(),
@@ -719,7 +725,7 @@ mod tests {
             "database.url",
             "secrets.code_key",
             "secrets.event_pepper",
-                        "secrets.widget_key",
+            "secrets.widget_key",
             "approval.keys",
             "sms.providers",
             "http.public_url",

@@ -18,7 +18,10 @@ fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
 
 /// The header value signing `body` at `timestamp`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Whether `header` signs `body` with `secret`, within the tolerance of `now` (seconds).
@@ -33,8 +36,13 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: i64) -> bool {
             _ => {}
         }
     }
-    let (Some(timestamp), Some(signature)) = (timestamp, signature) else { return false };
-    (now - timestamp).abs() <= TOLERANCE_SECONDS && mac(secret, timestamp, body).verify_slice(&signature).is_ok()
+    let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
+        return false;
+    };
+    (now - timestamp).abs() <= TOLERANCE_SECONDS
+        && mac(secret, timestamp, body)
+            .verify_slice(&signature)
+            .is_ok()
 }
 
 #[cfg(test)]
@@ -47,7 +55,10 @@ mod tests {
         assert!(verify(b"secret", &header, b"{}", 1_100));
         assert!(!verify(b"other", &header, b"{}", 1_100));
         assert!(!verify(b"secret", &header, b"{ }", 1_100));
-        assert!(!verify(b"secret", &header, b"{}", 1_000 + TOLERANCE_SECONDS + 1), "too old");
+        assert!(
+            !verify(b"secret", &header, b"{}", 1_000 + TOLERANCE_SECONDS + 1),
+            "too old"
+        );
         assert!(!verify(b"secret", "t=1000", b"{}", 1_000));
     }
 }

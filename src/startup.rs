@@ -8,12 +8,12 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
+use crate::approval::ApprovalSigner;
 use crate::brands::BrandRegistry;
 use crate::domain::CodeHasher;
 use crate::events::clickhouse::ClickHouseSink;
 use crate::events::jsonl::JsonLinesSink;
 use crate::events::relay::{EventSink, Relay, RelaySettings};
-use crate::approval::ApprovalSigner;
 use crate::events::{EventFactory, Pseudonymizer};
 use crate::gate::forwarder::Forwarder;
 use crate::gate::webhooks::WebhookSender;
@@ -112,19 +112,19 @@ impl Application {
             usize::from(settings.events.prefix_digits),
             instance.clone(),
         );
-                let secrets: crate::directory::BrandSecrets = Arc::new(settings.brand_secrets.clone());
+        let secrets: crate::directory::BrandSecrets = Arc::new(settings.brand_secrets.clone());
         let directory = Arc::new(crate::directory::Directory::new(secrets.clone())?);
         let wake = Arc::new(tokio::sync::Notify::new());
-        let verifier = Arc::new(Verifier::new(
-            store.clone(),
+        let verifier = Arc::new(Verifier::new(crate::verifier::VerifierDeps {
+            store: store.clone(),
             sms,
-            CodeHasher::new(&code_key),
-            events.clone(),
-            metrics.clone(),
+            hasher: CodeHasher::new(&code_key),
+            events: events.clone(),
+            metrics: metrics.clone(),
             otp_host,
             directory,
-            wake.clone(),
-        ));
+            on_approval: wake.clone(),
+        }));
         let approval = Arc::new(ApprovalSigner::new(
             crate::keys::approval_keys(&settings)?,
             public_url.clone(),
@@ -132,7 +132,9 @@ impl Application {
         )?);
         let brands = Arc::new(brands);
         let worker_owner = format!("{instance}:{}", uuid::Uuid::now_v7());
-        let http_client = reqwest::Client::builder().build().context("building the HTTP client")?;
+        let http_client = reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client")?;
         let forwarder = Forwarder {
             store: store.clone(),
             brands: brands.clone(),
@@ -191,7 +193,7 @@ impl Application {
             state,
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
-                        brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
+            brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
             forwarder,
             webhooks,
             relay,
@@ -214,7 +216,7 @@ impl Application {
             self.sweep_interval,
             stop_rx,
         ));
-                let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
+        let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
         let forwarder = tokio::spawn(self.forwarder.run(stop_tx.subscribe()));
         let webhooks = tokio::spawn(self.webhooks.run(stop_tx.subscribe()));
         let watcher = (!self.brands_reload.is_zero()).then(|| {
@@ -236,7 +238,7 @@ impl Application {
         // ships what it has claimed before stopping (the rest waits for the next start).
         let _ = stop_tx.send(true);
         sweeper.await.context("sweeper task")?;
-                relay.await.context("relay task")?;
+        relay.await.context("relay task")?;
         forwarder.await.context("forwarder task")?;
         webhooks.await.context("webhook task")?;
         if let Some(watcher) = watcher {

@@ -22,7 +22,7 @@ use crate::store::{
 /// What a shop gives to start a verification (raw; validated by [`Verifier::start`]).
 #[derive(Debug, Clone)]
 pub struct StartRequest {
-        /// The number typed in the checkout; ignored when a customer reference is given and the
+    /// The number typed in the checkout; ignored when a customer reference is given and the
     /// brand has a customer directory (the number on file is used).
     pub phone: Option<String>,
     pub order_reference: String,
@@ -33,7 +33,7 @@ pub struct StartRequest {
     pub customer_reference: Option<String>,
     /// The buyer's IP address as the shop saw it; only its pseudonym is kept.
     pub client_ip: Option<String>,
-        /// The buyer's User-Agent; only its coarse family is kept.
+    /// The buyer's User-Agent; only its coarse family is kept.
     pub user_agent: Option<String>,
     /// Gate mode: the order to hold until the verification is approved.
     pub order: Option<crate::store::NewOrder>,
@@ -65,7 +65,7 @@ pub enum VerifyError {
     ResendCooldown { available_at: Millis },
     #[error("no more codes can be sent for this verification")]
     SendLimitReached,
-        #[error("the customer directory does not know this customer")]
+    #[error("the customer directory does not know this customer")]
     CustomerUnknown,
     #[error("the customer directory has no mobile number for this customer")]
     CustomerHasNoPhone,
@@ -96,25 +96,49 @@ pub struct Verifier {
     hasher: CodeHasher,
     events: EventFactory,
     metrics: Arc<Metrics>,
-        /// The host in the SMS's WebOTP line.
-        otp_host: String,
+    /// The host in the SMS's WebOTP line.
+    otp_host: String,
     directory: Arc<crate::directory::Directory>,
     /// Woken on every approval: gate mode forwards the held order at once.
     on_approval: Arc<tokio::sync::Notify>,
 }
 
+/// What a [`Verifier`] works with.
+pub struct VerifierDeps {
+    pub store: Arc<dyn Store>,
+    pub sms: Arc<SmsSender>,
+    pub hasher: CodeHasher,
+    pub events: EventFactory,
+    pub metrics: Arc<Metrics>,
+    /// The host in the SMS's WebOTP line.
+    pub otp_host: String,
+    pub directory: Arc<crate::directory::Directory>,
+    /// Woken on every approval.
+    pub on_approval: Arc<tokio::sync::Notify>,
+}
+
 impl Verifier {
-    pub fn new(
-        store: Arc<dyn Store>,
-                sms: Arc<SmsSender>,
-        hasher: CodeHasher,
-        events: EventFactory,
-        metrics: Arc<Metrics>,
-                otp_host: String,
-        directory: Arc<crate::directory::Directory>,
-        on_approval: Arc<tokio::sync::Notify>,
-    ) -> Self {
-        Self { store, sms, hasher, events, metrics, otp_host, directory, on_approval }
+    pub fn new(deps: VerifierDeps) -> Self {
+        let VerifierDeps {
+            store,
+            sms,
+            hasher,
+            events,
+            metrics,
+            otp_host,
+            directory,
+            on_approval,
+        } = deps;
+        Self {
+            store,
+            sms,
+            hasher,
+            events,
+            metrics,
+            otp_host,
+            directory,
+            on_approval,
+        }
     }
 
     /// Starts a verification and sends the first code.
@@ -133,10 +157,14 @@ impl Verifier {
             .transpose()?;
         let client_ip = request.client_ip.as_deref().map(validate_ip).transpose()?;
         let user_agent = request.user_agent.as_deref().unwrap_or_default();
-                let now = now_millis();
+        let now = now_millis();
         // The number on file wins over a typed-in one: it cannot be redirected by a fraudster.
         let on_file = match &customer_reference {
-            Some(reference) => match self.directory.phone(&brand.customer_directory, reference).await {
+            Some(reference) => match self
+                .directory
+                .phone(&brand.customer_directory, reference)
+                .await
+            {
                 Ok(phone) => phone,
                 Err(DirectoryError::UnknownCustomer) => return Err(VerifyError::CustomerUnknown),
                 Err(DirectoryError::NoPhone) => return Err(VerifyError::CustomerHasNoPhone),
@@ -147,10 +175,17 @@ impl Verifier {
             },
             None => None,
         };
-        let phone_input = on_file.or(request.phone.clone()).ok_or_else(|| VerifyError::InvalidField {
-            field: "phone",
-            message: "is required (or a customer_reference, for a brand with a customer directory)".to_owned(),
-        })?;
+        let phone_input =
+            on_file
+                .or(request.phone.clone())
+                .ok_or_else(|| {
+                    VerifyError::InvalidField {
+                field: "phone",
+                message:
+                    "is required (or a customer_reference, for a brand with a customer directory)"
+                        .to_owned(),
+            }
+                })?;
         let phone = match PhoneNumber::parse(
             &phone_input,
             brand.default_country.as_deref(),
@@ -205,11 +240,15 @@ impl Verifier {
                 customer_reference.as_deref().unwrap_or_default(),
             ),
             ip_pseudonym: pseudonymizer.pseudonym("ip", client_ip.as_deref().unwrap_or_default()),
-                        user_agent_family: user_agent_family(user_agent).to_owned(),
+            user_agent_family: user_agent_family(user_agent).to_owned(),
             order: request.order.clone(),
         };
         let record = VerificationRecord::pending(&new);
-                let mut events = vec![self.events.verification(&record, EventType::VerificationStarted, now)];
+        let mut events =
+            vec![
+                self.events
+                    .verification(&record, EventType::VerificationStarted, now),
+            ];
         if let Some(order) = &new.order {
             let mut held = self.events.verification(&record, EventType::OrderHeld, now);
             held.order_id = *order.id.as_uuid();
@@ -299,7 +338,7 @@ impl Verifier {
         };
         let attempt = record.checks_used;
         match record.status {
-                        Status::Approved => {
+            Status::Approved => {
                 self.on_approval.notify_one();
                 self.metrics
                     .verification_finished(brand.id.as_str(), Status::Approved.as_str());

@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::pages::{self, Page, PageModel, TEMPLATES};
 use super::schema::{locale_keys, lookup, unknown_brand_keys};
-use super::{ApiKeyEntry, Asset, BASE_DIR, Brand, BrandId, DirectoryConfig, Theme, UpstreamConfig, WebhookConfig};
+use super::{
+    ApiKeyEntry, Asset, BASE_DIR, Brand, BrandId, DirectoryConfig, Theme, UpstreamConfig,
+    WebhookConfig,
+};
 use crate::domain::{Limits, Money};
 use crate::sms::segments::{self, Encoding};
 
@@ -43,7 +46,7 @@ struct BrandFile {
     locales: Vec<String>,
     theme: Theme,
     limits: Limits,
-        sms: SmsFile,
+    sms: SmsFile,
     #[serde(default)]
     upstream: Option<UpstreamConfig>,
     #[serde(default)]
@@ -467,27 +470,49 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
             ));
         }
     }
-        let is_http_url = |value: &str| url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    let is_http_url =
+        |value: &str| url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
     if let Some(upstream) = &parsed.upstream {
         if !is_http_url(&upstream.url) {
-            problems.push(at("upstream.url", format!("{:?} is not an http(s) URL", upstream.url)));
+            problems.push(at(
+                "upstream.url",
+                format!("{:?} is not an http(s) URL", upstream.url),
+            ));
         }
         if upstream.auth_header.is_some() != upstream.auth_secret.is_some() {
-            problems.push(at("upstream", "set both auth_header and auth_secret, or neither".to_owned()));
+            problems.push(at(
+                "upstream",
+                "set both auth_header and auth_secret, or neither".to_owned(),
+            ));
         }
     }
-    if let Some(DirectoryConfig::Http { url, phone_pointer, auth_header, auth_secret, .. }) = &parsed.customer_directory {
-        if !is_http_url(&url.replace("{customer_reference}", "x")) || !url.contains("{customer_reference}") {
+    if let Some(DirectoryConfig::Http {
+        url,
+        phone_pointer,
+        auth_header,
+        auth_secret,
+        ..
+    }) = &parsed.customer_directory
+    {
+        if !is_http_url(&url.replace("{customer_reference}", "x"))
+            || !url.contains("{customer_reference}")
+        {
             problems.push(at(
                 "customer_directory.url",
                 format!("{url:?} must be an http(s) URL containing {{customer_reference}}"),
             ));
         }
         if !phone_pointer.starts_with('/') {
-            problems.push(at("customer_directory.phone_pointer", format!("{phone_pointer:?} is not a JSON pointer like \"/phone\"")));
+            problems.push(at(
+                "customer_directory.phone_pointer",
+                format!("{phone_pointer:?} is not a JSON pointer like \"/phone\""),
+            ));
         }
         if auth_header.is_some() != auth_secret.is_some() {
-            problems.push(at("customer_directory", "set both auth_header and auth_secret, or neither".to_owned()));
+            problems.push(at(
+                "customer_directory",
+                "set both auth_header and auth_secret, or neither".to_owned(),
+            ));
         }
     }
     let theme = &parsed.theme;
@@ -734,7 +759,7 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
         default_locale: parsed.default_locale,
         locales,
         theme: parsed.theme,
-                sms_max_segments: parsed.sms.max_segments,
+        sms_max_segments: parsed.sms.max_segments,
         upstream: parsed.upstream,
         customer_directory: parsed.customer_directory.unwrap_or(DirectoryConfig::None),
         webhooks: parsed.webhooks,

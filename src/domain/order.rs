@@ -89,7 +89,10 @@ impl OrderStatus {
 impl FromStr for OrderStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| format!("unknown order status {s:?}"))
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown order status {s:?}"))
     }
 }
 
@@ -102,7 +105,13 @@ mod tests {
         for status in OrderStatus::ALL {
             assert_eq!(status.as_str().parse::<OrderStatus>(), Ok(status));
         }
-        let open: Vec<_> = OrderStatus::ALL.into_iter().filter(|s| !s.is_final()).collect();
-        assert_eq!(open, vec![OrderStatus::AwaitingVerification, OrderStatus::Forwarding]);
+        let open: Vec<_> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
+        assert_eq!(
+            open,
+            vec![OrderStatus::AwaitingVerification, OrderStatus::Forwarding]
+        );
     }
 }

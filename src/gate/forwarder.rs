@@ -60,7 +60,10 @@ impl Forwarder {
     pub async fn forward_due(&self) -> anyhow::Result<usize> {
         let now = now_millis();
         let lease_until = now + self.settings.lease_ms as i64;
-        let orders = self.store.claim_forwards(&self.owner, now, lease_until, 16).await?;
+        let orders = self
+            .store
+            .claim_forwards(&self.owner, now, lease_until, 16)
+            .await?;
         let count = orders.len();
         let attempts = orders.into_iter().map(|order| self.forward(order));
         for result in futures_util::future::join_all(attempts).await {
@@ -76,9 +79,19 @@ impl Forwarder {
         let now = now_millis();
         let record = self.store.find_verification(&order.verification_id).await?;
         let (kind, result, reason) = match &outcome {
-            ForwardOutcome::Forwarded { status, .. } => (Some(EventType::OrderForwarded), "forwarded", status.to_string()),
-            ForwardOutcome::Rejected { status, .. } => (Some(EventType::OrderForwardFailed), "rejected", status.to_string()),
-            ForwardOutcome::Failed { error, .. } => (Some(EventType::OrderForwardFailed), "failed", error.clone()),
+            ForwardOutcome::Forwarded { status, .. } => (
+                Some(EventType::OrderForwarded),
+                "forwarded",
+                status.to_string(),
+            ),
+            ForwardOutcome::Rejected { status, .. } => (
+                Some(EventType::OrderForwardFailed),
+                "rejected",
+                status.to_string(),
+            ),
+            ForwardOutcome::Failed { error, .. } => {
+                (Some(EventType::OrderForwardFailed), "failed", error.clone())
+            }
             ForwardOutcome::Retry { error, .. } => (None, "retry", error.clone()),
         };
         let events: Vec<_> = match (kind, &record) {
@@ -92,7 +105,10 @@ impl Forwarder {
             }
             _ => Vec::new(),
         };
-        let recorded = self.store.complete_forward(&order.id, &self.owner, &outcome, now, &events).await?;
+        let recorded = self
+            .store
+            .complete_forward(&order.id, &self.owner, &outcome, now, &events)
+            .await?;
         self.metrics.order_forward(&order.brand, result);
         if recorded {
             tracing::info!(order_id = %order.id, brand = order.brand, attempt = order.attempts + 1, result, reason, "order forward attempt");
@@ -107,25 +123,45 @@ impl Forwarder {
         let retry_or_fail = |status: Option<u16>, body: Option<String>, error: String| {
             let attempts = order.attempts + 1;
             if attempts >= self.settings.forward_max_attempts {
-                ForwardOutcome::Failed { status, body, error: format!("{error} (after {attempts} attempts)") }
+                ForwardOutcome::Failed {
+                    status,
+                    body,
+                    error: format!("{error} (after {attempts} attempts)"),
+                }
             } else {
-                let next_attempt_at = now_millis() + backoff(&self.settings, attempts).as_millis() as i64;
-                ForwardOutcome::Retry { status, body, error, next_attempt_at }
+                let next_attempt_at =
+                    now_millis() + backoff(&self.settings, attempts).as_millis() as i64;
+                ForwardOutcome::Retry {
+                    status,
+                    body,
+                    error,
+                    next_attempt_at,
+                }
             }
         };
         let Some(brand) = self.brands.get(&order.brand) else {
             return retry_or_fail(None, None, format!("brand {} is not loaded", order.brand));
         };
         let Some(upstream) = brand.upstream.clone() else {
-            return ForwardOutcome::Failed { status: None, body: None, error: "the brand has no [upstream] configured".to_owned() };
+            return ForwardOutcome::Failed {
+                status: None,
+                body: None,
+                error: "the brand has no [upstream] configured".to_owned(),
+            };
         };
         let token = match self.store.find_verification(&order.verification_id).await {
             Ok(Some(record)) => self.approval.token(&record),
             Ok(None) => None,
-            Err(error) => return retry_or_fail(None, None, format!("reading the verification: {error:#}")),
+            Err(error) => {
+                return retry_or_fail(None, None, format!("reading the verification: {error:#}"));
+            }
         };
         let Some(token) = token else {
-            return ForwardOutcome::Failed { status: None, body: None, error: "the verification is not approved".to_owned() };
+            return ForwardOutcome::Failed {
+                status: None,
+                body: None,
+                error: "the verification is not approved".to_owned(),
+            };
         };
         let mut request = self
             .client
@@ -139,16 +175,33 @@ impl Forwarder {
         if let (Some(header), Some(name)) = (&upstream.auth_header, &upstream.auth_secret) {
             match self.secrets.get(name) {
                 Some(secret) => request = request.header(header.as_str(), secret.expose_secret()),
-                None => return retry_or_fail(None, None, format!("brand secret {name} is not configured")),
+                None => {
+                    return retry_or_fail(
+                        None,
+                        None,
+                        format!("brand secret {name} is not configured"),
+                    );
+                }
             }
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) if error.is_timeout() => return retry_or_fail(None, None, "timed out".to_owned()),
-            Err(error) => return retry_or_fail(None, None, format!("transport error: {}", error.without_url())),
+            Err(error) if error.is_timeout() => {
+                return retry_or_fail(None, None, "timed out".to_owned());
+            }
+            Err(error) => {
+                return retry_or_fail(
+                    None,
+                    None,
+                    format!("transport error: {}", error.without_url()),
+                );
+            }
         };
         let status = response.status();
-        let body = truncate(&response.text().await.unwrap_or_default(), self.settings.upstream_body_limit_bytes);
+        let body = truncate(
+            &response.text().await.unwrap_or_default(),
+            self.settings.upstream_body_limit_bytes,
+        );
         let code = status.as_u16();
         if status.is_success() {
             ForwardOutcome::Forwarded { status: code, body }

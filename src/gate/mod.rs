@@ -39,10 +39,24 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let settings = GateSettings { retry_initial_ms: 100, retry_max_ms: 1_000, ..GateSettings::default() };
-        for (attempts, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (30, 1_000)] {
+        let settings = GateSettings {
+            retry_initial_ms: 100,
+            retry_max_ms: 1_000,
+            ..GateSettings::default()
+        };
+        for (attempts, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1_000),
+            (30, 1_000),
+        ] {
             let delay = backoff(&settings, attempts).as_millis() as u64;
-            assert!((full / 2..=full).contains(&delay), "attempt {attempts}: {delay} ms");
+            assert!(
+                (full / 2..=full).contains(&delay),
+                "attempt {attempts}: {delay} ms"
+            );
         }
         assert_eq!(truncate("äbc", 1), "");
         assert_eq!(truncate("äbc", 2), "ä");

@@ -64,7 +64,10 @@ impl WebhookSender {
 
     pub async fn send_due(&self) -> anyhow::Result<usize> {
         let now = now_millis();
-        let jobs = self.store.claim_webhooks(&self.owner, now, now + self.settings.lease_ms as i64, 16).await?;
+        let jobs = self
+            .store
+            .claim_webhooks(&self.owner, now, now + self.settings.lease_ms as i64, 16)
+            .await?;
         let count = jobs.len();
         for job in jobs {
             let outcome = self.deliver(&job).await;
@@ -75,7 +78,9 @@ impl WebhookSender {
             };
             self.metrics.webhook(&job.order.brand, result);
             tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
-            self.store.complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis()).await?;
+            self.store
+                .complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis())
+                .await?;
         }
         Ok(count)
     }
@@ -86,12 +91,18 @@ impl WebhookSender {
             if attempts >= self.settings.webhook_max_attempts {
                 WebhookOutcome::Failed { error }
             } else {
-                WebhookOutcome::Retry { error, next_attempt_at: now_millis() + backoff(&self.settings, attempts).as_millis() as i64 }
+                WebhookOutcome::Retry {
+                    error,
+                    next_attempt_at: now_millis()
+                        + backoff(&self.settings, attempts).as_millis() as i64,
+                }
             }
         };
         let order = &job.order;
         let Some(url) = &order.callback_url else {
-            return WebhookOutcome::Failed { error: "the order has no callback_url".to_owned() };
+            return WebhookOutcome::Failed {
+                error: "the order has no callback_url".to_owned(),
+            };
         };
         let secret = self
             .brands
@@ -99,11 +110,17 @@ impl WebhookSender {
             .and_then(|brand| brand.webhooks.secret.clone())
             .and_then(|name| self.secrets.get(&name).cloned());
         let Some(secret) = secret else {
-            return retry("no webhook secret configured for the brand (webhooks.secret)".to_owned());
+            return retry(
+                "no webhook secret configured for the brand (webhooks.secret)".to_owned(),
+            );
         };
         let occurred_at = crate::http::rfc3339(order.finished_at.unwrap_or(order.updated_at));
         let payload = serde_json::to_vec(&body(order, &occurred_at)).unwrap_or_default();
-        let signature = crate::signature::sign(secret.expose_secret().as_bytes(), now_millis() / 1000, &payload);
+        let signature = crate::signature::sign(
+            secret.expose_secret().as_bytes(),
+            now_millis() / 1000,
+            &payload,
+        );
         let sent = self
             .client
             .post(url)

@@ -64,7 +64,10 @@ pub async fn receive_sms_receipt(
         .receipt_secret
         .as_deref()
         .ok_or_else(|| not_found("receipts_disabled", "sms.receipt_secret is not set"))?;
-    let header = headers.get("x-orderguard-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let header = headers
+        .get("x-orderguard-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if !crate::signature::verify(secret, header, &body, now_millis() / 1000) {
         return Err(ApiError::Request {
             status: StatusCode::UNAUTHORIZED,

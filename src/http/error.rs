@@ -91,13 +91,21 @@ impl ApiError {
                 VerifyError::SendLimitReached => {
                     (S::CONFLICT, "send_limit_reached", "Send limit reached")
                 }
-                                VerifyError::CustomerUnknown => (S::UNPROCESSABLE_ENTITY, "customer_unknown", "Customer unknown"),
-                VerifyError::CustomerHasNoPhone => {
-                    (S::UNPROCESSABLE_ENTITY, "customer_phone_missing", "No mobile number on file")
-                }
-                VerifyError::DirectoryUnavailable => {
-                    (S::SERVICE_UNAVAILABLE, "customer_directory_unavailable", "Customer directory unavailable")
-                }
+                VerifyError::CustomerUnknown => (
+                    S::UNPROCESSABLE_ENTITY,
+                    "customer_unknown",
+                    "Customer unknown",
+                ),
+                VerifyError::CustomerHasNoPhone => (
+                    S::UNPROCESSABLE_ENTITY,
+                    "customer_phone_missing",
+                    "No mobile number on file",
+                ),
+                VerifyError::DirectoryUnavailable => (
+                    S::SERVICE_UNAVAILABLE,
+                    "customer_directory_unavailable",
+                    "Customer directory unavailable",
+                ),
                 VerifyError::SmsFailed { verification_id } => {
                     extra.insert("verification_id".into(), json!(verification_id));
                     (
@@ -141,7 +149,7 @@ impl ApiError {
                     .ceil()
                     .max(1.0) as i64,
             ),
-                        Self::IdempotencyInProgress => Some(1),
+            Self::IdempotencyInProgress => Some(1),
             Self::Verify(VerifyError::DirectoryUnavailable) => Some(5),
             _ => None,
         }

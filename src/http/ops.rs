@@ -78,6 +78,9 @@ pub async fn openapi() -> Response {
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, description = "JWK Set")))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = axum::Json(state.approval.jwks()).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }

@@ -16,7 +16,9 @@ use crate::store::{NewOrder, OrderRecord};
 use crate::verifier::{StartRequest, VerifyError};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(hold_order)).routes(routes!(get_order))
+    OpenApiRouter::new()
+        .routes(routes!(hold_order))
+        .routes(routes!(get_order))
 }
 
 /// An order to hold until the buyer confirms.
@@ -97,7 +99,11 @@ async fn order_view(state: &AppState, order: &OrderRecord) -> Result<Order, ApiE
 }
 
 fn refuse(status: StatusCode, kind: &'static str, detail: &str) -> ApiError {
-    ApiError::Request { status, kind, detail: detail.to_owned() }
+    ApiError::Request {
+        status,
+        kind,
+        detail: detail.to_owned(),
+    }
 }
 
 /// Hold an order and start its verification; the buyer confirms on the code page.
@@ -121,9 +127,14 @@ pub async fn hold_order(
 ) -> Result<Response, ApiError> {
     let request = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
     let (state_ref, brand_ref) = (&state, &brand);
-    idempotent(state_ref, brand_ref, &headers, "orders", &request, || async move {
-        hold(state_ref, brand_ref, body).await.into_response()
-    })
+    idempotent(
+        state_ref,
+        brand_ref,
+        &headers,
+        "orders",
+        &request,
+        || async move { hold(state_ref, brand_ref, body).await.into_response() },
+    )
     .await
 }
 
@@ -135,16 +146,27 @@ fn is_callback_url(value: &str) -> bool {
     })
 }
 
-async fn hold(state: &AppState, brand: &crate::brands::Brand, body: HoldOrder) -> Result<Response, ApiError> {
+async fn hold(
+    state: &AppState,
+    brand: &crate::brands::Brand,
+    body: HoldOrder,
+) -> Result<Response, ApiError> {
     if brand.upstream.is_none() {
-        return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, "gate_not_configured", "this brand has no [upstream] order API"));
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gate_not_configured",
+            "this brand has no [upstream] order API",
+        ));
     }
     let payload = serde_json::to_string(&body.payload).map_err(anyhow::Error::from)?;
     if payload.len() > state.gate.payload_limit_bytes {
         return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            &format!("the order payload is larger than {} bytes", state.gate.payload_limit_bytes),
+            &format!(
+                "the order payload is larger than {} bytes",
+                state.gate.payload_limit_bytes
+            ),
         ));
     }
     if let Some(url) = &body.callback_url {
@@ -155,7 +177,11 @@ async fn hold(state: &AppState, brand: &crate::brands::Brand, body: HoldOrder) -
             }));
         }
         if brand.webhooks.secret.is_none() {
-            return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, "webhooks_not_configured", "this brand has no webhooks.secret"));
+            return Err(refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhooks_not_configured",
+                "this brand has no webhooks.secret",
+            ));
         }
     }
     let order_id = OrderId::new();
@@ -168,11 +194,23 @@ async fn hold(state: &AppState, brand: &crate::brands::Brand, body: HoldOrder) -
         customer_reference: body.customer_reference,
         client_ip: body.client_ip,
         user_agent: body.user_agent,
-        order: Some(NewOrder { id: order_id, payload, callback_url: body.callback_url }),
+        order: Some(NewOrder {
+            id: order_id,
+            payload,
+            callback_url: body.callback_url,
+        }),
     };
     state.verifier.start(brand, request).await?;
-    let order = state.store.get_order(&brand.id, &order_id).await?.ok_or(VerifyError::NotFound)?;
-    let mut response = (StatusCode::ACCEPTED, axum::Json(order_view(state, &order).await?)).into_response();
+    let order = state
+        .store
+        .get_order(&brand.id, &order_id)
+        .await?
+        .ok_or(VerifyError::NotFound)?;
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(order_view(state, &order).await?),
+    )
+        .into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{order_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -191,10 +229,20 @@ pub async fn get_order(
     AuthenticatedBrand(brand): AuthenticatedBrand,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id: OrderId = id.parse().map_err(|_| ApiError::Verify(VerifyError::NotFound))?;
-    let order = state.store.get_order(&brand.id, &id).await?.ok_or(VerifyError::NotFound)?;
+    let id: OrderId = id
+        .parse()
+        .map_err(|_| ApiError::Verify(VerifyError::NotFound))?;
+    let order = state
+        .store
+        .get_order(&brand.id, &id)
+        .await?
+        .ok_or(VerifyError::NotFound)?;
     // Reading an order also settles an overdue verification (expired), like the API does.
     let _ = state.verifier.find(&order.verification_id).await;
-    let order = state.store.get_order(&brand.id, &id).await?.ok_or(VerifyError::NotFound)?;
+    let order = state
+        .store
+        .get_order(&brand.id, &id)
+        .await?
+        .ok_or(VerifyError::NotFound)?;
     Ok(axum::Json(order_view(&state, &order).await?).into_response())
 }

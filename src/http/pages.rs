@@ -393,7 +393,7 @@ fn refusal_outcome(error: &VerifyError) -> Outcome {
         VerifyError::SmsFailed { .. } => Outcome::SmsFailed,
         VerifyError::InvalidField { .. } => Outcome::WrongCode(0),
         VerifyError::NotFound => Outcome::InvalidLink,
-                VerifyError::Phone(_)
+        VerifyError::Phone(_)
         | VerifyError::Internal(_)
         | VerifyError::CustomerUnknown
         | VerifyError::CustomerHasNoPhone
@@ -627,13 +627,13 @@ pub async fn demo_checkout(
         _ => "EUR",
     };
     let request = StartRequest {
-                phone: Some(phone),
+        phone: Some(phone),
         order_reference: format!("DEMO-{}", now_millis() % 100_000),
         amount: "49.90".to_owned(),
         currency: currency.to_owned(),
         locale: Some(locale.clone()),
         customer_reference: None,
-                client_ip: None,
+        client_ip: None,
         user_agent: None,
         order: None,
     };

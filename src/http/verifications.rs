@@ -27,7 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartVerification {
-        /// The buyer's mobile number, E.164 (`+4915123456789`) or national for the brand's country.
+    /// The buyer's mobile number, E.164 (`+4915123456789`) or national for the brand's country.
     /// Not needed (and ignored) with a `customer_reference` when the brand has a customer
     /// directory: the number on file is used.
     #[serde(default)]
@@ -155,9 +155,14 @@ pub async fn start_verification(
     let request = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
     let brand_ref = &brand;
     let state_ref = &state;
-    idempotent(state_ref, brand_ref, &headers, "verifications", &request, || async move {
-        start(state_ref, brand_ref, body).await.into_response()
-    })
+    idempotent(
+        state_ref,
+        brand_ref,
+        &headers,
+        "verifications",
+        &request,
+        || async move { start(state_ref, brand_ref, body).await.into_response() },
+    )
     .await
 }
 
@@ -182,17 +187,31 @@ where
         .to_str()
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters")
+        })?;
     let key = format!("{scope}:{key}");
     let request_hash = Sha256::digest(request).to_vec();
-    match state.store.idempotency_claim(&brand.id, &key, &request_hash, now_millis()).await? {
+    match state
+        .store
+        .idempotency_claim(&brand.id, &key, &request_hash, now_millis())
+        .await?
+    {
         IdempotencyClaim::Claimed => {}
         IdempotencyClaim::Replay { status, body } => {
             let status = StatusCode::from_u16(status).map_err(anyhow::Error::from)?;
-            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+            let content_type = if status.is_success() {
+                "application/json"
+            } else {
+                "application/problem+json"
+            };
             let mut response = (status, body).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(response);
         }
         IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
@@ -207,9 +226,14 @@ where
     }
     // Buffer the body to store it, then answer with the same bytes.
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    state.store.idempotency_complete(&brand.id, &key, status.as_u16(), &text).await?;
+    state
+        .store
+        .idempotency_complete(&brand.id, &key, status.as_u16(), &text)
+        .await?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
@@ -226,7 +250,7 @@ async fn start(
         locale: body.locale,
         customer_reference: body.customer_reference,
         client_ip: body.client_ip,
-                user_agent: body.user_agent,
+        user_agent: body.user_agent,
         order: None,
     };
     let record = state.verifier.start(brand, request).await?;

@@ -11,7 +11,9 @@ pub use sql::{Backend, SqlStore};
 use async_trait::async_trait;
 
 use crate::brands::BrandId;
-use crate::domain::{Limits, Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
+use crate::domain::{
+    Limits, Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId,
+};
 use crate::events::Event;
 
 /// A verification as stored.
@@ -104,9 +106,18 @@ pub enum ForwardOutcome {
     /// The upstream refused it (4xx other than 408/429): final, never retried.
     Rejected { status: u16, body: String },
     /// Worth another attempt at `next_attempt_at` (5xx, 408, 429, timeout, connection).
-    Retry { status: Option<u16>, body: Option<String>, error: String, next_attempt_at: Millis },
+    Retry {
+        status: Option<u16>,
+        body: Option<String>,
+        error: String,
+        next_attempt_at: Millis,
+    },
     /// Out of attempts, or nothing to forward to: final.
-    Failed { status: Option<u16>, body: Option<String>, error: String },
+    Failed {
+        status: Option<u16>,
+        body: Option<String>,
+        error: String,
+    },
 }
 
 /// A webhook due for delivery, with the order it announces.
@@ -121,8 +132,13 @@ pub struct WebhookJob {
 #[derive(Debug, Clone)]
 pub enum WebhookOutcome {
     Delivered,
-    Retry { error: String, next_attempt_at: Millis },
-    Failed { error: String },
+    Retry {
+        error: String,
+        next_attempt_at: Millis,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 impl VerificationRecord {
@@ -349,28 +365,53 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_stats(&self) -> anyhow::Result<OutboxStats>;
 
     /// A brand's held order; another brand's id is `None`.
-    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> anyhow::Result<Option<OrderRecord>>;
+    async fn get_order(&self, brand: &BrandId, id: &OrderId)
+    -> anyhow::Result<Option<OrderRecord>>;
 
     /// The order held with a verification, if any.
-    async fn order_for_verification(&self, id: &VerificationId) -> anyhow::Result<Option<OrderRecord>>;
+    async fn order_for_verification(
+        &self,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<OrderRecord>>;
 
     /// Leases up to `limit` orders due for a forward attempt to `owner` until `lease_until`.
     /// An order whose holder died mid-forward is due again once its lease has run out.
-    async fn claim_forwards(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64)
-    -> anyhow::Result<Vec<OrderRecord>>;
+    async fn claim_forwards(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OrderRecord>>;
 
     /// Records a forward attempt by the lease holder, with its events and (when final) the
     /// webhook, in one transaction. `false` if `owner` no longer holds the order.
-    async fn complete_forward(&self, id: &OrderId, owner: &str, outcome: &ForwardOutcome, now: Millis, events: &[Event])
-    -> anyhow::Result<bool>;
+    async fn complete_forward(
+        &self,
+        id: &OrderId,
+        owner: &str,
+        outcome: &ForwardOutcome,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool>;
 
     /// Leases up to `limit` due webhooks to `owner`.
-    async fn claim_webhooks(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64)
-    -> anyhow::Result<Vec<WebhookJob>>;
+    async fn claim_webhooks(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<WebhookJob>>;
 
     /// Records a webhook attempt by the lease holder.
-    async fn complete_webhook(&self, webhook_id: i64, owner: &str, outcome: &WebhookOutcome, now: Millis)
-    -> anyhow::Result<()>;
+    async fn complete_webhook(
+        &self,
+        webhook_id: i64,
+        owner: &str,
+        outcome: &WebhookOutcome,
+        now: Millis,
+    ) -> anyhow::Result<()>;
 
     /// Claims `key` for a request whose body hashes to `request_hash`.
     async fn idempotency_claim(

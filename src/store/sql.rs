@@ -9,9 +9,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
 use super::{
-    ForwardOutcome, OrderRecord, WebhookJob, WebhookOutcome,
-    CheckCount, DecideCheck, EventsFor, IdempotencyClaim, NewVerification, OutboxRow, OutboxStats,
-    ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord, Store, VerificationRecord,
+    CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, NewVerification,
+    OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord,
+    Store, VerificationRecord, WebhookJob, WebhookOutcome,
 };
 use crate::brands::BrandId;
 use crate::domain::{Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
@@ -224,7 +224,8 @@ fn order_from_row(row: &AnyRow) -> anyhow::Result<OrderRecord> {
     Ok(OrderRecord {
         id: OrderId::from_str(&id).context("stored order id")?,
         brand: row.try_get("brand_id")?,
-        verification_id: VerificationId::from_str(&verification).context("stored verification id")?,
+        verification_id: VerificationId::from_str(&verification)
+            .context("stored verification id")?,
         status: OrderStatus::from_str(&status).map_err(anyhow::Error::msg)?,
         order_reference: row.try_get("order_reference")?,
         amount: Money::from_minor(row.try_get("amount_minor")?, row.try_get("currency")?),
@@ -243,19 +244,34 @@ fn order_from_row(row: &AnyRow) -> anyhow::Result<OrderRecord> {
 
 /// Queues a webhook for each order with a callback URL matching `condition` (a SQL predicate
 /// on `held_order` with `$1` bound to `key`), inside the caller's transaction.
-async fn queue_webhooks(conn: &mut AnyConnection, condition: &str, key: &str, now: Millis) -> anyhow::Result<()> {
+async fn queue_webhooks(
+    conn: &mut AnyConnection,
+    condition: &str,
+    key: &str,
+    now: Millis,
+) -> anyhow::Result<()> {
     let sql = format!(
         "INSERT INTO webhook_delivery (order_id, status, next_attempt_at, created_at) \
          SELECT order_id, 'pending', $2, $2 FROM held_order WHERE callback_url IS NOT NULL AND {condition}"
     );
-    sqlx::query(&sql).bind(key).bind(now).execute(&mut *conn).await.context("queueing a webhook")?;
+    sqlx::query(&sql)
+        .bind(key)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("queueing a webhook")?;
     Ok(())
 }
 
 /// Moves the order held with a verification along with it, inside the verification's
 /// transaction: approved → forwarding (due now); locked / aborted / expired → the same final
 /// status, announced by webhook.
-async fn order_follows(conn: &mut AnyConnection, verification: &VerificationId, to: Status, now: Millis) -> anyhow::Result<()> {
+async fn order_follows(
+    conn: &mut AnyConnection,
+    verification: &VerificationId,
+    to: Status,
+    now: Millis,
+) -> anyhow::Result<()> {
     let (status, next_attempt_at, finished_at) = match to {
         Status::Pending => return Ok(()),
         Status::Approved => (OrderStatus::Forwarding, Some(now), None),
@@ -453,7 +469,10 @@ impl Store for SqlStore {
         let decision = decide(&record, &code_hash);
         if let Some(status) = decision.finish {
             // We hold the row lock: it is still pending.
-            anyhow::ensure!(finish_in(&mut tx, id, status, now).await?, "verification {id} changed under its lock");
+            anyhow::ensure!(
+                finish_in(&mut tx, id, status, now).await?,
+                "verification {id} changed under its lock"
+            );
             order_follows(&mut tx, id, status, now).await?;
             record.status = status;
             record.finished_at = Some(now);
@@ -542,7 +561,10 @@ impl Store for SqlStore {
             .fetch_all(&mut *tx)
             .await
             .context("expiring verifications")?;
-                let records = rows.iter().map(record_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        let records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for record in &records {
             order_follows(&mut tx, &record.id, Status::Expired, now).await?;
         }
@@ -738,19 +760,40 @@ impl Store for SqlStore {
         })
     }
 
-    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> anyhow::Result<Option<OrderRecord>> {
-        let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1 AND brand_id = $2");
-        let row = sqlx::query(&sql).bind(id.to_string()).bind(brand.as_str()).fetch_optional(&self.pool).await?;
+    async fn get_order(
+        &self,
+        brand: &BrandId,
+        id: &OrderId,
+    ) -> anyhow::Result<Option<OrderRecord>> {
+        let sql =
+            format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1 AND brand_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(brand.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| order_from_row(&row)).transpose()
     }
 
-    async fn order_for_verification(&self, id: &VerificationId) -> anyhow::Result<Option<OrderRecord>> {
+    async fn order_for_verification(
+        &self,
+        id: &VerificationId,
+    ) -> anyhow::Result<Option<OrderRecord>> {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE verification_id = $1");
-        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| order_from_row(&row)).transpose()
     }
 
-    async fn claim_forwards(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64) -> anyhow::Result<Vec<OrderRecord>> {
+    async fn claim_forwards(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OrderRecord>> {
         let lock = self.skip_locked();
         let sql = format!(
             "UPDATE held_order SET lease_owner = $1, lease_until = $2 \
@@ -780,14 +823,43 @@ impl Store for SqlStore {
         events: &[Event],
     ) -> anyhow::Result<bool> {
         let (status, upstream_status, body, error, next_attempt_at) = match outcome {
-            ForwardOutcome::Forwarded { status, body } => (OrderStatus::Forwarded, Some(*status), Some(body.as_str()), None, None),
-            ForwardOutcome::Rejected { status, body } => (OrderStatus::RejectedUpstream, Some(*status), Some(body.as_str()), None, None),
-            ForwardOutcome::Retry { status, body, error, next_attempt_at } => {
-                (OrderStatus::Forwarding, *status, body.as_deref(), Some(error.as_str()), Some(*next_attempt_at))
-            }
-            ForwardOutcome::Failed { status, body, error } => {
-                (OrderStatus::ForwardFailed, *status, body.as_deref(), Some(error.as_str()), None)
-            }
+            ForwardOutcome::Forwarded { status, body } => (
+                OrderStatus::Forwarded,
+                Some(*status),
+                Some(body.as_str()),
+                None,
+                None,
+            ),
+            ForwardOutcome::Rejected { status, body } => (
+                OrderStatus::RejectedUpstream,
+                Some(*status),
+                Some(body.as_str()),
+                None,
+                None,
+            ),
+            ForwardOutcome::Retry {
+                status,
+                body,
+                error,
+                next_attempt_at,
+            } => (
+                OrderStatus::Forwarding,
+                *status,
+                body.as_deref(),
+                Some(error.as_str()),
+                Some(*next_attempt_at),
+            ),
+            ForwardOutcome::Failed {
+                status,
+                body,
+                error,
+            } => (
+                OrderStatus::ForwardFailed,
+                *status,
+                body.as_deref(),
+                Some(error.as_str()),
+                None,
+            ),
         };
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
@@ -820,7 +892,13 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn claim_webhooks(&self, owner: &str, now: Millis, lease_until: Millis, limit: i64) -> anyhow::Result<Vec<WebhookJob>> {
+    async fn claim_webhooks(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> anyhow::Result<Vec<WebhookJob>> {
         let lock = self.skip_locked();
         let sql = format!(
             "UPDATE webhook_delivery SET lease_owner = $1, lease_until = $2 \
@@ -842,16 +920,33 @@ impl Store for SqlStore {
         for row in rows {
             let order_id: String = row.try_get("order_id")?;
             let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1");
-            let order = sqlx::query(&sql).bind(&order_id).fetch_one(&self.pool).await.context("reading a webhook's order")?;
-            jobs.push(WebhookJob { webhook_id: row.try_get("webhook_id")?, attempts: int(&row, "attempts")?, order: order_from_row(&order)? });
+            let order = sqlx::query(&sql)
+                .bind(&order_id)
+                .fetch_one(&self.pool)
+                .await
+                .context("reading a webhook's order")?;
+            jobs.push(WebhookJob {
+                webhook_id: row.try_get("webhook_id")?,
+                attempts: int(&row, "attempts")?,
+                order: order_from_row(&order)?,
+            });
         }
         Ok(jobs)
     }
 
-    async fn complete_webhook(&self, webhook_id: i64, owner: &str, outcome: &WebhookOutcome, now: Millis) -> anyhow::Result<()> {
+    async fn complete_webhook(
+        &self,
+        webhook_id: i64,
+        owner: &str,
+        outcome: &WebhookOutcome,
+        now: Millis,
+    ) -> anyhow::Result<()> {
         let (status, error, next_attempt_at, delivered_at) = match outcome {
             WebhookOutcome::Delivered => ("delivered", None, now, Some(now)),
-            WebhookOutcome::Retry { error, next_attempt_at } => ("pending", Some(error.as_str()), *next_attempt_at, None),
+            WebhookOutcome::Retry {
+                error,
+                next_attempt_at,
+            } => ("pending", Some(error.as_str()), *next_attempt_at, None),
             WebhookOutcome::Failed { error } => ("failed", Some(error.as_str()), now, None),
         };
         sqlx::query(

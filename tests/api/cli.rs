@@ -89,7 +89,7 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
         "database.url (ORDERGUARD_DATABASE__URL)",
         "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY)",
         "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER)",
-                "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY)",
+        "secrets.widget_key (ORDERGUARD_SECRETS__WIDGET_KEY)",
         "approval.keys (ORDERGUARD_APPROVAL__KEYS)",
         "sms.providers (ORDERGUARD_SMS__PROVIDERS)",
         "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL)",
@@ -378,4 +378,113 @@ fn brands_check_passes_the_shipped_brands_and_fails_a_broken_folder_with_its_mes
         registry.authenticate(&key).map(|(b, _)| b.id.to_string()),
         Some("nordlicht".to_owned())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once() {
+    use crate::helpers::{Reply, ScriptedServer, eventually};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brands = test_brands_dir(dir.path());
+    // The first forward hangs: the service is killed while it is in flight.
+    let upstream = ScriptedServer::start(vec![Reply::Hang(30_000)], Reply::Status(201)).await;
+    let nordwind = brands.join("nordwind/brand.toml");
+    let mut text = std::fs::read_to_string(&nordwind).expect("read");
+    text.push_str(&format!(
+        "\n[upstream]\nurl = \"{}/orders\"\nauth_header = \"Authorization\"\nauth_secret = \"nordwind_upstream\"\ntimeout_ms = 60000\n",
+        upstream.url
+    ));
+    std::fs::write(&nordwind, text).expect("write");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        orderguard(dir.path())
+            .arg("serve")
+            .env("ORDERGUARD_HTTP__PORT", port.to_string())
+            .env(
+                "ORDERGUARD_BRAND_SECRETS__NORDWIND_UPSTREAM",
+                "Bearer upstream-secret",
+            )
+            .env("ORDERGUARD_GATE__LEASE_MS", "1000")
+            .env("ORDERGUARD_GATE__POLL_INTERVAL_MS", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let client = reqwest::Client::new();
+    let mut running = Running(start());
+    wait_until_ready(&client, &base, &mut running.0).await;
+
+    let body = json!({"payload": {"sku": "SIM-1"}, "order_reference": "A-3001", "amount": "9.90", "currency": "EUR", "phone": "+4915123456789"});
+    let held = read(
+        client
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(DEV_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(held.status, 202, "{held:#?}");
+    let (order, verification) = (
+        held.body["id"].as_str().expect("id").to_owned(),
+        held.body["verification_id"].as_str().expect("v").to_owned(),
+    );
+    let inbox = read(
+        client
+            .get(format!("{base}/dev/inbox?verification_id={verification}"))
+            .send()
+            .await
+            .expect("inbox"),
+    )
+    .await;
+    let code = inbox.body["messages"][0]["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let checked = read(
+        client
+            .post(format!("{base}/v1/verifications/{verification}/check"))
+            .bearer_auth(DEV_KEY)
+            .json(&json!({"code": code}))
+            .send()
+            .await
+            .expect("check"),
+    )
+    .await;
+    assert_eq!(checked.body["status"], "approved", "{checked:#?}");
+    eventually("the forward in flight", 10, async || upstream.count() == 1).await;
+
+    // Killed mid-forward (SIGKILL: no shutdown), then started again on the same database.
+    drop(running);
+    let mut running = Running(start());
+    wait_until_ready(&client, &base, &mut running.0).await;
+    let status = || async {
+        read(
+            client
+                .get(format!("{base}/v1/orders/{order}"))
+                .bearer_auth(DEV_KEY)
+                .send()
+                .await
+                .expect("order"),
+        )
+        .await
+        .body
+    };
+    eventually("the resumed forward", 20, async || {
+        status().await["status"] == "forwarded"
+    })
+    .await;
+    assert_eq!(
+        upstream.idempotency_keys().into_iter().collect::<Vec<_>>(),
+        vec![order.clone()],
+        "one order upstream"
+    );
+    assert_eq!(
+        upstream.count(),
+        2,
+        "the interrupted attempt and the resumed one, with the same key"
+    );
+    assert!(stop(running, "TERM").await.success());
 }

@@ -824,3 +824,113 @@ impl TestApp {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scripted HTTP servers: upstream order APIs, webhook receivers
+// ---------------------------------------------------------------------------------------------
+
+/// How a scripted server answers one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// Waits this many milliseconds, then answers 201.
+    Hang(u64),
+}
+
+type Recorded = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+/// An HTTP server that answers from a script (then a fallback) and records every request.
+pub struct ScriptedServer {
+    pub url: String,
+    requests: Recorded,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedServer {
+    pub async fn start(script: Vec<Reply>, fallback: Reply) -> Self {
+        Self::start_on("127.0.0.1:0", script, fallback).await
+    }
+
+    /// Starts on `address` (a fixed port lets a restarted service find it again).
+    pub async fn start_on(address: &str, script: Vec<Reply>, fallback: Reply) -> Self {
+        let requests: Recorded = Arc::default();
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let log = requests.clone();
+        let handler = move |headers: axum::http::HeaderMap, body: String| {
+            let (log, script) = (log.clone(), script.clone());
+            async move {
+                log.lock().expect("lock").push((headers, body));
+                let reply = script.lock().expect("lock").pop_front().unwrap_or(fallback);
+                let status = match reply {
+                    Reply::Status(status) => status,
+                    Reply::Hang(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        201
+                    }
+                };
+                let status = axum::http::StatusCode::from_u16(status).expect("status");
+                (
+                    status,
+                    axum::Json(json!({"accepted": status.is_success(), "upstream_order": "U-1"})),
+                )
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .expect("bind scripted server");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("scripted server serves");
+        });
+        Self {
+            url,
+            requests,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<(axum::http::HeaderMap, String)> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+
+    /// The distinct `Idempotency-Key`s received: the orders an idempotent upstream created.
+    pub fn idempotency_keys(&self) -> std::collections::BTreeSet<String> {
+        self.requests()
+            .iter()
+            .filter_map(|(headers, _)| {
+                headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+/// Polls `ready` every 50 ms until it holds; fails after `seconds`.
+pub async fn eventually(what: &str, seconds: u64, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if ready().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

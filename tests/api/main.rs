@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod events;
 mod ops;
+mod orders;
 mod pages;
 mod requests;
 mod sms;

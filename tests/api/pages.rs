@@ -1,8 +1,6 @@
 //! The code page over plain HTTP (no JavaScript): looks, headers, links, form posts, locales,
 //! assets, hot reload and the demo checkout.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::both_backends;
@@ -294,16 +292,6 @@ async fn assets_and_the_theme_are_served_per_brand() {
     }
 }
 
-async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if ready().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 10 s");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brand_changes_are_hot_reloaded_and_broken_ones_refused() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.brands_reload_interval_ms = 100).await;
@@ -311,7 +299,7 @@ async fn brand_changes_are_hot_reloaded_and_broken_ones_refused() {
     let original = std::fs::read_to_string(&nordwind).expect("brand.toml");
 
     std::fs::write(&nordwind, original.replace("#0b2545", "#7a1fa2")).expect("write");
-    wait_for("the new colour", async || {
+    crate::helpers::eventually("the new colour", 10, async || {
         app.page("/assets/nordwind/theme.css")
             .await
             .2
@@ -326,7 +314,7 @@ async fn brand_changes_are_hot_reloaded_and_broken_ones_refused() {
         "{{#if}}broken",
     )
     .expect("write");
-    wait_for("the rejection", async || {
+    crate::helpers::eventually("the rejection", 10, async || {
         app.metrics()
             .await
             .contains(r#"orderguard_brand_reload_total{result="rejected"}"#)
@@ -356,7 +344,7 @@ async fn brand_changes_are_hot_reloaded_and_broken_ones_refused() {
         ),
     )
     .expect("write");
-    wait_for("the new brand", async || {
+    crate::helpers::eventually("the new brand", 10, async || {
         app.post("/v1/verifications", key, &start_body())
             .await
             .status

@@ -49,7 +49,7 @@ async fn insert(store: &SqlStore, now: i64) -> VerificationId {
         now,
         customer_pseudonym: String::new(),
         ip_pseudonym: String::new(),
-                user_agent_family: String::new(),
+        user_agent_family: String::new(),
         order: None,
     };
     store.insert_verification(&new, &[]).await.expect("insert");

@@ -1,0 +1,491 @@
+//! Gate mode against real local servers: the upstream order API, the shop's webhook receiver
+//! and the customer directory.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{
+    Backend, DEV_KEY, PHONE, Reply, ScriptedServer, TestApp, eventually, spawn_app_with,
+};
+
+const WEBHOOK_SECRET: &str = "webhook-secret-of-nordwind";
+
+both_backends!(
+    an_approved_order_reaches_upstream_once_with_its_key_and_a_verifiable_token,
+    an_upstream_503_twice_then_201_is_forwarded_once_after_retries,
+    an_upstream_400_is_final_and_never_retried,
+    a_hanging_upstream_times_out_and_is_retried,
+    aborted_locked_and_expired_orders_are_never_forwarded,
+    a_webhook_receiver_that_is_down_is_retried,
+    the_customer_directory_gives_the_number_on_file,
+);
+
+/// Appends gate configuration to the test copy of Nordwind's brand.toml.
+fn configure_gate(
+    settings: &mut orderguard::settings::Settings,
+    upstream: &str,
+    directory: Option<&str>,
+) {
+    let path = settings.brands_dir.join("nordwind/brand.toml");
+    let mut text = std::fs::read_to_string(&path).expect("brand.toml");
+    text.push_str(&format!(
+        "\n[upstream]\nurl = \"{upstream}/orders\"\nauth_header = \"Authorization\"\nauth_secret = \"nordwind_upstream\"\ntimeout_ms = 500\n\n[webhooks]\nsecret = \"nordwind_webhooks\"\n"
+    ));
+    if let Some(directory) = directory {
+        text.push_str(&format!(
+            "\n[customer_directory]\nkind = \"http\"\nurl = \"{directory}/customers/{{customer_reference}}\"\nphone_pointer = \"/contact/mobile\"\ntimeout_ms = 500\n"
+        ));
+    }
+    std::fs::write(&path, text).expect("write brand.toml");
+    settings.brand_secrets.insert(
+        "nordwind_upstream".into(),
+        "Bearer upstream-secret".to_owned().into(),
+    );
+    settings
+        .brand_secrets
+        .insert("nordwind_webhooks".into(), WEBHOOK_SECRET.to_owned().into());
+    settings.gate.poll_interval_ms = 50;
+    settings.gate.retry_initial_ms = 50;
+    settings.gate.retry_max_ms = 200;
+    settings.gate.lease_ms = 2_000;
+}
+
+async fn gate_app(backend: Backend, upstream: &ScriptedServer) -> TestApp {
+    let url = upstream.url.clone();
+    spawn_app_with(backend, move |s| configure_gate(s, &url, None)).await
+}
+
+fn order_body(callback: Option<&str>) -> Value {
+    let mut body = json!({
+        "payload": {"items": [{"sku": "SIM-PREPAID-25", "quantity": 1}], "customer": "c-1"},
+        "order_reference": "A-2001",
+        "amount": "49.90",
+        "currency": "EUR",
+        "phone": PHONE,
+    });
+    if let Some(url) = callback {
+        body["callback_url"] = json!(url);
+    }
+    body
+}
+
+/// Holds an order; returns (order id, verification id).
+async fn hold(app: &TestApp, callback: Option<&str>) -> (String, String) {
+    let answer = app.post("/v1/orders", DEV_KEY, &order_body(callback)).await;
+    assert_eq!(answer.status, 202, "{answer:#?}");
+    assert_eq!(answer.body["status"], "awaiting_verification");
+    assert!(
+        answer.body["widget_url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/w/"))
+    );
+    let order = answer.body["id"].as_str().expect("id").to_owned();
+    (
+        order,
+        answer.body["verification_id"]
+            .as_str()
+            .expect("verification")
+            .to_owned(),
+    )
+}
+
+async fn order(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/v1/orders/{id}"), DEV_KEY).await.body
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
+    eventually(&format!("order {id} {status}"), 15, async || {
+        order(app, id).await["status"] == status
+    })
+    .await;
+    order(app, id).await
+}
+
+async fn approve(app: &TestApp, verification: &str) {
+    let code = app.latest_code(verification).await;
+    let checked = app.check(verification, &code).await;
+    assert_eq!(checked.status, 200, "{checked:#?}");
+}
+
+/// Verifies a compact JWS with the service's JWKS and returns its claims.
+async fn verify_token(app: &TestApp, token: &str) -> Value {
+    let jwks = app.get_public("/.well-known/jwks.json").await.body;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS");
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("header");
+    assert_eq!(header["alg"], "EdDSA");
+    let key = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .unwrap_or_else(|| panic!("kid {} not in the JWKS {jwks}", header["kid"]));
+    assert_eq!(
+        (&key["kty"], &key["crv"]),
+        (&json!("OKP"), &json!("Ed25519"))
+    );
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(key["x"].as_str().expect("x"))
+        .expect("b64")
+        .try_into()
+        .expect("32 bytes");
+    let signature =
+        Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).expect("b64")).expect("signature");
+    VerifyingKey::from_bytes(&x)
+        .expect("key")
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .expect("the token verifies against the JWKS");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("claims")
+}
+
+/// The events of `order` written (through the outbox) to the JSON-lines sink, in order.
+async fn order_events(app: &TestApp, order: &str) -> Vec<String> {
+    app.wait_for_outbox_drained(15).await;
+    let text = std::fs::read_to_string(app.data_dir.join("events.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("event"))
+        .filter(|event| event["order_id"] == order)
+        .map(|event| event["event_type"].as_str().expect("type").to_owned())
+        .collect()
+}
+
+fn verify_webhook(headers: &axum::http::HeaderMap, body: &str) {
+    let signature = headers
+        .get("orderguard-signature")
+        .and_then(|v| v.to_str().ok())
+        .expect("signature header");
+    let now = orderguard::domain::now_millis() / 1000;
+    assert!(
+        orderguard::signature::verify(WEBHOOK_SECRET.as_bytes(), signature, body.as_bytes(), now),
+        "{signature}"
+    );
+}
+
+async fn an_approved_order_reaches_upstream_once_with_its_key_and_a_verifiable_token(
+    backend: Backend,
+) {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(vec![], Reply::Status(200)).await;
+    let app = gate_app(backend, &upstream).await;
+    let (id, verification) = hold(&app, Some(&format!("{}/hooks", receiver.url))).await;
+    assert_eq!(upstream.count(), 0, "nothing is forwarded before approval");
+
+    approve(&app, &verification).await;
+    let forwarded = wait_for_status(&app, &id, "forwarded").await;
+    assert_eq!(
+        (
+            &forwarded["upstream_status"],
+            &forwarded["forward_attempts"]
+        ),
+        (&json!(201), &json!(1))
+    );
+    assert!(
+        forwarded["upstream_body"]
+            .as_str()
+            .is_some_and(|b| b.contains("U-1"))
+    );
+
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 1, "exactly once");
+    let (headers, body) = &requests[0];
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("idempotency-key"), id);
+    assert_eq!(header("authorization"), "Bearer upstream-secret");
+    assert_eq!(
+        serde_json::from_str::<Value>(body).expect("json"),
+        order_body(None)["payload"],
+        "the payload as held"
+    );
+    let claims = verify_token(&app, &header("orderguard-approval")).await;
+    assert_eq!(
+        (
+            &claims["brand"],
+            &claims["sub"],
+            &claims["order_reference"],
+            &claims["amount"],
+            &claims["currency"]
+        ),
+        (
+            &json!("nordwind"),
+            &json!(verification),
+            &json!("A-2001"),
+            &json!("49.90"),
+            &json!("EUR")
+        )
+    );
+    assert!(claims["exp"].as_i64() > claims["iat"].as_i64());
+
+    // API mode sees the same token on the verification.
+    let status = app.status(&verification).await;
+    assert_eq!(
+        status.body["approval_token"],
+        json!(header("orderguard-approval"))
+    );
+
+    eventually("the webhook", 10, async || receiver.count() == 1).await;
+    let (headers, body) = &receiver.requests()[0];
+    verify_webhook(headers, body);
+    let hook: Value = serde_json::from_str(body).expect("json");
+    assert_eq!(
+        (&hook["type"], &hook["order_id"], &hook["upstream_status"]),
+        (&json!("order.forwarded"), &json!(id), &json!(201))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.count(), 1, "still once");
+    assert_eq!(
+        order_events(&app, &id).await,
+        ["order_held", "order_forwarded"]
+    );
+}
+
+async fn an_upstream_503_twice_then_201_is_forwarded_once_after_retries(backend: Backend) {
+    let upstream = ScriptedServer::start(
+        vec![Reply::Status(503), Reply::Status(503)],
+        Reply::Status(201),
+    )
+    .await;
+    let app = gate_app(backend, &upstream).await;
+    let (id, verification) = hold(&app, None).await;
+    approve(&app, &verification).await;
+    let forwarded = wait_for_status(&app, &id, "forwarded").await;
+    assert_eq!(forwarded["forward_attempts"], 3);
+    assert_eq!(upstream.count(), 3);
+    assert_eq!(
+        upstream.idempotency_keys().into_iter().collect::<Vec<_>>(),
+        vec![id],
+        "one key: one order upstream"
+    );
+}
+
+async fn an_upstream_400_is_final_and_never_retried(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![Reply::Status(400)], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(vec![], Reply::Status(200)).await;
+    let app = gate_app(backend, &upstream).await;
+    let (id, verification) = hold(&app, Some(&receiver.url)).await;
+    approve(&app, &verification).await;
+    let rejected = wait_for_status(&app, &id, "rejected_upstream").await;
+    assert_eq!(rejected["upstream_status"], 400);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(upstream.count(), 1, "a 4xx is final");
+    eventually("the webhook", 10, async || receiver.count() == 1).await;
+    assert!(receiver.requests()[0].1.contains("order.rejected_upstream"));
+    assert_eq!(
+        order_events(&app, &id).await,
+        ["order_held", "order_forward_failed"]
+    );
+}
+
+async fn a_hanging_upstream_times_out_and_is_retried(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![Reply::Hang(3_000)], Reply::Status(201)).await;
+    let app = gate_app(backend, &upstream).await;
+    let (id, verification) = hold(&app, None).await;
+    approve(&app, &verification).await;
+    let forwarded = wait_for_status(&app, &id, "forwarded").await;
+    assert_eq!(
+        forwarded["forward_attempts"], 2,
+        "the timed-out attempt, then the answered one"
+    );
+    assert_eq!(upstream.idempotency_keys().len(), 1);
+}
+
+async fn aborted_locked_and_expired_orders_are_never_forwarded(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(vec![], Reply::Status(200)).await;
+    let app = gate_app(backend, &upstream).await;
+
+    let (aborted, verification) = hold(&app, Some(&receiver.url)).await;
+    assert_eq!(app.cancel(&verification).await.status, 200);
+    let (locked, verification) = hold(&app, Some(&receiver.url)).await;
+    let wrong = app.wrong_code(&verification).await;
+    for _ in 0..5 {
+        app.check(&verification, &wrong).await;
+    }
+    let (expired, verification) = hold(&app, Some(&receiver.url)).await;
+    app.travel(&verification, 301_000).await;
+
+    wait_for_status(&app, &aborted, "aborted").await;
+    wait_for_status(&app, &locked, "locked").await;
+    wait_for_status(&app, &expired, "expired").await;
+    eventually("three webhooks", 10, async || receiver.count() == 3).await;
+    let types: std::collections::BTreeSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<Value>(body).expect("json")["type"]
+                .as_str()
+                .expect("type")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["order.aborted", "order.expired", "order.locked"]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.count(), 0, "the upstream sees nothing");
+}
+
+async fn a_webhook_receiver_that_is_down_is_retried(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(
+        vec![Reply::Status(503), Reply::Status(500)],
+        Reply::Status(200),
+    )
+    .await;
+    let app = gate_app(backend, &upstream).await;
+    let (id, verification) = hold(&app, Some(&receiver.url)).await;
+    approve(&app, &verification).await;
+    wait_for_status(&app, &id, "forwarded").await;
+    eventually("the third webhook attempt", 10, async || {
+        receiver.count() == 3
+    })
+    .await;
+    for (headers, body) in receiver.requests() {
+        verify_webhook(&headers, &body);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 3, "delivered: no more attempts");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderguard_webhooks_total{brand="nordwind",result="delivered"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"orderguard_webhooks_total{brand="nordwind",result="retry"} 2"#),
+        "{metrics}"
+    );
+}
+
+/// A customer directory: `/customers/<ref>` answers its record or 404; 503 for everything
+/// once `down` is set. (Stopping the server would not do: pooled keep-alive connections are
+/// served by their own tasks.)
+async fn directory(
+    records: BTreeMap<&'static str, Value>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let handler = move |axum::extract::Path(reference): axum::extract::Path<String>| {
+        let record = records.get(reference.as_str()).cloned();
+        let down = down.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            match record {
+                _ if down => (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"error": "down"})),
+                ),
+                Some(record) => (axum::http::StatusCode::OK, axum::Json(record)),
+                None => (
+                    axum::http::StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": "unknown"})),
+                ),
+            }
+        }
+    };
+    let router = axum::Router::new().route("/customers/{reference}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind directory");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    (
+        url,
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("directory serves")
+        }),
+    )
+}
+
+async fn the_customer_directory_gives_the_number_on_file(backend: Backend) {
+    let on_file = "+4915123456780";
+    crate::helpers::must_not_be_logged(on_file);
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, _task) = directory(
+        BTreeMap::from([("c-42", json!({"contact": {"mobile": on_file}}))]),
+        down.clone(),
+    )
+    .await;
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let (upstream_url, directory_url) = (upstream.url.clone(), url.clone());
+    let app = spawn_app_with(backend, move |s| {
+        configure_gate(s, &upstream_url, Some(&directory_url))
+    })
+    .await;
+
+    let mut body = order_body(None);
+    body["customer_reference"] = json!("c-42");
+    body["phone"] = json!("+4915199999999");
+    let held = app.post("/v1/orders", DEV_KEY, &body).await;
+    assert_eq!(held.status, 202, "{held:#?}");
+    let verification = held.body["verification_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let inbox = app
+        .get_public(&format!("/dev/inbox?verification_id={verification}"))
+        .await;
+    assert_eq!(
+        inbox.body["messages"][0]["to"], on_file,
+        "the number on file, not the typed one"
+    );
+    crate::helpers::must_not_be_logged(inbox.body["messages"][0]["code"].as_str().expect("code"));
+
+    let mut unknown = order_body(None);
+    unknown["customer_reference"] = json!("c-404");
+    app.post("/v1/orders", DEV_KEY, &unknown)
+        .await
+        .assert_problem(422, "customer_unknown");
+
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut down = order_body(None);
+    down["customer_reference"] = json!("c-42");
+    let answer = app.post("/v1/orders", DEV_KEY, &down).await;
+    answer.assert_problem(503, "customer_directory_unavailable");
+    assert!(answer.header("retry-after").is_some());
+    let mut api_mode = crate::helpers::start_body();
+    api_mode["customer_reference"] = json!("c-42");
+    app.start(&api_mode)
+        .await
+        .assert_problem(503, "customer_directory_unavailable");
+    let all = app.get_public("/dev/inbox").await;
+    assert_eq!(
+        all.body["messages"].as_array().map(Vec::len),
+        Some(1),
+        "no SMS without a number on file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_the_approval_forward_once() {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = |s: &mut orderguard::settings::Settings| {
+        configure_gate(s, &upstream.url, None);
+        s.database.url = Some(database.clone());
+    };
+    let first = spawn_app_with(Backend::Postgres, configure).await;
+    let second = spawn_app_with(Backend::Postgres, configure).await;
+    let (id, verification) = hold(&first, None).await;
+    let code = first.latest_code(&verification).await;
+    let (a, b) = tokio::join!(
+        first.check(&verification, &code),
+        second.check(&verification, &code)
+    );
+    let approvals = [a.status, b.status].iter().filter(|s| **s == 200).count();
+    assert_eq!(approvals, 1, "{a:#?} {b:#?}");
+    wait_for_status(&first, &id, "forwarded").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.count(), 1, "one forward between the two instances");
+}
