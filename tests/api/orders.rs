@@ -489,3 +489,38 @@ async fn two_instances_racing_the_approval_forward_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.count(), 1, "one forward between the two instances");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_refused_without_an_upstream_or_with_a_bad_payload_or_callback() {
+    let plain = crate::helpers::spawn_app(Backend::Sqlite).await;
+    plain
+        .post("/v1/orders", DEV_KEY, &order_body(None))
+        .await
+        .assert_problem(422, "gate_not_configured");
+
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let app = gate_app(Backend::Sqlite, &upstream).await;
+    let mut huge = order_body(None);
+    huge["payload"] = json!({"notes": "x".repeat(40_000)});
+    app.post("/v1/orders", DEV_KEY, &huge)
+        .await
+        .assert_problem(413, "payload_too_large");
+    let insecure = app
+        .post(
+            "/v1/orders",
+            DEV_KEY,
+            &order_body(Some("http://shop.example.com/hooks")),
+        )
+        .await;
+    insecure.assert_problem(422, "invalid_request");
+    assert_eq!(insecure.body["field"], "callback_url");
+    app.get(&format!("/v1/orders/{}", uuid::Uuid::now_v7()), DEV_KEY)
+        .await
+        .assert_problem(404, "not_found");
+    let all = app.get_public("/dev/inbox").await;
+    assert_eq!(
+        all.body["messages"].as_array().map(Vec::len),
+        Some(0),
+        "no refused order sent an SMS"
+    );
+}
