@@ -380,9 +380,16 @@ fn brands_check_passes_the_shipped_brands_and_fails_a_broken_folder_with_its_mes
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once() {
+crate::both_backends!(a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once);
+
+async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once(
+    backend: crate::helpers::Backend,
+) {
     use crate::helpers::{Reply, ScriptedServer, eventually};
+    let database = match backend {
+        crate::helpers::Backend::Sqlite => None,
+        crate::helpers::Backend::Postgres => Some(fresh_postgres_database().await),
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let brands = test_brands_dir(dir.path());
     // The first forward hangs: the service is killed while it is in flight.
@@ -397,7 +404,11 @@ async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once()
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let start = || {
-        orderguard(dir.path())
+        let mut command = orderguard(dir.path());
+        if let Some(url) = &database {
+            command.env("ORDERGUARD_DATABASE__URL", url);
+        }
+        command
             .arg("serve")
             .env("ORDERGUARD_HTTP__PORT", port.to_string())
             .env(
