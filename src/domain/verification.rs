@@ -120,9 +120,10 @@ impl Limits {
                 self.code_length
             ));
         }
-        if !(30..=3600).contains(&self.ttl_seconds) {
+        // Below a minute only benchmarks and tests make sense; buyers need the time.
+        if !(5..=3600).contains(&self.ttl_seconds) {
             problems.push(format!(
-                "ttl_seconds: must be between 30 and 3600, not {}",
+                "ttl_seconds: must be between 5 and 3600, not {}",
                 self.ttl_seconds
             ));
         }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bench;
 mod browser;
 mod cli;
 mod concurrency;

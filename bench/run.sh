@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The benchmark: the database bound (pgbench running the writes of one flow), then the service
+# in release mode on PostgreSQL with the http SMS provider pointed at the load tool's sink,
+# the scenarios, the embedded SQLite, and the relay; one summary at the end.
+#
+#   bash bench/run.sh            # about 5 minutes
+#   bash bench/run.sh --quick    # shorter runs, for a first look
+#
+# Needs what the README's test command sets up (PostgreSQL on 127.0.0.1:5432 with pgbench,
+# python3). Everything targets 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+long=20; memory=60
+if [ "${1:-}" = "--quick" ]; then long=5; memory=10; fi
+
+pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-contrib or the server package)" >&2; exit 1; }
+cargo build --release --quiet
+bin=target/release/orderguard
+
+work="$(mktemp -d)"
+stamp="$(date +%s)_$$"
+service_db="og_bench_service_$stamp"
+bound_db="og_bench_bound_$stamp"
+pids=()
+cleanup() {
+  for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  psql "$pg" -qc "DROP DATABASE IF EXISTS $service_db WITH (FORCE)" >/dev/null 2>&1 || true
+  psql "$pg" -qc "DROP DATABASE IF EXISTS $bound_db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+base="${pg%/*}"
+
+# 1. The database bound: the same writes as one flow, synchronous commit on.
+psql "$pg" -qc "CREATE DATABASE $bound_db" >/dev/null
+psql "$base/$bound_db" -q -f bench/pgbench/schema.sql >/dev/null 2>&1
+echo "pgbench: the writes of a flow for ${long} s…" >&2
+pgbench -n -c 16 -j 2 -T "$long" -f bench/pgbench/start.sql -f bench/pgbench/check.sql "$base/$bound_db" > "$work/pgbench.txt" 2>&1
+tps="$(awk '/^tps = / {print $3; exit}' "$work/pgbench.txt")"
+
+# 2. The service, with a bench brand: no resend cooldown, a 5 s TTL (mixed checks expiries),
+#    and the load tool's upstream for gate mode.
+key="og_bench_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cp -r brands "$work/brands"
+mkdir -p "$work/brands/bench"
+cat > "$work/brands/bench/brand.toml" <<TOML
+display_name = "Bench"
+sms_sender = "Bench"
+allowed_countries = ["DE"]
+[limits]
+ttl_seconds = 5
+resend_cooldown_seconds = 0
+[upstream]
+url = "http://127.0.0.1:19101/orders"
+timeout_ms = 5000
+[[api_keys]]
+id = "bench"
+hash = "sha256:$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
+TOML
+
+start_service() { # $1: database URL
+  ORDERGUARD_HTTP__PORT=18080 \
+  ORDERGUARD_DATA_DIR="$work/data-$2" \
+  ORDERGUARD_BRANDS_DIR="$work/brands" \
+  ORDERGUARD_DATABASE__URL="$1" \
+  ORDERGUARD_DATABASE__MAX_CONNECTIONS=16 \
+  ORDERGUARD_SMS__PROVIDERS='[{kind = "http", name = "bench", url = "http://127.0.0.1:19100/sms", timeout_ms = 5000}]' \
+  ORDERGUARD_GATE__POLL_INTERVAL_MS=50 \
+  ORDERGUARD_LOG__FILTER=warn \
+  "$bin" serve >"$work/service-$2.log" 2>&1 &
+  service=$!
+  pids+=("$service")
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && return 0; sleep 0.1; done
+  echo "the service did not start:" >&2; cat "$work/service-$2.log" >&2; exit 1
+}
+
+load() { # $1: name, then bench arguments
+  local name="$1"; shift
+  echo "$name…" >&2
+  "$bin" bench "$@" --target http://127.0.0.1:18080 --key "$key" --sms-sink 127.0.0.1:19100 \
+    --upstream 127.0.0.1:19101 --pid "$service" --json > "$work/$name.json"
+}
+
+psql "$pg" -qc "CREATE DATABASE $service_db" >/dev/null
+start_service "$base/$service_db" pg
+load verify-closed verify --model closed --concurrency 64 --duration "$long"
+load verify-open verify --model open --rate 600 --duration "$long" --phone-prefix +49152
+load mixed mixed --model closed --concurrency 32 --duration 10 --phone-prefix +49157 --expiry-wait 7
+load gate gate --model closed --concurrency 32 --duration 10 --phone-prefix +49155
+load verify-memory verify --model closed --concurrency 64 --duration "$memory" --phone-prefix +49159
+kill "$service"; wait "$service" 2>/dev/null || true
+
+# 3. The embedded default: SQLite, one instance.
+start_service "sqlite://$work/data-sqlite/orderguard.db?mode=rwc" sqlite
+load sqlite-verify verify --model closed --concurrency 64 --duration "$long" --phone-prefix +49160
+kill "$service"; wait "$service" 2>/dev/null || true
+
+# 4. The relay, outbox → the test ClickHouse.
+echo "relay…" >&2
+bash bench/relay.sh --events 500000 --relays 2 --json 2>/dev/null | tail -n 1 > "$work/relay.json"
+
+python3 - "$work" "$tps" <<'PY'
+import json, os, sys
+work, tps = sys.argv[1], float(sys.argv[2])
+bound = tps / 2
+def load(name):
+    with open(os.path.join(work, name + ".json")) as f:
+        return json.load(f)
+print(f"machine: {os.cpu_count()} cores; PostgreSQL, service and load tool on the same machine")
+print(f"database bound (pgbench, writes of one flow): {tps:,.0f} transactions/s = {bound:,.0f} flows/s")
+print()
+print(f"{'run':<15} {'flows/s':>8} {'vs bound':>9} {'p50/p99 start ms':>17} {'p50/p99 check ms':>17} {'errors':>7} {'CPU %':>6} {'RSS MB':>7}")
+for name in ["verify-closed", "verify-open", "mixed", "gate", "verify-memory", "sqlite-verify"]:
+    r = load(name)
+    first = r["calls"].get("start") or r["calls"].get("hold_order") or {}
+    check = r["calls"].get("check", {})
+    errors = sum(r["errors"].values())
+    service = r.get("service") or {}
+    ratio = f"{r['flows_per_second'] / bound:.2f}" if not name.startswith("sqlite") else "-"
+    print(f"{name:<15} {r['flows_per_second']:>8.0f} {ratio:>9} "
+          f"{first.get('p50_ms', 0):>8.1f}/{first.get('p99_ms', 0):<8.1f} {check.get('p50_ms', 0):>8.1f}/{check.get('p99_ms', 0):<8.1f}"
+          f" {errors:>7} {service.get('cpu_percent', 0):>6.0f} {service.get('rss_mb', 0):>7.0f}")
+    if r["errors"]:
+        print(f"{'':<15} errors: {r['errors']}")
+relay = load("relay")
+print(f"{'relay':<15} {relay['events_per_second']:>8.0f} events/s ({relay['distinct_in_clickhouse']} distinct of {relay['events']})")
+PY

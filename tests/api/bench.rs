@@ -1,0 +1,162 @@
+//! The load tool's smoke test: every scenario runs with small counts against the real service
+//! and its outcomes are checked — correctness, never speed.
+
+use std::collections::BTreeMap;
+
+use orderguard::bench::load::{Flow, LoadOptions, LoadReport, Model, run_with};
+use orderguard::bench::sink::{SmsSink, Upstream};
+use orderguard::settings::ProviderSettings;
+
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+
+const BENCH_KEY: &str = "og_bench_key_for_the_smoke_test";
+
+/// An app whose SMS go to `sink` and whose bench brand forwards orders to `upstream`.
+async fn bench_app(sink: &SmsSink, upstream: &Upstream) -> TestApp {
+    let (sms, orders) = (sink.url(), upstream.url());
+    spawn_app_with(Backend::Sqlite, move |settings| {
+        settings.sms.providers = vec![ProviderSettings::Http {
+            name: "bench".to_owned(),
+            url: sms,
+            timeout_ms: 5_000,
+            auth_header: None,
+            auth_value: None,
+            body_template: None,
+        }];
+        settings.gate.poll_interval_ms = 50;
+        let folder = settings.brands_dir.join("bench");
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        std::fs::write(
+            folder.join("brand.toml"),
+            format!(
+                "display_name = \"Bench\"\nsms_sender = \"Bench\"\nallowed_countries = [\"DE\"]\n\
+                 [limits]\nttl_seconds = 5\nresend_cooldown_seconds = 0\n\
+                 [upstream]\nurl = \"{orders}\"\ntimeout_ms = 5000\n\
+                 [[api_keys]]\nid = \"bench\"\nhash = \"{}\"\n",
+                orderguard::brands::api_key_hash(BENCH_KEY)
+            ),
+        )
+        .expect("write bench brand");
+    })
+    .await
+}
+
+fn options(app: &TestApp, model: Model, flows: u64) -> LoadOptions {
+    LoadOptions {
+        target: app.address.clone(),
+        key: BENCH_KEY.to_owned(),
+        sms_sink: "127.0.0.1:0".to_owned(),
+        upstream: "127.0.0.1:0".to_owned(),
+        model,
+        concurrency: 4,
+        rate: 40.0,
+        duration: 30,
+        flows,
+        phone_prefix: "+49151".to_owned(),
+        pid: Some(std::process::id()),
+        expiry_wait: 0,
+        json: false,
+    }
+}
+
+fn assert_clean(report: &LoadReport) {
+    assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
+    assert_eq!(report.flows_completed, report.flows_started, "{report:#?}");
+    assert!(report.calls.contains_key("flow"), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_every_flow_ends_as_intended() {
+    let sink = SmsSink::bind("127.0.0.1:0").await.expect("sink");
+    let upstream = Upstream::bind("127.0.0.1:0").await.expect("upstream");
+    let app = bench_app(&sink, &upstream).await;
+
+    let verify = run_with(
+        Flow::Verify,
+        options(&app, Model::Closed, 24),
+        sink.clone(),
+        None,
+    )
+    .await
+    .expect("verify");
+    assert_clean(&verify);
+    assert_eq!(
+        verify.outcomes,
+        BTreeMap::from([("approved".to_owned(), 24)])
+    );
+    assert!(
+        verify.calls["start"].count == 24 && verify.calls["check"].count == 24,
+        "{verify:#?}"
+    );
+    assert!(
+        verify.service.as_ref().is_some_and(|s| s.peak_rss_mb > 0.0),
+        "the process was sampled"
+    );
+
+    let mut open = options(&app, Model::Open, 0);
+    open.duration = 1;
+    open.rate = 20.0;
+    open.phone_prefix = "+49152".to_owned();
+    let open = run_with(Flow::Verify, open, sink.clone(), None)
+        .await
+        .expect("open");
+    assert_clean(&open);
+    assert_eq!(
+        open.flows_completed, 20,
+        "20 arrivals in one second at 20/s: {open:#?}"
+    );
+
+    let mut gate = options(&app, Model::Closed, 12);
+    gate.phone_prefix = "+49155".to_owned();
+    let gate = run_with(Flow::Gate, gate, sink.clone(), Some(upstream.clone()))
+        .await
+        .expect("gate");
+    assert_clean(&gate);
+    assert_eq!(
+        gate.orders_forwarded,
+        Some(12),
+        "every approved order reached the upstream once"
+    );
+
+    let mut mixed = options(&app, Model::Closed, 40);
+    mixed.phone_prefix = "+49157".to_owned();
+    mixed.expiry_wait = 7;
+    let mixed = run_with(Flow::Mixed, mixed, sink.clone(), None)
+        .await
+        .expect("mixed");
+    assert_clean(&mixed);
+    let expected: BTreeMap<String, u64> = [
+        ("approved", 24),
+        ("wrong_then_approved", 6),
+        ("resent_then_approved", 4),
+        ("aborted", 4),
+        ("abandoned", 2),
+        ("expired", 2),
+    ]
+    .into_iter()
+    .map(|(path, count)| (path.to_owned(), count))
+    .collect();
+    assert_eq!(mixed.outcomes, expected, "{mixed:#?}");
+    assert_eq!(mixed.calls["resend"].count, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_scenario_ships_every_event_once() {
+    let clickhouse = crate::helpers::TestClickHouse::start().await;
+    let options = orderguard::bench::relay::RelayOptions {
+        database_url: crate::helpers::fresh_postgres_database().await,
+        clickhouse_url: clickhouse.url(),
+        events: 3_000,
+        batch_rows: 1_000,
+        relays: 2,
+        json: false,
+    };
+    let report = orderguard::bench::relay::run(options)
+        .await
+        .expect("relay scenario");
+    assert_eq!(
+        (report.rows_in_clickhouse, report.distinct_in_clickhouse),
+        (3_000, 3_000)
+    );
+    assert!(report.events_per_second > 0.0);
+}
