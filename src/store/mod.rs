@@ -40,6 +40,8 @@ pub struct VerificationRecord {
     pub customer_pseudonym: String,
     pub ip_pseudonym: String,
     pub user_agent_family: String,
+    /// Whether a held order (gate mode) belongs to it.
+    pub has_order: bool,
 }
 
 impl VerificationRecord {
@@ -166,6 +168,7 @@ impl VerificationRecord {
             customer_pseudonym: new.customer_pseudonym.clone(),
             ip_pseudonym: new.ip_pseudonym.clone(),
             user_agent_family: new.user_agent_family.clone(),
+            has_order: new.order.is_some(),
         }
     }
 }

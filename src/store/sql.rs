@@ -50,7 +50,7 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, phone_country, \
     order_reference, amount_minor, currency, locale, code_length, max_checks, max_sends, \
     resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at, \
-    customer_pseudonym, ip_pseudonym, user_agent_family";
+    customer_pseudonym, ip_pseudonym, user_agent_family, has_order";
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -140,24 +140,31 @@ async fn fetch_brand_record(
         .filter(|record| record.brand == brand.as_str()))
 }
 
-/// Moves a pending verification to `to` inside a transaction; `true` if it was pending.
+/// Moves a pending verification to `to` inside a transaction, and its held order along if it
+/// has one; `true` if it was pending.
 async fn finish_in(
     conn: &mut AnyConnection,
     id: &VerificationId,
     to: Status,
     now: Millis,
 ) -> anyhow::Result<bool> {
-    let result = sqlx::query(
+    let finished = sqlx::query(
         "UPDATE verification SET status = $2, updated_at = $3, finished_at = $3 \
-         WHERE verification_id = $1 AND status = 'pending'",
+         WHERE verification_id = $1 AND status = 'pending' RETURNING has_order",
     )
     .bind(id.to_string())
     .bind(to.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
     .context("finishing a verification")?;
-    Ok(result.rows_affected() == 1)
+    let Some(row) = finished else {
+        return Ok(false);
+    };
+    if row.try_get::<i64, _>("has_order")? != 0 {
+        order_follows(conn, id, to, now).await?;
+    }
+    Ok(true)
 }
 
 fn create_sqlite_parent_dir(url: &str) -> anyhow::Result<()> {
@@ -208,6 +215,7 @@ fn record_from_row(row: &AnyRow) -> anyhow::Result<VerificationRecord> {
         customer_pseudonym: row.try_get("customer_pseudonym")?,
         ip_pseudonym: row.try_get("ip_pseudonym")?,
         user_agent_family: row.try_get("user_agent_family")?,
+        has_order: row.try_get::<i64, _>("has_order")? != 0,
     })
 }
 
@@ -370,9 +378,9 @@ impl Store for SqlStore {
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
              order_reference, amount_minor, currency, locale, code_hash, code_length, max_checks, \
              max_sends, resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, \
-             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family) \
+             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family, has_order) \
              VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, $14, $14, $14, $15, \
-                     $16, $17, $18)",
+                     $16, $17, $18, $19)",
         )
         .bind(new.id.to_string())
         .bind(new.brand.as_str())
@@ -392,7 +400,8 @@ impl Store for SqlStore {
         .bind(&new.customer_pseudonym)
         .bind(&new.ip_pseudonym)
         .bind(&new.user_agent_family)
-                .execute(&mut *tx)
+        .bind(i64::from(new.order.is_some()))
+        .execute(&mut *tx)
         .await
         .context("inserting verification")?;
         if let Some(order) = &new.order {
@@ -473,7 +482,6 @@ impl Store for SqlStore {
                 finish_in(&mut tx, id, status, now).await?,
                 "verification {id} changed under its lock"
             );
-            order_follows(&mut tx, id, status, now).await?;
             record.status = status;
             record.finished_at = Some(now);
         }
@@ -492,7 +500,6 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let finished = finish_in(&mut tx, id, to, now).await?;
         if finished {
-            order_follows(&mut tx, id, to, now).await?;
             insert_events(&mut tx, events).await?;
         }
         tx.commit().await.context("committing a status change")?;
@@ -565,7 +572,7 @@ impl Store for SqlStore {
             .iter()
             .map(record_from_row)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        for record in &records {
+        for record in records.iter().filter(|r| r.has_order) {
             order_follows(&mut tx, &record.id, Status::Expired, now).await?;
         }
         let all: Vec<Event> = records.iter().flat_map(events).collect();
