@@ -39,6 +39,11 @@ psql "$base/$bound_db" -q -f bench/pgbench/schema.sql >/dev/null 2>&1
 echo "pgbench: the writes of a flow for ${long} s…" >&2
 pgbench -n -c 16 -j 2 -T "$long" -f bench/pgbench/start.sql -f bench/pgbench/check.sql "$base/$bound_db" > "$work/pgbench.txt" 2>&1
 tps="$(awk '/^tps = / {print $3; exit}' "$work/pgbench.txt")"
+psql "$pg" -qc "DROP DATABASE $bound_db WITH (FORCE)" >/dev/null
+
+# Each run starts from a settled database: pgbench's (or the last run's) writes flushed.
+settle() { psql "$pg" -qc "CHECKPOINT" >/dev/null 2>&1 || true; sleep 2; }
+settle
 
 # 2. The service, with a bench brand: no resend cooldown, a 5 s TTL (mixed checks expiries),
 #    and the load tool's upstream for gate mode.
@@ -78,6 +83,7 @@ start_service() { # $1: database URL
 
 load() { # $1: name, then bench arguments
   local name="$1"; shift
+  settle
   echo "$name…" >&2
   "$bin" bench "$@" --target http://127.0.0.1:18080 --key "$key" --sms-sink 127.0.0.1:19100 \
     --upstream 127.0.0.1:19101 --pid "$service" --json > "$work/$name.json"

@@ -66,6 +66,9 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     /// Larger request bodies are refused with 413. Default 65536.
     pub body_limit_bytes: usize,
+    /// Requests served at once; more are answered 503 `overloaded` with Retry-After, so an
+    /// overload keeps memory bounded instead of queueing without end. Default 512.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -372,6 +375,7 @@ impl Default for HttpSettings {
             public_url: None,
             request_timeout_ms: 10_000,
             body_limit_bytes: 64 * 1024,
+            max_in_flight: 512,
         }
     }
 }

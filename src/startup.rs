@@ -185,6 +185,7 @@ impl Application {
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
+            max_in_flight: settings.http.max_in_flight,
         };
         tracing::info!(%address, port, %public_url, mode = ?settings.mode, backend = state.store.backend().as_str(), "orderguard built");
         Ok(Self {

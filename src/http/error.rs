@@ -29,6 +29,8 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInProgress,
+    #[error("the service is at capacity; retry shortly")]
+    Overloaded,
     #[error("no such route")]
     UnknownRoute,
     #[error("method not allowed on this route")]
@@ -130,11 +132,17 @@ impl ApiError {
                 "idempotency_key_in_use",
                 "Idempotency key in use",
             ),
+            Self::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             Self::UnknownRoute => (S::NOT_FOUND, "unknown_route", "Unknown route"),
             Self::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "Method not allowed",
+            ),
+            Self::Internal(error) if is_capacity(error) => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "Temporarily unavailable",
             ),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         };
@@ -149,7 +157,12 @@ impl ApiError {
                     .ceil()
                     .max(1.0) as i64,
             ),
-            Self::IdempotencyInProgress => Some(1),
+            Self::IdempotencyInProgress | Self::Overloaded => Some(1),
+            Self::Internal(error) | Self::Verify(VerifyError::Internal(error))
+                if is_capacity(error) =>
+            {
+                Some(1)
+            }
             Self::Verify(VerifyError::DirectoryUnavailable) => Some(5),
             _ => None,
         }
@@ -168,14 +181,33 @@ fn phone_title(error: &PhoneError) -> &'static str {
     }
 }
 
+/// Whether an internal error is the database pool being exhausted: a capacity problem worth
+/// a retry (503), not a bug (500).
+fn is_capacity(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        )
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title, mut body) = self.parts();
         let detail = if status.is_server_error() {
             // Logged once, here, inside the request's span; the client learns nothing internal.
-            tracing::error!(error = %format!("{self:#}"), kind, "request failed");
+            // A capacity refusal is expected under overload: a warning, not an error.
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(error = %format!("{self:#}"), kind, "request failed");
+            } else {
+                tracing::warn!(error = %format!("{self:#}"), kind, "request refused");
+            }
             match kind {
-                "sms_delivery_failed" | "customer_directory_unavailable" => self.to_string(),
+                "sms_delivery_failed" | "customer_directory_unavailable" | "overloaded" => {
+                    self.to_string()
+                }
+                "service_unavailable" => "The service is at capacity; retry shortly.".to_owned(),
                 _ => "An internal error occurred; it has been logged.".to_owned(),
             }
         } else {
@@ -231,5 +263,22 @@ impl From<JsonRejection> for ApiError {
             kind,
             detail: rejection.body_text(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_database_pool_is_a_retryable_503_not_a_500() {
+        let exhausted = ApiError::Internal(
+            anyhow::Error::from(sqlx::Error::PoolTimedOut).context("starting a transaction"),
+        );
+        let response = exhausted.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let bug = ApiError::Internal(anyhow::anyhow!("something else")).into_response();
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

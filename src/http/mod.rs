@@ -110,6 +110,7 @@ pub fn openapi_json() -> &'static str {
 pub struct HttpLimits {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    pub max_in_flight: usize,
 }
 
 /// The application's router with its layers, ready to serve.
@@ -137,6 +138,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             enforce_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+            shed_load,
         ));
     router
         .fallback(unknown_route)
@@ -179,6 +184,23 @@ async fn track_metrics(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Answers `overloaded` (503, Retry-After) when `max_in_flight` requests are being served.
+/// Liveness and metrics are always served: an overloaded instance is busy, not dead, and its
+/// metrics are what an operator needs then. Readiness sheds, taking it out of load balancing.
+async fn shed_load(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/metrics") {
+        return next.run(request).await;
+    }
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded.into_response(),
+    }
 }
 
 /// Answers `request_timeout` when a request takes longer than the limit.

@@ -188,3 +188,39 @@ async fn unknown_routes_and_methods_are_problems(backend: Backend) {
     .await;
     answer.assert_problem(405, "method_not_allowed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_requests_are_shed_with_a_retryable_503() {
+    use crate::helpers::{GatewayBehaviour, SmsGateway};
+    let hanging = SmsGateway::start(GatewayBehaviour::Hang).await;
+    let provider = hanging.provider("slow", 5_000);
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, move |s| {
+        s.sms.providers = vec![provider];
+        s.http.max_in_flight = 1;
+    })
+    .await;
+    let client = app.client.clone();
+    let url = app.url("/v1/verifications");
+    // The first start holds the only slot while its SMS gateway hangs.
+    let first = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(DEV_KEY)
+            .json(&start_body())
+            .send()
+            .await
+    });
+    crate::helpers::eventually("the first request in flight", 10, async || {
+        hanging.count() == 1
+    })
+    .await;
+    assert_eq!(
+        app.get_public("/healthz").await.status,
+        200,
+        "liveness is never shed"
+    );
+    let shed = app.get_public("/readyz").await;
+    shed.assert_problem(503, "overloaded");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    first.abort();
+}
