@@ -112,6 +112,27 @@ impl SqlStore {
         }
     }
 
+    /// Runs `statement` for the outbox rows `ids`, a thousand at a time (well under both
+    /// backends' parameter limits).
+    async fn for_outbox_ids(
+        &self,
+        statement: &str,
+        ids: &[i64],
+        what: &'static str,
+    ) -> anyhow::Result<()> {
+        for chunk in ids.chunks(1000) {
+            let sql = format!(
+                "{statement} WHERE outbox_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let query = chunk
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(*id));
+            query.execute(&self.pool).await.context(what)?;
+        }
+        Ok(())
+    }
+
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         self.pool.begin().await.context("starting a transaction")
     }
@@ -692,37 +713,14 @@ impl Store for SqlStore {
     }
 
     async fn ack_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
-        for chunk in ids.chunks(1000) {
-            let sql = format!(
-                "DELETE FROM outbox WHERE outbox_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let query = chunk
-                .iter()
-                .fold(sqlx::query(&sql), |query, id| query.bind(*id));
-            query
-                .execute(&self.pool)
-                .await
-                .context("deleting shipped outbox rows")?;
-        }
-        Ok(())
+        self.for_outbox_ids("DELETE FROM outbox", ids, "deleting shipped outbox rows")
+            .await
     }
 
     async fn release_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
-        for chunk in ids.chunks(1000) {
-            let sql = format!(
-                "UPDATE outbox SET claimed_by = NULL, claimed_until = 0 WHERE outbox_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let query = chunk
-                .iter()
-                .fold(sqlx::query(&sql), |query, id| query.bind(*id));
-            query
-                .execute(&self.pool)
-                .await
-                .context("releasing outbox rows")?;
-        }
-        Ok(())
+        let statement = "UPDATE outbox SET claimed_by = NULL, claimed_until = 0";
+        self.for_outbox_ids(statement, ids, "releasing outbox rows")
+            .await
     }
 
     async fn dead_letter(
