@@ -133,6 +133,29 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The claim of leased work (orders to forward, webhooks to send): leases to `$1` until
+    /// `$2` up to `$4` rows of `table` in `status` that are due and unleased at `$3`, in
+    /// `order_by` order. The outer test re-checks each row under its lock, so two instances
+    /// never hold the same row.
+    fn lease_sql(
+        &self,
+        table: &str,
+        key: &str,
+        status: &str,
+        order_by: &str,
+        returning: &str,
+    ) -> String {
+        let lock = self.skip_locked();
+        format!(
+            "UPDATE {table} SET lease_owner = $1, lease_until = $2 \
+             WHERE status = '{status}' AND lease_until < $3 AND {key} IN ( \
+                 SELECT {key} FROM {table} \
+                 WHERE status = '{status}' AND next_attempt_at <= $3 AND lease_until < $3 \
+                 ORDER BY {order_by} LIMIT $4 {lock}) \
+             RETURNING {returning}"
+        )
+    }
+
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         self.pool.begin().await.context("starting a transaction")
     }
@@ -799,14 +822,12 @@ impl Store for SqlStore {
         lease_until: Millis,
         limit: i64,
     ) -> anyhow::Result<Vec<OrderRecord>> {
-        let lock = self.skip_locked();
-        let sql = format!(
-            "UPDATE held_order SET lease_owner = $1, lease_until = $2 \
-             WHERE status = 'forwarding' AND lease_until < $3 AND order_id IN ( \
-                 SELECT order_id FROM held_order \
-                 WHERE status = 'forwarding' AND next_attempt_at <= $3 AND lease_until < $3 \
-                 ORDER BY next_attempt_at LIMIT $4 {lock}) \
-             RETURNING {ORDER_COLUMNS}"
+        let sql = self.lease_sql(
+            "held_order",
+            "order_id",
+            "forwarding",
+            "next_attempt_at",
+            ORDER_COLUMNS,
         );
         let rows = sqlx::query(&sql)
             .bind(owner)
@@ -904,14 +925,12 @@ impl Store for SqlStore {
         lease_until: Millis,
         limit: i64,
     ) -> anyhow::Result<Vec<WebhookJob>> {
-        let lock = self.skip_locked();
-        let sql = format!(
-            "UPDATE webhook_delivery SET lease_owner = $1, lease_until = $2 \
-             WHERE status = 'pending' AND lease_until < $3 AND webhook_id IN ( \
-                 SELECT webhook_id FROM webhook_delivery \
-                 WHERE status = 'pending' AND next_attempt_at <= $3 AND lease_until < $3 \
-                 ORDER BY webhook_id LIMIT $4 {lock}) \
-             RETURNING webhook_id, order_id, attempts"
+        let sql = self.lease_sql(
+            "webhook_delivery",
+            "webhook_id",
+            "pending",
+            "webhook_id",
+            "webhook_id, order_id, attempts",
         );
         let rows = sqlx::query(&sql)
             .bind(owner)

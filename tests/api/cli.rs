@@ -57,6 +57,26 @@ async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Chil
     panic!("orderguard did not become ready within 20 s");
 }
 
+/// Checks `code` for verification `id` through the API of the running binary.
+async fn check_code(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    code: &str,
+) -> crate::helpers::Answer {
+    let url = format!("{base}/v1/verifications/{id}/check");
+    read(
+        client
+            .post(url)
+            .bearer_auth(DEV_KEY)
+            .json(&json!({"code": code}))
+            .send()
+            .await
+            .expect("check"),
+    )
+    .await
+}
+
 /// Sends `signal` (`TERM`, `INT`) and waits for the exit status.
 async fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
     let pid = running.0.id().to_string();
@@ -286,16 +306,7 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
     )
     .await;
     let code = inbox.body["messages"][0]["code"].as_str().expect("code");
-    let checked = read(
-        client
-            .post(format!("{base}/v1/verifications/{id}/check"))
-            .bearer_auth(DEV_KEY)
-            .json(&json!({"code": code}))
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let checked = check_code(&client, &base, id, code).await;
     assert_eq!(checked.body["status"], "approved", "{checked:#?}");
     assert!(
         dir.path().join("data/orderguard.db").exists(),
@@ -454,16 +465,7 @@ async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once(
         .as_str()
         .expect("code")
         .to_owned();
-    let checked = read(
-        client
-            .post(format!("{base}/v1/verifications/{verification}/check"))
-            .bearer_auth(DEV_KEY)
-            .json(&json!({"code": code}))
-            .send()
-            .await
-            .expect("check"),
-    )
-    .await;
+    let checked = check_code(&client, &base, &verification, &code).await;
     assert_eq!(checked.body["status"], "approved", "{checked:#?}");
     eventually("the forward in flight", 10, async || upstream.count() == 1).await;
 
