@@ -4,6 +4,7 @@
 //! written once in the dialect both accept (`$n` parameters, `RETURNING`, `ON CONFLICT`), and
 //! each backend keeps its own migrations under `migrations/<backend>/`.
 
+mod batch;
 mod sql;
 
 pub use sql::{Backend, SqlStore};

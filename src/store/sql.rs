@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 
+use super::batch::Batch;
 use super::{
     CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, NewVerification,
     OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord,
@@ -159,6 +160,23 @@ impl SqlStore {
     async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         self.pool.begin().await.context("starting a transaction")
     }
+
+    /// Runs `batch` atomically: alone on PostgreSQL (it is one statement), in a transaction
+    /// on SQLite.
+    async fn write(&self, batch: Batch<'_>) -> anyhow::Result<Vec<AnyRow>> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = self.pool.acquire().await?;
+                batch.run(&mut conn).await
+            }
+            Backend::Sqlite => {
+                let mut tx = self.begin().await?;
+                let rows = batch.run(&mut tx).await?;
+                tx.commit().await.context("committing a change")?;
+                Ok(rows)
+            }
+        }
+    }
 }
 
 async fn fetch_record(
@@ -184,25 +202,30 @@ async fn fetch_brand_record(
         .filter(|record| record.brand == brand.as_str()))
 }
 
-/// Moves a pending verification to `to` inside a transaction, and its held order along if it
-/// has one; `true` if it was pending.
+/// Moves a pending verification to `to` inside a transaction, with its events and its held
+/// order if it has one; `true` if it was pending. On `false` the events were written all the
+/// same: the caller rolls back.
 async fn finish_in(
     conn: &mut AnyConnection,
+    backend: Backend,
     id: &VerificationId,
     to: Status,
     now: Millis,
+    events: &[Event],
 ) -> anyhow::Result<bool> {
-    let finished = sqlx::query(
-        "UPDATE verification SET status = $2, updated_at = $3, finished_at = $3 \
-         WHERE verification_id = $1 AND status = 'pending' RETURNING has_order",
-    )
-    .bind(id.to_string())
-    .bind(to.as_str())
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("finishing a verification")?;
-    let Some(row) = finished else {
+    let mut batch = Batch::new(backend);
+    let (status, id_value, at) = (
+        batch.bind(to.as_str())?,
+        batch.bind(id.to_string())?,
+        batch.bind(now)?,
+    );
+    batch.push(format!(
+        "UPDATE verification SET status = {status}, updated_at = {at}, finished_at = {at} \
+         WHERE verification_id = {id_value} AND status = 'pending' RETURNING has_order"
+    ));
+    batch.events(events)?;
+    let finished = batch.run(conn).await.context("finishing a verification")?;
+    let Some(row) = finished.first() else {
         return Ok(false);
     };
     if row.try_get::<i64, _>("has_order")? != 0 {
@@ -349,32 +372,15 @@ async fn order_follows(
     Ok(())
 }
 
-/// Rows per multi-row outbox INSERT; well under both backends' parameter limits.
-const EVENTS_PER_INSERT: usize = 200;
-
 /// Writes `events` to the outbox inside the caller's transaction.
-async fn insert_events(conn: &mut AnyConnection, events: &[Event]) -> anyhow::Result<()> {
-    for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let mut sql = String::from("INSERT INTO outbox (event_id, created_at, payload) VALUES ");
-        for i in 0..chunk.len() {
-            let n = i * 3;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-        }
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            query = query
-                .bind(event.event_id.to_string())
-                .bind(event.ts)
-                .bind(serde_json::to_string(event).context("encoding an event")?);
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .context("writing events to the outbox")?;
-    }
+async fn insert_events(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    events: &[Event],
+) -> anyhow::Result<()> {
+    let mut batch = Batch::new(backend);
+    batch.events(events)?;
+    batch.run(conn).await?;
     Ok(())
 }
 
@@ -417,58 +423,71 @@ impl Store for SqlStore {
         events: &[Event],
     ) -> anyhow::Result<()> {
         let limits = &new.limits;
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let mut batch = Batch::new(self.backend);
+        let id = batch.bind(new.id.to_string())?;
+        let brand = batch.bind(new.brand.as_str())?;
+        let reference = batch.bind(new.order_reference.as_str())?;
+        let amount = batch.bind(new.amount.minor())?;
+        let currency = batch.bind(new.amount.currency())?;
+        let now = batch.bind(new.now)?;
+        let values = [
+            id.clone(),
+            brand.clone(),
+            "'pending'".to_owned(),
+            batch.bind(new.phone.e164())?,
+            batch.bind(new.phone.country())?,
+            reference.clone(),
+            amount.clone(),
+            currency.clone(),
+            batch.bind(new.locale.as_deref())?,
+            batch.bind(new.code_hash.as_slice())?,
+            batch.bind(i64::from(limits.code_length))?,
+            batch.bind(i64::from(limits.max_checks))?,
+            batch.bind(i64::from(limits.max_sends))?,
+            batch.bind(i64::from(limits.resend_cooldown_seconds) * 1000)?,
+            "0".to_owned(),
+            "1".to_owned(),
+            now.clone(),
+            now.clone(),
+            now.clone(),
+            batch.bind(new.now + i64::from(limits.ttl_seconds) * 1000)?,
+            batch.bind(new.customer_pseudonym.as_str())?,
+            batch.bind(new.ip_pseudonym.as_str())?,
+            batch.bind(new.user_agent_family.as_str())?,
+            batch.bind(i64::from(new.order.is_some()))?,
+        ];
+        batch.push(format!(
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
              order_reference, amount_minor, currency, locale, code_hash, code_length, max_checks, \
              max_sends, resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, \
-             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family, has_order) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, $14, $14, $14, $15, \
-                     $16, $17, $18, $19)",
-        )
-        .bind(new.id.to_string())
-        .bind(new.brand.as_str())
-        .bind(new.phone.e164())
-        .bind(new.phone.country())
-        .bind(&new.order_reference)
-        .bind(new.amount.minor())
-        .bind(new.amount.currency())
-        .bind(new.locale.as_deref())
-        .bind(&new.code_hash)
-        .bind(i64::from(limits.code_length))
-        .bind(i64::from(limits.max_checks))
-        .bind(i64::from(limits.max_sends))
-        .bind(i64::from(limits.resend_cooldown_seconds) * 1000)
-        .bind(new.now)
-        .bind(new.now + i64::from(limits.ttl_seconds) * 1000)
-        .bind(&new.customer_pseudonym)
-        .bind(&new.ip_pseudonym)
-        .bind(&new.user_agent_family)
-        .bind(i64::from(new.order.is_some()))
-        .execute(&mut *tx)
-        .await
-        .context("inserting verification")?;
+             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family, has_order) VALUES ({})",
+            values.join(", ")
+        ));
         if let Some(order) = &new.order {
-            sqlx::query(
-                "INSERT INTO held_order (order_id, brand_id, verification_id, status, order_reference, amount_minor, \
-                 currency, payload, callback_url, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'awaiting_verification', $4, $5, $6, $7, $8, $9, $9)",
-            )
-            .bind(order.id.to_string())
-            .bind(new.brand.as_str())
-            .bind(new.id.to_string())
-            .bind(&new.order_reference)
-            .bind(new.amount.minor())
-            .bind(new.amount.currency())
-            .bind(&order.payload)
-            .bind(order.callback_url.as_deref())
-            .bind(new.now)
-            .execute(&mut *tx)
-            .await
-            .context("holding the order")?;
+            let values = [
+                batch.bind(order.id.to_string())?,
+                brand,
+                id,
+                "'awaiting_verification'".to_owned(),
+                reference,
+                amount,
+                currency,
+                batch.bind(order.payload.as_str())?,
+                batch.bind(order.callback_url.as_deref())?,
+                now.clone(),
+                now,
+            ];
+            batch.push(format!(
+                "INSERT INTO held_order (order_id, brand_id, verification_id, status, order_reference, \
+                 amount_minor, currency, payload, callback_url, created_at, updated_at) VALUES ({})",
+                values.join(", ")
+            ));
         }
-        insert_events(&mut tx, events).await?;
-        tx.commit().await.context("committing a new verification")
+        batch.events(events)?;
+        self.write(batch)
+            .await
+            .context("inserting a verification")?;
+        Ok(())
     }
 
     async fn get_verification(
@@ -523,13 +542,14 @@ impl Store for SqlStore {
         if let Some(status) = decision.finish {
             // We hold the row lock: it is still pending.
             anyhow::ensure!(
-                finish_in(&mut tx, id, status, now).await?,
+                finish_in(&mut tx, self.backend, id, status, now, &decision.events).await?,
                 "verification {id} changed under its lock"
             );
             record.status = status;
             record.finished_at = Some(now);
+        } else {
+            insert_events(&mut tx, self.backend, &decision.events).await?;
         }
-        insert_events(&mut tx, &decision.events).await?;
         tx.commit().await.context("committing a check")?;
         Ok(CheckCount::Counted(Box::new(record)))
     }
@@ -542,12 +562,12 @@ impl Store for SqlStore {
         events: &[Event],
     ) -> anyhow::Result<bool> {
         let mut tx = self.begin().await?;
-        let finished = finish_in(&mut tx, id, to, now).await?;
-        if finished {
-            insert_events(&mut tx, events).await?;
+        if !finish_in(&mut tx, self.backend, id, to, now, events).await? {
+            tx.rollback().await?;
+            return Ok(false);
         }
         tx.commit().await.context("committing a status change")?;
-        Ok(finished)
+        Ok(true)
     }
 
     async fn reserve_send(
@@ -585,7 +605,7 @@ impl Store for SqlStore {
             }));
         };
         let record = record_from_row(&row)?;
-        insert_events(&mut tx, &events(&record)).await?;
+        insert_events(&mut tx, self.backend, &events(&record)).await?;
         tx.commit().await.context("committing a resend")?;
         Ok(SendReservation::Reserved(Box::new(record)))
     }
@@ -620,30 +640,33 @@ impl Store for SqlStore {
             order_follows(&mut tx, &record.id, Status::Expired, now).await?;
         }
         let all: Vec<Event> = records.iter().flat_map(events).collect();
-        insert_events(&mut tx, &all).await?;
+        insert_events(&mut tx, self.backend, &all).await?;
         tx.commit().await.context("committing expiries")?;
         Ok(records)
     }
 
     async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let mut batch = Batch::new(self.backend);
+        let sent_at = batch.bind(sms.sent_at)?;
+        let values = [
+            batch.bind(sms.message_id.as_str())?,
+            batch.bind(sms.verification_id.to_string())?,
+            batch.bind(sms.brand.as_str())?,
+            batch.bind(sms.provider.as_str())?,
+            batch.bind(sms.provider_reference.as_deref())?,
+            batch.bind(i64::from(sms.segments))?,
+            batch.bind(sms.status.as_str())?,
+            sent_at.clone(),
+            sent_at,
+        ];
+        batch.push(format!(
             "INSERT INTO sms_message (message_id, verification_id, brand_id, provider, provider_reference, \
-             segments, status, sent_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        )
-        .bind(&sms.message_id)
-        .bind(sms.verification_id.to_string())
-        .bind(&sms.brand)
-        .bind(&sms.provider)
-        .bind(sms.provider_reference.as_deref())
-        .bind(i64::from(sms.segments))
-        .bind(&sms.status)
-        .bind(sms.sent_at)
-        .execute(&mut *tx)
-        .await
-        .context("recording an SMS")?;
-        insert_events(&mut tx, events).await?;
-        tx.commit().await.context("committing an SMS record")
+             segments, status, sent_at, updated_at) VALUES ({})",
+            values.join(", ")
+        ));
+        batch.events(events)?;
+        self.write(batch).await.context("recording an SMS")?;
+        Ok(())
     }
 
     async fn sms_receipt(
@@ -689,15 +712,16 @@ impl Store for SqlStore {
         let record = fetch_record(&mut tx, &sms.verification_id)
             .await?
             .with_context(|| format!("SMS {} names a missing verification", sms.message_id))?;
-        insert_events(&mut tx, &events(&record, &sms)).await?;
+        insert_events(&mut tx, self.backend, &events(&record, &sms)).await?;
         tx.commit().await.context("committing a delivery receipt")?;
         Ok(ReceiptOutcome::Recorded)
     }
 
     async fn append_events(&self, events: &[Event]) -> anyhow::Result<()> {
-        let mut tx = self.begin().await?;
-        insert_events(&mut tx, events).await?;
-        tx.commit().await.context("committing events")
+        let mut batch = Batch::new(self.backend);
+        batch.events(events)?;
+        self.write(batch).await.context("writing events")?;
+        Ok(())
     }
 
     async fn claim_outbox(
@@ -913,7 +937,7 @@ impl Store for SqlStore {
         if status.is_final() {
             queue_webhooks(&mut tx, "order_id = $1", &id.to_string(), now).await?;
         }
-        insert_events(&mut tx, events).await?;
+        insert_events(&mut tx, self.backend, events).await?;
         tx.commit().await.context("committing a forward attempt")?;
         Ok(true)
     }
