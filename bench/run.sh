@@ -41,8 +41,13 @@ pgbench -n -c 16 -j 2 -T "$long" -f bench/pgbench/start.sql -f bench/pgbench/che
 tps="$(awk '/^tps = / {print $3; exit}' "$work/pgbench.txt")"
 psql "$pg" -qc "DROP DATABASE $bound_db WITH (FORCE)" >/dev/null
 
-# Each run starts from a settled database: pgbench's (or the last run's) writes flushed.
-settle() { psql "$pg" -qc "CHECKPOINT" >/dev/null 2>&1 || true; sleep 2; }
+# Each run starts from a settled database: the last run's dead rows vacuumed (CI's PostgreSQL
+# runs with autovacuum off; a production one has it on) and its writes flushed.
+settle() {
+  if [ -n "${service_db:-}" ]; then psql "$base/$service_db" -qc "VACUUM ANALYZE" >/dev/null 2>&1 || true; fi
+  psql "$pg" -qc "CHECKPOINT" >/dev/null 2>&1 || true
+  sleep 2
+}
 settle
 
 # 2. The service, with a bench brand: no resend cooldown, a 5 s TTL (mixed checks expiries),

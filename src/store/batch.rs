@@ -4,7 +4,8 @@
 //! On PostgreSQL the statements become one statement of data-modifying CTEs: atomic by itself,
 //! so it needs no transaction around it when it is all there is to write. SQLite has no
 //! data-modifying CTEs; there the statements go as one multi-statement query (sqlx binds each
-//! `$n` across the statements), which the caller runs inside a transaction.
+//! `$n` across the statements), and a [`super::conn::Tx`] carries its `BEGIN` and `COMMIT` in
+//! the same query.
 //!
 //! Every statement runs, whatever the first one matched: callers that write only if the first
 //! statement changed something hold the row lock (or roll back).
@@ -24,6 +25,9 @@ pub(super) struct Batch<'q> {
     statements: Vec<String>,
     args: AnyArguments<'q>,
     bound: usize,
+    /// SQLite: `BEGIN IMMEDIATE` first and/or `COMMIT` last, in the same query.
+    pub(super) begin: bool,
+    pub(super) commit: bool,
 }
 
 impl<'q> Batch<'q> {
@@ -33,6 +37,8 @@ impl<'q> Batch<'q> {
             statements: Vec::new(),
             args: AnyArguments::default(),
             bound: 0,
+            begin: false,
+            commit: false,
         }
     }
 
@@ -97,13 +103,22 @@ impl<'q> Batch<'q> {
                 }
                 None => String::new(),
             },
-            Backend::Sqlite => self.statements.join(";\n"),
+            Backend::Sqlite => {
+                let begin = self.begin.then_some("BEGIN IMMEDIATE");
+                let commit = self.commit.then_some("COMMIT");
+                begin
+                    .into_iter()
+                    .chain(self.statements.iter().map(String::as_str))
+                    .chain(commit)
+                    .collect::<Vec<_>>()
+                    .join(";\n")
+            }
         }
     }
 
     /// Runs every statement; the rows the first one returned.
     pub(super) async fn run(self, conn: &mut AnyConnection) -> anyhow::Result<Vec<AnyRow>> {
-        if self.is_empty() {
+        if self.is_empty() && !self.begin && !self.commit {
             return Ok(Vec::new());
         }
         let sql = self.sql();

@@ -5,6 +5,7 @@
 //! each backend keeps its own migrations under `migrations/<backend>/`.
 
 mod batch;
+mod conn;
 mod sql;
 
 pub use sql::{Backend, SqlStore};

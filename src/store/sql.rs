@@ -1,14 +1,17 @@
 //! The SQL store for SQLite and PostgreSQL through `sqlx::Any`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
+use sqlx::{AnyConnection, Connection, Executor, Row};
+use tokio::sync::Mutex;
 
 use super::batch::Batch;
+use super::conn::{Single, Source};
 use super::{
     CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, NewVerification,
     OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord,
@@ -54,7 +57,7 @@ const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, pho
     customer_pseudonym, ip_pseudonym, user_agent_family, has_order";
 
 pub struct SqlStore {
-    pool: AnyPool,
+    source: Source,
     backend: Backend,
 }
 
@@ -64,32 +67,29 @@ impl SqlStore {
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
-        if backend == Backend::Sqlite {
-            create_sqlite_parent_dir(url)?;
-        }
-        let options = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(5))
-            .max_connections(match backend {
-                Backend::Sqlite => 1,
-                Backend::Postgres => max_connections.max(1),
-            })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            });
-        let pool = options
-            .connect(url)
-            .await
-            .with_context(|| format!("connecting to the {} database", backend.as_str()))?;
-        Ok(Self { pool, backend })
+        let context = || format!("connecting to the {} database", backend.as_str());
+        let source = match backend {
+            Backend::Sqlite => {
+                create_sqlite_parent_dir(url)?;
+                let mut conn = AnyConnection::connect(url).await.with_context(context)?;
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                )
+                .await
+                .with_context(context)?;
+                Source::Single(Arc::new(Mutex::new(Single::new(conn))))
+            }
+            Backend::Postgres => Source::Pool(
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(5))
+                    .max_connections(max_connections.max(1))
+                    .connect(url)
+                    .await
+                    .with_context(context)?,
+            ),
+        };
+        Ok(Self { source, backend })
     }
 
     /// Applies the backend's pending migrations.
@@ -99,7 +99,7 @@ impl SqlStore {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator
-            .run(&self.pool)
+            .run(&mut *self.source.acquire().await?)
             .await
             .context("applying database migrations")
     }
@@ -129,7 +129,10 @@ impl SqlStore {
             let query = chunk
                 .iter()
                 .fold(sqlx::query(&sql), |query, id| query.bind(*id));
-            query.execute(&self.pool).await.context(what)?;
+            query
+                .execute(&mut *self.source.acquire().await?)
+                .await
+                .context(what)?;
         }
         Ok(())
     }
@@ -157,24 +160,15 @@ impl SqlStore {
         )
     }
 
-    async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
-        self.pool.begin().await.context("starting a transaction")
-    }
-
     /// Runs `batch` atomically: alone on PostgreSQL (it is one statement), in a transaction
-    /// on SQLite.
+    /// sent with it on SQLite.
     async fn write(&self, batch: Batch<'_>) -> anyhow::Result<Vec<AnyRow>> {
         match self.backend {
             Backend::Postgres => {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.source.acquire().await?;
                 batch.run(&mut conn).await
             }
-            Backend::Sqlite => {
-                let mut tx = self.begin().await?;
-                let rows = batch.run(&mut tx).await?;
-                tx.commit().await.context("committing a change")?;
-                Ok(rows)
-            }
+            Backend::Sqlite => self.source.begin().await?.commit_with(batch).await,
         }
     }
 }
@@ -202,17 +196,16 @@ async fn fetch_brand_record(
         .filter(|record| record.brand == brand.as_str()))
 }
 
-/// Moves a pending verification to `to` inside a transaction, with its events and its held
-/// order if it has one; `true` if it was pending. On `false` the events were written all the
-/// same: the caller rolls back.
-async fn finish_in(
-    conn: &mut AnyConnection,
+/// The statements that move a pending verification to `to`, with its events; the
+/// statement returns `has_order` if the verification was pending. Its held order is moved by
+/// [`order_follows`].
+fn finish_batch<'q>(
     backend: Backend,
     id: &VerificationId,
     to: Status,
     now: Millis,
     events: &[Event],
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Batch<'q>> {
     let mut batch = Batch::new(backend);
     let (status, id_value, at) = (
         batch.bind(to.as_str())?,
@@ -224,7 +217,24 @@ async fn finish_in(
          WHERE verification_id = {id_value} AND status = 'pending' RETURNING has_order"
     ));
     batch.events(events)?;
-    let finished = batch.run(conn).await.context("finishing a verification")?;
+    Ok(batch)
+}
+
+/// Moves a pending verification to `to` inside a transaction, with its events and its held
+/// order if it has one; `true` if it was pending. On `false` the events were written all the
+/// same: the caller rolls back.
+async fn finish_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: &VerificationId,
+    to: Status,
+    now: Millis,
+    events: &[Event],
+) -> anyhow::Result<bool> {
+    let finished = finish_batch(backend, id, to, now, events)?
+        .run(conn)
+        .await
+        .context("finishing a verification")?;
     let Some(row) = finished.first() else {
         return Ok(false);
     };
@@ -413,7 +423,9 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.source.acquire().await?)
+            .await?;
         Ok(())
     }
 
@@ -495,7 +507,7 @@ impl Store for SqlStore {
         brand: &BrandId,
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.source.acquire().await?;
         fetch_brand_record(&mut conn, brand, id).await
     }
 
@@ -503,7 +515,7 @@ impl Store for SqlStore {
         &self,
         id: &VerificationId,
     ) -> anyhow::Result<Option<VerificationRecord>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.source.acquire().await?;
         fetch_record(&mut conn, id).await
     }
 
@@ -514,43 +526,60 @@ impl Store for SqlStore {
         now: Millis,
         decide: DecideCheck<'_>,
     ) -> anyhow::Result<CheckCount> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         // The counter is raised in the same statement that tests the limit, and the row stays
         // locked until commit, so concurrent checks serialise and no more than max_checks can
         // ever be counted.
-        let sql = format!(
-            "UPDATE verification SET checks_used = checks_used + 1, updated_at = $3 \
-             WHERE verification_id = $1 AND brand_id = $2 AND status = 'pending' \
-               AND expires_at > $3 AND checks_used < max_checks \
-             RETURNING code_hash, {RECORD_COLUMNS}"
+        let mut count = Batch::new(self.backend);
+        let (id_value, brand_value, at) = (
+            count.bind(id.to_string())?,
+            count.bind(brand.as_str())?,
+            count.bind(now)?,
         );
-        let counted = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(brand.as_str())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("counting a check")?;
-        let Some(row) = counted else {
-            let record = fetch_brand_record(&mut tx, brand, id).await?;
+        count.push(format!(
+            "UPDATE verification SET checks_used = checks_used + 1, updated_at = {at} \
+             WHERE verification_id = {id_value} AND brand_id = {brand_value} AND status = 'pending' \
+               AND expires_at > {at} AND checks_used < max_checks \
+             RETURNING code_hash, {RECORD_COLUMNS}"
+        ));
+        let counted = tx.run(count).await.context("counting a check")?;
+        let Some(row) = counted.first() else {
+            let record = fetch_brand_record(tx.conn().await?, brand, id).await?;
             tx.rollback().await?;
             return Ok(record.map_or(CheckCount::NotFound, |r| CheckCount::Refused(Box::new(r))));
         };
         let code_hash: Vec<u8> = row.try_get("code_hash")?;
-        let mut record = record_from_row(&row)?;
+        let mut record = record_from_row(row)?;
         let decision = decide(&record, &code_hash);
+        match decision.finish {
+            // We hold the row lock (on SQLite the write lock): it is still pending. Without a
+            // held order to move, the finish, its events and the commit go as one batch.
+            Some(status) if !record.has_order => {
+                let finish = finish_batch(self.backend, id, status, now, &decision.events)?;
+                let finished = tx.commit_with(finish).await.context("committing a check")?;
+                anyhow::ensure!(
+                    !finished.is_empty(),
+                    "verification {id} changed under its lock"
+                );
+            }
+            Some(status) => {
+                let conn = tx.conn().await?;
+                anyhow::ensure!(
+                    finish_in(conn, self.backend, id, status, now, &decision.events).await?,
+                    "verification {id} changed under its lock"
+                );
+                tx.commit().await.context("committing a check")?;
+            }
+            None => {
+                let mut events = Batch::new(self.backend);
+                events.events(&decision.events)?;
+                tx.commit_with(events).await.context("committing a check")?;
+            }
+        }
         if let Some(status) = decision.finish {
-            // We hold the row lock: it is still pending.
-            anyhow::ensure!(
-                finish_in(&mut tx, self.backend, id, status, now, &decision.events).await?,
-                "verification {id} changed under its lock"
-            );
             record.status = status;
             record.finished_at = Some(now);
-        } else {
-            insert_events(&mut tx, self.backend, &decision.events).await?;
         }
-        tx.commit().await.context("committing a check")?;
         Ok(CheckCount::Counted(Box::new(record)))
     }
 
@@ -561,8 +590,8 @@ impl Store for SqlStore {
         now: Millis,
         events: &[Event],
     ) -> anyhow::Result<bool> {
-        let mut tx = self.begin().await?;
-        if !finish_in(&mut tx, self.backend, id, to, now, events).await? {
+        let mut tx = self.source.begin().await?;
+        if !finish_in(tx.conn().await?, self.backend, id, to, now, events).await? {
             tx.rollback().await?;
             return Ok(false);
         }
@@ -587,25 +616,25 @@ impl Store for SqlStore {
                AND (last_sent_at IS NULL OR last_sent_at + resend_cooldown_ms <= $4) \
              RETURNING {RECORD_COLUMNS}"
         );
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         let reserved = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(brand.as_str())
             .bind(code_hash)
             .bind(now)
             .bind(i64::from(code_length))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn().await?)
             .await
             .context("reserving a send")?;
         let Some(row) = reserved else {
-            let record = fetch_brand_record(&mut tx, brand, id).await?;
+            let record = fetch_brand_record(tx.conn().await?, brand, id).await?;
             tx.rollback().await?;
             return Ok(record.map_or(SendReservation::NotFound, |r| {
                 SendReservation::Refused(Box::new(r))
             }));
         };
         let record = record_from_row(&row)?;
-        insert_events(&mut tx, self.backend, &events(&record)).await?;
+        insert_events(tx.conn().await?, self.backend, &events(&record)).await?;
         tx.commit().await.context("committing a resend")?;
         Ok(SendReservation::Reserved(Box::new(record)))
     }
@@ -625,11 +654,11 @@ impl Store for SqlStore {
                  WHERE status = 'pending' AND expires_at <= $1 LIMIT $2) \
              RETURNING {RECORD_COLUMNS}"
         );
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         let rows = sqlx::query(&sql)
             .bind(now)
             .bind(limit)
-            .fetch_all(&mut *tx)
+            .fetch_all(tx.conn().await?)
             .await
             .context("expiring verifications")?;
         let records = rows
@@ -637,10 +666,10 @@ impl Store for SqlStore {
             .map(record_from_row)
             .collect::<anyhow::Result<Vec<_>>>()?;
         for record in records.iter().filter(|r| r.has_order) {
-            order_follows(&mut tx, &record.id, Status::Expired, now).await?;
+            order_follows(tx.conn().await?, &record.id, Status::Expired, now).await?;
         }
         let all: Vec<Event> = records.iter().flat_map(events).collect();
-        insert_events(&mut tx, self.backend, &all).await?;
+        insert_events(tx.conn().await?, self.backend, &all).await?;
         tx.commit().await.context("committing expiries")?;
         Ok(records)
     }
@@ -681,7 +710,7 @@ impl Store for SqlStore {
         } else {
             "undelivered"
         };
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         let updated = sqlx::query(
             "UPDATE sms_message SET status = $2, updated_at = $3 \
              WHERE (message_id = $1 OR provider_reference = $1) AND status = 'sent' \
@@ -690,7 +719,7 @@ impl Store for SqlStore {
         .bind(reference)
         .bind(status)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.conn().await?)
         .await
         .context("applying a delivery receipt")?;
         let Some(row) = updated else {
@@ -698,7 +727,7 @@ impl Store for SqlStore {
                 "SELECT 1 FROM sms_message WHERE message_id = $1 OR provider_reference = $1",
             )
             .bind(reference)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn().await?)
             .await?
             .is_some();
             tx.rollback().await?;
@@ -709,10 +738,10 @@ impl Store for SqlStore {
             });
         };
         let sms = sms_from_row(&row)?;
-        let record = fetch_record(&mut tx, &sms.verification_id)
+        let record = fetch_record(tx.conn().await?, &sms.verification_id)
             .await?
             .with_context(|| format!("SMS {} names a missing verification", sms.message_id))?;
-        insert_events(&mut tx, self.backend, &events(&record, &sms)).await?;
+        insert_events(tx.conn().await?, self.backend, &events(&record, &sms)).await?;
         tx.commit().await.context("committing a delivery receipt")?;
         Ok(ReceiptOutcome::Recorded)
     }
@@ -743,7 +772,7 @@ impl Store for SqlStore {
             .bind(lease_until)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.source.acquire().await?)
             .await
             .context("claiming outbox rows")?;
         let mut claimed = rows
@@ -776,7 +805,7 @@ impl Store for SqlStore {
         error: &str,
         now: Millis,
     ) -> anyhow::Result<()> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         for row in rows {
             let event_id = serde_json::from_str::<serde_json::Value>(&row.payload)
                 .ok()
@@ -790,12 +819,12 @@ impl Store for SqlStore {
                 .bind(&row.payload)
                 .bind(error)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(tx.conn().await?)
                 .await
                 .context("dead-lettering an event")?;
             sqlx::query("DELETE FROM outbox WHERE outbox_id = $1")
                 .bind(row.outbox_id)
-                .execute(&mut *tx)
+                .execute(tx.conn().await?)
                 .await?;
         }
         tx.commit().await.context("committing dead letters")
@@ -803,7 +832,7 @@ impl Store for SqlStore {
 
     async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
         let row = sqlx::query("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.source.acquire().await?)
             .await
             .context("reading outbox statistics")?;
         Ok(OutboxStats {
@@ -822,7 +851,7 @@ impl Store for SqlStore {
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(brand.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.source.acquire().await?)
             .await?;
         row.map(|row| order_from_row(&row)).transpose()
     }
@@ -834,7 +863,7 @@ impl Store for SqlStore {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE verification_id = $1");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.source.acquire().await?)
             .await?;
         row.map(|row| order_from_row(&row)).transpose()
     }
@@ -858,7 +887,7 @@ impl Store for SqlStore {
             .bind(lease_until)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.source.acquire().await?)
             .await
             .context("claiming orders to forward")?;
         rows.iter().map(order_from_row).collect()
@@ -911,7 +940,7 @@ impl Store for SqlStore {
                 None,
             ),
         };
-        let mut tx = self.begin().await?;
+        let mut tx = self.source.begin().await?;
         let updated = sqlx::query(
             "UPDATE held_order SET status = $2, attempts = attempts + 1, upstream_status = $3, upstream_body = $4, \
                  last_error = $5, next_attempt_at = $6, finished_at = $7, lease_owner = NULL, lease_until = 0, \
@@ -927,7 +956,7 @@ impl Store for SqlStore {
         .bind(status.is_final().then_some(now))
         .bind(now)
         .bind(owner)
-        .execute(&mut *tx)
+        .execute(tx.conn().await?)
         .await
         .context("recording a forward attempt")?;
         if updated.rows_affected() != 1 {
@@ -935,9 +964,9 @@ impl Store for SqlStore {
             return Ok(false);
         }
         if status.is_final() {
-            queue_webhooks(&mut tx, "order_id = $1", &id.to_string(), now).await?;
+            queue_webhooks(tx.conn().await?, "order_id = $1", &id.to_string(), now).await?;
         }
-        insert_events(&mut tx, self.backend, events).await?;
+        insert_events(tx.conn().await?, self.backend, events).await?;
         tx.commit().await.context("committing a forward attempt")?;
         Ok(true)
     }
@@ -961,7 +990,7 @@ impl Store for SqlStore {
             .bind(lease_until)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.source.acquire().await?)
             .await
             .context("claiming webhooks")?;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -970,7 +999,7 @@ impl Store for SqlStore {
             let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1");
             let order = sqlx::query(&sql)
                 .bind(&order_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.source.acquire().await?)
                 .await
                 .context("reading a webhook's order")?;
             jobs.push(WebhookJob {
@@ -1008,7 +1037,7 @@ impl Store for SqlStore {
         .bind(next_attempt_at)
         .bind(delivered_at)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *self.source.acquire().await?)
         .await
         .context("recording a webhook attempt")?;
         Ok(())
@@ -1029,7 +1058,7 @@ impl Store for SqlStore {
         .bind(key)
         .bind(request_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.source.acquire().await?)
         .await
         .context("claiming an idempotency key")?;
         if inserted.rows_affected() == 1 {
@@ -1041,7 +1070,7 @@ impl Store for SqlStore {
         )
         .bind(brand.as_str())
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.source.acquire().await?)
         .await?;
         // Released between our insert and this read: the caller may simply retry.
         let Some(row) = row else {
@@ -1077,7 +1106,7 @@ impl Store for SqlStore {
         .bind(key)
         .bind(i64::from(status))
         .bind(body)
-        .execute(&self.pool)
+        .execute(&mut *self.source.acquire().await?)
         .await
         .context("storing an idempotent response")?;
         Ok(())
@@ -1087,7 +1116,7 @@ impl Store for SqlStore {
         sqlx::query("DELETE FROM idempotency WHERE brand_id = $1 AND idempotency_key = $2")
             .bind(brand.as_str())
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *self.source.acquire().await?)
             .await
             .context("releasing an idempotency key")?;
         Ok(())

@@ -258,7 +258,7 @@ both_backends!(
 );
 
 /// A complete event row, for tests that write to the outbox directly.
-fn synthetic_event(event_type: &str, ts: i64) -> orderguard::events::Event {
+pub(crate) fn synthetic_event(event_type: &str, ts: i64) -> orderguard::events::Event {
     orderguard::events::Event {
         event_id: uuid::Uuid::now_v7(),
         ts,

@@ -1,12 +1,15 @@
 //! The store's atomic operations, called directly and in parallel on both backends.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use orderguard::brands::BrandId;
-use orderguard::domain::{Limits, Money, PhoneNumber, VerificationId, now_millis};
+use orderguard::domain::{Limits, Money, OrderId, PhoneNumber, VerificationId, now_millis};
 use orderguard::store::{
-    CheckCount, CheckDecision, NewVerification, SendReservation, SqlStore, Store,
+    CheckCount, CheckDecision, NewOrder, NewVerification, SendReservation, SqlStore, Store,
 };
 
 use crate::both_backends;
@@ -16,6 +19,7 @@ both_backends!(
     parallel_check_counts_never_exceed_the_limit,
     parallel_resends_reserve_one_send,
     two_sweepers_expire_each_verification_once,
+    writes_broken_off_half_way_leave_nothing_behind,
 );
 
 async fn database(backend: Backend, dir: &std::path::Path) -> String {
@@ -36,8 +40,14 @@ fn brand() -> BrandId {
 }
 
 async fn insert(store: &SqlStore, now: i64) -> VerificationId {
+    let new = new_verification(now);
+    store.insert_verification(&new, &[]).await.expect("insert");
+    new.id
+}
+
+fn new_verification(now: i64) -> NewVerification {
     let id = VerificationId::new();
-    let new = NewVerification {
+    NewVerification {
         id,
         brand: brand(),
         phone: PhoneNumber::parse(PHONE, None, &[]).expect("phone"),
@@ -51,9 +61,7 @@ async fn insert(store: &SqlStore, now: i64) -> VerificationId {
         ip_pseudonym: String::new(),
         user_agent_family: String::new(),
         order: None,
-    };
-    store.insert_verification(&new, &[]).await.expect("insert");
-    id
+    }
 }
 
 async fn parallel_check_counts_never_exceed_the_limit(backend: Backend) {
@@ -156,4 +164,99 @@ async fn two_sweepers_expire_each_verification_once(backend: Backend) {
         !ids.contains(&fresh.to_string()),
         "an unexpired verification is left alone"
     );
+}
+
+/// A write that fails half-way (its second statement breaks a key), or whose caller goes away
+/// at any point, leaves neither the change nor its events, and the store keeps working: on
+/// SQLite a transaction's BEGIN and COMMIT travel with its statements, so this is where a
+/// transaction left open would show.
+async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = database(backend, dir.path()).await;
+    let store = open(&url).await;
+    let event = |new: &NewVerification| {
+        let mut event = crate::events::synthetic_event("verification_started", new.now);
+        event.verification_id = *new.id.as_uuid();
+        event
+    };
+
+    // The order id is taken: the verification row goes in, the held order breaks the key.
+    let order = NewOrder {
+        id: OrderId::new(),
+        payload: "{}".to_owned(),
+        callback_url: None,
+    };
+    let mut first = new_verification(now_millis());
+    first.order = Some(order.clone());
+    store
+        .insert_verification(&first, &[event(&first)])
+        .await
+        .expect("the first order");
+    let mut clash = new_verification(now_millis());
+    clash.order = Some(order);
+    store
+        .insert_verification(&clash, &[event(&clash)])
+        .await
+        .expect_err("a taken order id is refused");
+    assert!(
+        store
+            .find_verification(&clash.id)
+            .await
+            .expect("find")
+            .is_none(),
+        "the refused write left its verification behind"
+    );
+
+    // Callers that go away part-way: the write is polled 1, 2, 3, … times, 30 µs apart, and
+    // dropped. On PostgreSQL a statement already sent still runs to its end on the server, so
+    // what was written is counted once all is quiet.
+    let mut attempted = vec![first.id];
+    for step in 0..60u64 {
+        let new = new_verification(now_millis());
+        let events = [event(&new)];
+        let mut write = std::pin::pin!(store.insert_verification(&new, &events));
+        for _ in 0..=step {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = polled {
+                result.expect("a write that was let finish");
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(30));
+        }
+        attempted.push(new.id);
+    }
+    let after = insert(&store, now_millis()).await;
+    assert!(
+        store
+            .find_verification(&after)
+            .await
+            .expect("find")
+            .is_some(),
+        "the store works after broken-off writes"
+    );
+    let mut counts = (0, -1);
+    for _ in 0..50 {
+        let mut written = 0;
+        for id in &attempted {
+            written += i64::from(store.find_verification(id).await.expect("find").is_some());
+        }
+        counts = (written, store.outbox_stats().await.expect("stats").pending);
+        if counts.0 == counts.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (written, pending) = counts;
+    assert_eq!(
+        pending, written,
+        "one started event for each verification that was written, none for the others"
+    );
+    // On PostgreSQL the write is one statement, whole once sent; on SQLite the spread of
+    // polls breaks transactions off between their messages.
+    if backend == Backend::Sqlite {
+        assert!(
+            written > 1 && written < 61,
+            "some writes were broken off and some finished ({written} of 61 written)"
+        );
+    }
 }
