@@ -181,13 +181,14 @@ fn phone_title(error: &PhoneError) -> &'static str {
     }
 }
 
-/// Whether an internal error is the database pool being exhausted: a capacity problem worth
-/// a retry (503), not a bug (500).
+/// Whether an internal error is the database being out of reach for now: its pool exhausted, or
+/// its connection lost (a restart). A capacity problem worth a retry (503), not a bug (500);
+/// nothing was committed.
 fn is_capacity(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::PoolTimedOut)
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed)
         )
     })
 }
@@ -278,6 +279,11 @@ mod tests {
         let response = exhausted.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let lost = ApiError::Internal(
+            anyhow::Error::from(sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                .context("counting a check"),
+        );
+        assert_eq!(lost.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
         let bug = ApiError::Internal(anyhow::anyhow!("something else")).into_response();
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

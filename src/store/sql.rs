@@ -56,6 +56,9 @@ const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, pho
     resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at, \
     customer_pseudonym, ip_pseudonym, user_agent_family, has_order";
 
+/// A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 pub struct SqlStore {
     source: Source,
     backend: Backend,
@@ -84,6 +87,19 @@ impl SqlStore {
                 AnyPoolOptions::new()
                     .acquire_timeout(Duration::from_secs(5))
                     .max_connections(max_connections.max(1))
+                    // sqlx pings every connection it hands out: a round trip per transaction.
+                    // Only a connection that sat idle (a restarted server may have dropped it)
+                    // is tested; a busy one that broke fails its statement with a retryable
+                    // 503 and is not given out again.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > IDLE_BEFORE_PING {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await
                     .with_context(context)?,
