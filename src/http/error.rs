@@ -283,7 +283,10 @@ mod tests {
             anyhow::Error::from(sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()))
                 .context("counting a check"),
         );
-        assert_eq!(lost.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            lost.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let bug = ApiError::Internal(anyhow::anyhow!("something else")).into_response();
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

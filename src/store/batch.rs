@@ -12,7 +12,7 @@
 
 use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments, Encode, Type};
+use sqlx::{AnyConnection, Arguments};
 
 use super::sql::Backend;
 use crate::events::Event;
@@ -20,38 +20,85 @@ use crate::events::Event;
 /// Rows per multi-row outbox INSERT; well under both backends' parameter limits.
 const EVENTS_PER_INSERT: usize = 200;
 
-pub(super) struct Batch<'q> {
+/// A bound value; owned, so that a batch can wait in a queue (see [`super::conn::Combiner`]).
+#[derive(Debug, Clone)]
+pub(super) enum Value {
+    Int(i64),
+    Text(Option<String>),
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Value {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<String> for Value {
+    fn from(value: String) -> Self {
+        Self::Text(Some(value))
+    }
+}
+
+impl From<&str> for Value {
+    fn from(value: &str) -> Self {
+        Self::Text(Some(value.to_owned()))
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(value: Option<&str>) -> Self {
+        Self::Text(value.map(str::to_owned))
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(value: &[u8]) -> Self {
+        Self::Blob(value.to_vec())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Batch {
     backend: Backend,
     statements: Vec<String>,
-    args: AnyArguments<'q>,
-    bound: usize,
+    values: Vec<Value>,
     /// SQLite: `BEGIN IMMEDIATE` first and/or `COMMIT` last, in the same query.
     pub(super) begin: bool,
     pub(super) commit: bool,
 }
 
-impl<'q> Batch<'q> {
+impl Batch {
     pub(super) fn new(backend: Backend) -> Self {
         Self {
             backend,
             statements: Vec::new(),
-            args: AnyArguments::default(),
-            bound: 0,
+            values: Vec::new(),
             begin: false,
             commit: false,
         }
     }
 
     /// Binds `value` and returns its placeholder (`$n`).
-    pub(super) fn bind<T>(&mut self, value: T) -> anyhow::Result<String>
-    where
-        T: 'q + Encode<'q, Any> + Type<Any>,
-    {
-        self.args
-            .add(value)
-            .map_err(|e| anyhow::anyhow!("binding a value: {e}"))?;
-        self.bound += 1;
-        Ok(format!("${}", self.bound))
+    pub(super) fn bind(&mut self, value: impl Into<Value>) -> String {
+        self.values.push(value.into());
+        format!("${}", self.values.len())
+    }
+
+    pub(super) fn statements(&self) -> &[String] {
+        &self.statements
+    }
+
+    /// Appends `other`'s statements and values, its placeholders renumbered after ours.
+    pub(super) fn append(&mut self, other: &Batch) {
+        let offset = self.values.len();
+        self.statements.extend(
+            other
+                .statements
+                .iter()
+                .map(|statement| shift_placeholders(statement, offset)),
+        );
+        self.values.extend(other.values.iter().cloned());
     }
 
     /// Adds a statement; its placeholders come from [`Batch::bind`]. Only the first statement
@@ -69,9 +116,9 @@ impl<'q> Batch<'q> {
                 let payload = serde_json::to_string(event).context("encoding an event")?;
                 let row = format!(
                     "({}, {}, {})",
-                    self.bind(event.event_id.to_string())?,
-                    self.bind(event.ts)?,
-                    self.bind(payload)?
+                    self.bind(event.event_id.to_string()),
+                    self.bind(event.ts),
+                    self.bind(payload)
                 );
                 if i > 0 {
                     sql.push_str(", ");
@@ -122,11 +169,61 @@ impl<'q> Batch<'q> {
             return Ok(Vec::new());
         }
         let sql = self.sql();
+        let mut args = AnyArguments::default();
+        for value in self.values {
+            let added = match value {
+                Value::Int(value) => args.add(value),
+                Value::Text(value) => args.add(value),
+                Value::Blob(value) => args.add(value),
+            };
+            added.map_err(|e| anyhow::anyhow!("binding a value: {e}"))?;
+        }
         // `fetch_all`, not `fetch_optional`: on SQLite the later statements run only while
         // the results are read to the end.
-        sqlx::query_with(&sql, self.args)
+        sqlx::query_with(&sql, args)
             .fetch_all(conn)
             .await
             .context("writing a change with its events")
+    }
+}
+
+/// `statement` with every `$n` raised by `offset`. Our statements carry no `$` but in
+/// placeholders: every value is bound.
+fn shift_placeholders(statement: &str, offset: usize) -> String {
+    let mut shifted = String::with_capacity(statement.len() + 8);
+    let mut rest = statement;
+    while let Some(at) = rest.find('$') {
+        shifted.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => shifted.push_str(&(n + offset).to_string()),
+            Err(_) => shifted.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    shifted.push_str(rest);
+    shifted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_batches_keep_their_values_in_step_with_their_placeholders() {
+        let mut first = Batch::new(Backend::Sqlite);
+        let (a, b) = (first.bind(1_i64), first.bind("x"));
+        first.push(format!("INSERT INTO t VALUES ({a}, {b})"));
+        let mut second = Batch::new(Backend::Sqlite);
+        let (c, d) = (second.bind(2_i64), second.bind(None::<&str>));
+        second.push(format!("UPDATE t SET a = {c} WHERE b = {d} OR b = {c}"));
+        first.append(&second);
+        assert_eq!(
+            first.sql(),
+            "INSERT INTO t VALUES ($1, $2);\nUPDATE t SET a = $3 WHERE b = $4 OR b = $3"
+        );
+        assert!(matches!(first.values[2], Value::Int(2)));
+        assert!(matches!(first.values[3], Value::Text(None)));
     }
 }

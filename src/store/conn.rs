@@ -5,7 +5,8 @@
 //! is a hand-over to the connection's worker thread, and every hand-over keeps the one
 //! connection idle while the task holding it waits to be scheduled. The same holds for each
 //! message of a transaction, so on SQLite a [`Tx`] sends its `BEGIN` with its first batch and
-//! its `COMMIT` with its last.
+//! its `COMMIT` with its last, and a [`Combiner`] commits the writes that queue up meanwhile
+//! together.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::batch::Batch;
 use super::sql::Backend;
@@ -92,78 +93,48 @@ impl Source {
     }
 
     pub(super) async fn begin(&self) -> anyhow::Result<Tx> {
-        Ok(match self {
-            Self::Pool(pool) => Tx::Pooled(pool.begin().await.context("starting a transaction")?),
-            Self::Single(_) => {
-                let Conn::Single(conn) = self.acquire().await? else {
-                    unreachable!("a single connection source gives single connections")
-                };
-                Tx::Single(Guarded {
-                    conn,
-                    begun: false,
-                    ended: false,
-                })
-            }
+        Ok(Tx {
+            conn: self.acquire().await?,
+            begun: false,
+            ended: false,
         })
     }
 }
 
-/// A transaction: sqlx's on a pool; on SQLite's single connection, one whose `BEGIN` travels
-/// with its first batch and `COMMIT` with its last.
-pub(super) enum Tx {
-    Pooled(Transaction<'static, Any>),
-    Single(Guarded),
-}
-
-/// SQLite's connection inside a transaction; if the transaction began and did not end, the
-/// next user rolls it back.
-pub(super) struct Guarded {
-    conn: OwnedMutexGuard<Single>,
+/// A transaction. On SQLite's single connection its `BEGIN` travels with its first batch and
+/// its `COMMIT` with its last. One that began and did not end — an error, or a caller that went
+/// away, even while `BEGIN` itself was under way — never reaches the next user of its
+/// connection: a pooled connection is closed (the server rolls back), SQLite's is rolled back
+/// by the next user.
+pub(super) struct Tx {
+    conn: Conn,
     begun: bool,
     ended: bool,
 }
 
-impl Drop for Guarded {
+impl Drop for Tx {
     fn drop(&mut self) {
         if self.begun && !self.ended {
-            self.conn.broken_off = true;
+            match &mut self.conn {
+                Conn::Pooled(conn) => conn.close_on_drop(),
+                Conn::Single(single) => single.broken_off = true,
+            }
         }
-    }
-}
-
-impl Guarded {
-    /// Runs `batch`, with `BEGIN` if the transaction has not begun yet, and `COMMIT` last if
-    /// `commit`.
-    async fn run(&mut self, mut batch: Batch<'_>, commit: bool) -> anyhow::Result<Vec<AnyRow>> {
-        batch.begin = !self.begun;
-        batch.commit = commit;
-        self.begun = true;
-        let rows = batch.run(&mut self.conn.conn).await?;
-        self.ended = commit;
-        Ok(rows)
     }
 }
 
 impl Tx {
-    /// Runs `batch` inside the transaction.
-    pub(super) async fn run(&mut self, batch: Batch<'_>) -> anyhow::Result<Vec<AnyRow>> {
-        match self {
-            Self::Pooled(tx) => batch.run(tx).await,
-            Self::Single(conn) => conn.run(batch, false).await,
-        }
+    /// Runs `batch` inside the transaction, beginning it if need be.
+    pub(super) async fn run(&mut self, batch: Batch) -> anyhow::Result<Vec<AnyRow>> {
+        self.send(batch, false).await
     }
 
     /// The connection, for statements of its own; the transaction has begun.
     pub(super) async fn conn(&mut self) -> anyhow::Result<&mut AnyConnection> {
-        Ok(match self {
-            Self::Pooled(tx) => tx,
-            Self::Single(conn) => {
-                if !conn.begun {
-                    conn.run(Batch::new(Backend::Sqlite), false).await?;
-                }
-                &mut conn.conn.conn
-            }
-        })
+        if !self.begun {
+            self.send(Batch::new(Backend::Sqlite), false).await?;
+        }
+        Ok(&mut self.conn)
     }
 
     pub(super) async fn commit(self) -> anyhow::Result<()> {
@@ -172,31 +143,119 @@ impl Tx {
     }
 
     /// Runs `batch`, then commits.
-    pub(super) async fn commit_with(self, batch: Batch<'_>) -> anyhow::Result<Vec<AnyRow>> {
-        match self {
-            Self::Pooled(mut tx) => {
-                let rows = batch.run(&mut tx).await?;
-                tx.commit().await.context("committing")?;
-                Ok(rows)
-            }
-            Self::Single(mut conn) => conn.run(batch, true).await,
-        }
+    pub(super) async fn commit_with(mut self, batch: Batch) -> anyhow::Result<Vec<AnyRow>> {
+        self.send(batch, true).await
     }
 
-    pub(super) async fn rollback(self) -> anyhow::Result<()> {
-        match self {
-            Self::Pooled(tx) => tx.rollback().await.context("rolling back"),
-            Self::Single(mut conn) => {
-                if conn.begun {
-                    conn.conn
-                        .conn
-                        .execute("ROLLBACK")
+    pub(super) async fn rollback(mut self) -> anyhow::Result<()> {
+        if self.begun {
+            self.conn
+                .execute("ROLLBACK")
+                .await
+                .context("rolling back")?;
+        }
+        self.ended = true;
+        Ok(())
+    }
+
+    /// Sends `batch`, with `BEGIN` first if the transaction has not begun and `COMMIT` last
+    /// if `commit`: in the batch's own query on SQLite, as statements of their own on a pool.
+    async fn send(&mut self, mut batch: Batch, commit: bool) -> anyhow::Result<Vec<AnyRow>> {
+        let begin = !self.begun;
+        // Begun as soon as `BEGIN` may be under way: a drop from here on ends the transaction.
+        self.begun = true;
+        let rows = match &mut self.conn {
+            Conn::Single(single) => {
+                batch.begin = begin;
+                batch.commit = commit;
+                batch.run(&mut single.conn).await?
+            }
+            Conn::Pooled(conn) => {
+                if begin {
+                    conn.execute("BEGIN")
                         .await
-                        .context("rolling back")?;
+                        .context("starting a transaction")?;
                 }
-                conn.ended = true;
-                Ok(())
+                let rows = batch.run(conn).await?;
+                if commit {
+                    conn.execute("COMMIT").await.context("committing")?;
+                }
+                rows
+            }
+        };
+        self.ended = commit;
+        Ok(rows)
+    }
+}
+
+/// The most writes one group commit takes.
+const MAX_GROUP: usize = 16;
+
+/// SQLite: writes that queue up while the connection is busy are committed together, in one
+/// transaction sent in one hand-over (group commit). Each caller still waits for its own
+/// write to be committed. A group that fails is broken up and its writes run alone, so a bad
+/// write fails only its own caller. The writes run in a task of their own: a caller that goes
+/// away does not break a group off.
+#[derive(Clone)]
+pub(super) struct Combiner {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<anyhow::Result<()>>,
+}
+
+impl Combiner {
+    pub(super) fn start(source: Source) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(combine(source, queue));
+        Self { jobs }
+    }
+
+    /// Commits `batch`, with whatever other writes are waiting.
+    pub(super) async fn write(&self, batch: Batch) -> anyhow::Result<()> {
+        let stopped = || anyhow::anyhow!("the SQLite writer has stopped");
+        let (done, result) = oneshot::channel();
+        self.jobs.send(Job { batch, done }).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+}
+
+async fn combine(source: Source, mut queue: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let [_] = group.as_slice() {
+            let job = group.pop().expect("one job");
+            let _ = job.done.send(commit(&source, job.batch).await);
+            continue;
+        }
+        // The same kinds of writes in the same order make the same SQL, which sqlx keeps
+        // prepared.
+        group.sort_by(|a, b| a.batch.statements().cmp(b.batch.statements()));
+        let mut merged = Batch::new(Backend::Sqlite);
+        for job in &group {
+            merged.append(&job.batch);
+        }
+        if commit(&source, merged).await.is_ok() {
+            for job in group {
+                let _ = job.done.send(Ok(()));
+            }
+        } else {
+            for job in group {
+                let _ = job.done.send(commit(&source, job.batch).await);
             }
         }
     }
+}
+
+async fn commit(source: &Source, batch: Batch) -> anyhow::Result<()> {
+    source.begin().await?.commit_with(batch).await?;
+    Ok(())
 }

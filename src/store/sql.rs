@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Connection, Executor, Row};
 use tokio::sync::Mutex;
 
 use super::batch::Batch;
-use super::conn::{Single, Source};
+use super::conn::{Combiner, Single, Source};
 use super::{
     CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, NewVerification,
     OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord,
@@ -61,6 +61,8 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 pub struct SqlStore {
     source: Source,
+    /// SQLite's group commit.
+    combiner: Option<Combiner>,
     backend: Backend,
 }
 
@@ -105,7 +107,12 @@ impl SqlStore {
                     .with_context(context)?,
             ),
         };
-        Ok(Self { source, backend })
+        let combiner = matches!(source, Source::Single(_)).then(|| Combiner::start(source.clone()));
+        Ok(Self {
+            source,
+            combiner,
+            backend,
+        })
     }
 
     /// Applies the backend's pending migrations.
@@ -176,15 +183,15 @@ impl SqlStore {
         )
     }
 
-    /// Runs `batch` atomically: alone on PostgreSQL (it is one statement), in a transaction
-    /// sent with it on SQLite.
-    async fn write(&self, batch: Batch<'_>) -> anyhow::Result<Vec<AnyRow>> {
-        match self.backend {
-            Backend::Postgres => {
-                let mut conn = self.source.acquire().await?;
-                batch.run(&mut conn).await
+    /// Commits `batch`: alone on PostgreSQL (it is one statement, atomic by itself), with the
+    /// other writes waiting on SQLite.
+    async fn write(&self, batch: Batch) -> anyhow::Result<()> {
+        match &self.combiner {
+            None => {
+                batch.run(&mut *self.source.acquire().await?).await?;
+                Ok(())
             }
-            Backend::Sqlite => self.source.begin().await?.commit_with(batch).await,
+            Some(combiner) => combiner.write(batch).await,
         }
     }
 }
@@ -215,18 +222,18 @@ async fn fetch_brand_record(
 /// The statements that move a pending verification to `to`, with its events; the
 /// statement returns `has_order` if the verification was pending. Its held order is moved by
 /// [`order_follows`].
-fn finish_batch<'q>(
+fn finish_batch(
     backend: Backend,
     id: &VerificationId,
     to: Status,
     now: Millis,
     events: &[Event],
-) -> anyhow::Result<Batch<'q>> {
+) -> anyhow::Result<Batch> {
     let mut batch = Batch::new(backend);
     let (status, id_value, at) = (
-        batch.bind(to.as_str())?,
-        batch.bind(id.to_string())?,
-        batch.bind(now)?,
+        batch.bind(to.as_str()),
+        batch.bind(id.to_string()),
+        batch.bind(now),
     );
     batch.push(format!(
         "UPDATE verification SET status = {status}, updated_at = {at}, finished_at = {at} \
@@ -452,37 +459,37 @@ impl Store for SqlStore {
     ) -> anyhow::Result<()> {
         let limits = &new.limits;
         let mut batch = Batch::new(self.backend);
-        let id = batch.bind(new.id.to_string())?;
-        let brand = batch.bind(new.brand.as_str())?;
-        let reference = batch.bind(new.order_reference.as_str())?;
-        let amount = batch.bind(new.amount.minor())?;
-        let currency = batch.bind(new.amount.currency())?;
-        let now = batch.bind(new.now)?;
+        let id = batch.bind(new.id.to_string());
+        let brand = batch.bind(new.brand.as_str());
+        let reference = batch.bind(new.order_reference.as_str());
+        let amount = batch.bind(new.amount.minor());
+        let currency = batch.bind(new.amount.currency());
+        let now = batch.bind(new.now);
         let values = [
             id.clone(),
             brand.clone(),
             "'pending'".to_owned(),
-            batch.bind(new.phone.e164())?,
-            batch.bind(new.phone.country())?,
+            batch.bind(new.phone.e164()),
+            batch.bind(new.phone.country()),
             reference.clone(),
             amount.clone(),
             currency.clone(),
-            batch.bind(new.locale.as_deref())?,
-            batch.bind(new.code_hash.as_slice())?,
-            batch.bind(i64::from(limits.code_length))?,
-            batch.bind(i64::from(limits.max_checks))?,
-            batch.bind(i64::from(limits.max_sends))?,
-            batch.bind(i64::from(limits.resend_cooldown_seconds) * 1000)?,
+            batch.bind(new.locale.as_deref()),
+            batch.bind(new.code_hash.as_slice()),
+            batch.bind(i64::from(limits.code_length)),
+            batch.bind(i64::from(limits.max_checks)),
+            batch.bind(i64::from(limits.max_sends)),
+            batch.bind(i64::from(limits.resend_cooldown_seconds) * 1000),
             "0".to_owned(),
             "1".to_owned(),
             now.clone(),
             now.clone(),
             now.clone(),
-            batch.bind(new.now + i64::from(limits.ttl_seconds) * 1000)?,
-            batch.bind(new.customer_pseudonym.as_str())?,
-            batch.bind(new.ip_pseudonym.as_str())?,
-            batch.bind(new.user_agent_family.as_str())?,
-            batch.bind(i64::from(new.order.is_some()))?,
+            batch.bind(new.now + i64::from(limits.ttl_seconds) * 1000),
+            batch.bind(new.customer_pseudonym.as_str()),
+            batch.bind(new.ip_pseudonym.as_str()),
+            batch.bind(new.user_agent_family.as_str()),
+            batch.bind(i64::from(new.order.is_some())),
         ];
         batch.push(format!(
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
@@ -493,15 +500,15 @@ impl Store for SqlStore {
         ));
         if let Some(order) = &new.order {
             let values = [
-                batch.bind(order.id.to_string())?,
+                batch.bind(order.id.to_string()),
                 brand,
                 id,
                 "'awaiting_verification'".to_owned(),
                 reference,
                 amount,
                 currency,
-                batch.bind(order.payload.as_str())?,
-                batch.bind(order.callback_url.as_deref())?,
+                batch.bind(order.payload.as_str()),
+                batch.bind(order.callback_url.as_deref()),
                 now.clone(),
                 now,
             ];
@@ -548,9 +555,9 @@ impl Store for SqlStore {
         // ever be counted.
         let mut count = Batch::new(self.backend);
         let (id_value, brand_value, at) = (
-            count.bind(id.to_string())?,
-            count.bind(brand.as_str())?,
-            count.bind(now)?,
+            count.bind(id.to_string()),
+            count.bind(brand.as_str()),
+            count.bind(now),
         );
         count.push(format!(
             "UPDATE verification SET checks_used = checks_used + 1, updated_at = {at} \
@@ -692,15 +699,15 @@ impl Store for SqlStore {
 
     async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()> {
         let mut batch = Batch::new(self.backend);
-        let sent_at = batch.bind(sms.sent_at)?;
+        let sent_at = batch.bind(sms.sent_at);
         let values = [
-            batch.bind(sms.message_id.as_str())?,
-            batch.bind(sms.verification_id.to_string())?,
-            batch.bind(sms.brand.as_str())?,
-            batch.bind(sms.provider.as_str())?,
-            batch.bind(sms.provider_reference.as_deref())?,
-            batch.bind(i64::from(sms.segments))?,
-            batch.bind(sms.status.as_str())?,
+            batch.bind(sms.message_id.as_str()),
+            batch.bind(sms.verification_id.to_string()),
+            batch.bind(sms.brand.as_str()),
+            batch.bind(sms.provider.as_str()),
+            batch.bind(sms.provider_reference.as_deref()),
+            batch.bind(i64::from(sms.segments)),
+            batch.bind(sms.status.as_str()),
             sent_at.clone(),
             sent_at,
         ];

@@ -20,6 +20,7 @@ both_backends!(
     parallel_resends_reserve_one_send,
     two_sweepers_expire_each_verification_once,
     writes_broken_off_half_way_leave_nothing_behind,
+    a_bad_write_among_many_at_once_fails_alone,
 );
 
 async fn database(backend: Backend, dir: &std::path::Path) -> String {
@@ -166,19 +167,14 @@ async fn two_sweepers_expire_each_verification_once(backend: Backend) {
     );
 }
 
-/// A write that fails half-way (its second statement breaks a key), or whose caller goes away
-/// at any point, leaves neither the change nor its events, and the store keeps working: on
-/// SQLite a transaction's BEGIN and COMMIT travel with its statements, so this is where a
-/// transaction left open would show.
+/// A write that fails half-way (its second statement breaks a key), or a check whose caller
+/// goes away at any point — even while its `BEGIN` is under way — leaves neither the change
+/// nor its events, and no transaction open on a connection the next caller gets: that caller's
+/// writes would silently never commit.
 async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = database(backend, dir.path()).await;
     let store = open(&url).await;
-    let event = |new: &NewVerification| {
-        let mut event = crate::events::synthetic_event("verification_started", new.now);
-        event.verification_id = *new.id.as_uuid();
-        event
-    };
 
     // The order id is taken: the verification row goes in, the held order breaks the key.
     let order = NewOrder {
@@ -189,13 +185,14 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
     let mut first = new_verification(now_millis());
     first.order = Some(order.clone());
     store
-        .insert_verification(&first, &[event(&first)])
+        .insert_verification(&first, &[])
         .await
         .expect("the first order");
     let mut clash = new_verification(now_millis());
     clash.order = Some(order);
+    let started = crate::events::synthetic_event("verification_started", clash.now);
     store
-        .insert_verification(&clash, &[event(&clash)])
+        .insert_verification(&clash, &[started])
         .await
         .expect_err("a taken order id is refused");
     assert!(
@@ -206,25 +203,46 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
             .is_none(),
         "the refused write left its verification behind"
     );
+    assert_eq!(
+        store.outbox_stats().await.expect("stats").pending,
+        0,
+        "the refused write left its event behind"
+    );
 
-    // Callers that go away part-way: the write is polled 1, 2, 3, … times, 30 µs apart, and
-    // dropped. On PostgreSQL a statement already sent still runs to its end on the server, so
-    // what was written is counted once all is quiet.
-    let mut attempted = vec![first.id];
-    for step in 0..60u64 {
-        let new = new_verification(now_millis());
-        let events = [event(&new)];
-        let mut write = std::pin::pin!(store.insert_verification(&new, &events));
-        for _ in 0..=step {
-            let polled = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    // Checks whose callers go away part-way: each is polled 1 to 8 times, 30 µs apart, and
+    // dropped if it has not finished, until 30 were dropped. A check counts the attempt and
+    // writes its event in one transaction. On PostgreSQL a statement already sent still runs
+    // to its end on the server, so what was written is counted once all is quiet.
+    let brand = brand();
+    let checked = |record: &orderguard::store::VerificationRecord, _: &[u8]| {
+        let mut event = crate::events::synthetic_event("code_checked", now_millis());
+        event.verification_id = *record.id.as_uuid();
+        CheckDecision {
+            finish: None,
+            events: vec![event],
+        }
+    };
+    let (mut ids, mut dropped) = (Vec::new(), 0);
+    for step in 0..300 {
+        let id = insert(&store, now_millis()).await;
+        ids.push(id);
+        let mut check = std::pin::pin!(store.check_code(&brand, &id, now_millis(), &checked));
+        let mut finished = false;
+        for _ in 0..=step % 8 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(check.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = polled {
-                result.expect("a write that was let finish");
+                result.expect("a check that was let finish");
+                finished = true;
                 break;
             }
             std::thread::sleep(Duration::from_micros(30));
         }
-        attempted.push(new.id);
+        dropped += usize::from(!finished);
+        if dropped == 30 {
+            break;
+        }
     }
+    assert_eq!(dropped, 30, "30 checks were dropped part-way");
     let after = insert(&store, now_millis()).await;
     assert!(
         store
@@ -232,31 +250,81 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
             .await
             .expect("find")
             .is_some(),
-        "the store works after broken-off writes"
+        "the store works after broken-off checks"
     );
     let mut counts = (0, -1);
     for _ in 0..50 {
-        let mut written = 0;
-        for id in &attempted {
-            written += i64::from(store.find_verification(id).await.expect("find").is_some());
+        let mut counted = 0;
+        for id in &ids {
+            let record = store
+                .find_verification(id)
+                .await
+                .expect("find")
+                .expect("row");
+            counted += i64::from(record.checks_used);
         }
-        counts = (written, store.outbox_stats().await.expect("stats").pending);
+        counts = (counted, store.outbox_stats().await.expect("stats").pending);
         if counts.0 == counts.1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (written, pending) = counts;
+    let (counted, pending) = counts;
     assert_eq!(
-        pending, written,
-        "one started event for each verification that was written, none for the others"
+        pending, counted,
+        "one event for each check that was counted, none for the others"
     );
-    // On PostgreSQL the write is one statement, whole once sent; on SQLite the spread of
-    // polls breaks transactions off between their messages.
-    if backend == Backend::Sqlite {
-        assert!(
-            written > 1 && written < 61,
-            "some writes were broken off and some finished ({written} of 61 written)"
-        );
+}
+
+/// Writes arriving together (on SQLite they are committed as one group) each get their own
+/// outcome: the one whose held order breaks a key fails, the others are all written.
+async fn a_bad_write_among_many_at_once_fails_alone(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = database(backend, dir.path()).await;
+    let store = open(&url).await;
+    let order = NewOrder {
+        id: OrderId::new(),
+        payload: "{}".to_owned(),
+        callback_url: None,
+    };
+    let mut taken = new_verification(now_millis());
+    taken.order = Some(order.clone());
+    store
+        .insert_verification(&taken, &[])
+        .await
+        .expect("the first order");
+
+    let mut writes: Vec<NewVerification> =
+        (0..40).map(|_| new_verification(now_millis())).collect();
+    writes[17].order = Some(order);
+    let events: Vec<_> = writes
+        .iter()
+        .map(|new| {
+            let mut event = crate::events::synthetic_event("verification_started", new.now);
+            event.verification_id = *new.id.as_uuid();
+            [event]
+        })
+        .collect();
+    let results = join_all(
+        writes
+            .iter()
+            .zip(&events)
+            .map(|(new, events)| store.insert_verification(new, events)),
+    )
+    .await;
+    for (i, (new, result)) in writes.iter().zip(&results).enumerate() {
+        let found = store.find_verification(&new.id).await.expect("find");
+        if i == 17 {
+            assert!(result.is_err(), "the clashing write is refused");
+            assert!(found.is_none(), "the clashing write left nothing");
+        } else {
+            result.as_ref().expect("every other write succeeds");
+            assert!(found.is_some(), "write {i} is stored");
+        }
     }
+    assert_eq!(
+        store.outbox_stats().await.expect("stats").pending,
+        39,
+        "one event for each write that succeeded"
+    );
 }
