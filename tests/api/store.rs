@@ -46,6 +46,22 @@ async fn insert(store: &SqlStore, now: i64) -> VerificationId {
     new.id
 }
 
+/// An order held with a stored verification: holding it again breaks its key.
+async fn taken_order(store: &SqlStore) -> NewOrder {
+    let order = NewOrder {
+        id: OrderId::new(),
+        payload: "{}".to_owned(),
+        callback_url: None,
+    };
+    let mut first = new_verification(now_millis());
+    first.order = Some(order.clone());
+    store
+        .insert_verification(&first, &[])
+        .await
+        .expect("the first order");
+    order
+}
+
 fn new_verification(now: i64) -> NewVerification {
     let id = VerificationId::new();
     NewVerification {
@@ -177,19 +193,8 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
     let store = open(&url).await;
 
     // The order id is taken: the verification row goes in, the held order breaks the key.
-    let order = NewOrder {
-        id: OrderId::new(),
-        payload: "{}".to_owned(),
-        callback_url: None,
-    };
-    let mut first = new_verification(now_millis());
-    first.order = Some(order.clone());
-    store
-        .insert_verification(&first, &[])
-        .await
-        .expect("the first order");
     let mut clash = new_verification(now_millis());
-    clash.order = Some(order);
+    clash.order = Some(taken_order(&store).await);
     let started = crate::events::synthetic_event("verification_started", clash.now);
     store
         .insert_verification(&clash, &[started])
@@ -282,18 +287,7 @@ async fn a_bad_write_among_many_at_once_fails_alone(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = database(backend, dir.path()).await;
     let store = open(&url).await;
-    let order = NewOrder {
-        id: OrderId::new(),
-        payload: "{}".to_owned(),
-        callback_url: None,
-    };
-    let mut taken = new_verification(now_millis());
-    taken.order = Some(order.clone());
-    store
-        .insert_verification(&taken, &[])
-        .await
-        .expect("the first order");
-
+    let order = taken_order(&store).await;
     let mut writes: Vec<NewVerification> =
         (0..40).map(|_| new_verification(now_millis())).collect();
     writes[17].order = Some(order);
