@@ -137,4 +137,19 @@ for name in ["verify-closed", "verify-open", "mixed", "gate", "verify-memory", "
         print(f"{'':<15} errors: {r['errors']}")
 relay = load("relay")
 print(f"{'relay':<15} {relay['events_per_second']:>8.0f} events/s ({relay['distinct_in_clickhouse']} distinct of {relay['events']})")
+
+closed, opened, memory, sqlite = (load(n) for n in ["verify-closed", "verify-open", "verify-memory", "sqlite-verify"])
+p99 = max(opened["calls"][call]["p99_ms"] for call in ("start", "check"))
+targets = [
+    ("verify, closed, 64 buyers: >= 1,200 flows/s", f"{closed['flows_per_second']:,.0f}", closed["flows_per_second"] >= 1200),
+    ("verify, closed: >= 0.5 of the pgbench bound", f"{closed['flows_per_second'] / bound:.2f}", closed["flows_per_second"] >= bound / 2),
+    ("verify, open, 600 flows/s: p99 of each call < 25 ms", f"{p99:.1f} ms", p99 < 25),
+    ("relay: >= 50,000 events/s", f"{relay['events_per_second']:,.0f}", relay["events_per_second"] >= 50000),
+    ("SQLite: >= 1,500 flows/s", f"{sqlite['flows_per_second']:,.0f}", sqlite["flows_per_second"] >= 1500),
+    ("RSS after the 60 s run < 100 MB", f"{(memory.get('service') or {}).get('rss_mb', 0):.0f} MB", 0 < (memory.get("service") or {}).get("rss_mb", 0) < 100),
+]
+print()
+print("targets (the issue's; a --quick run is shorter than they assume):")
+for name, value, met in targets:
+    print(f"  {'met ' if met else 'MISSED'}  {name}: {value}")
 PY

@@ -58,6 +58,10 @@ if ! postgres_answers && ! start_installed_cluster && ! install_postgres; then
   exit 1
 fi
 log "PostgreSQL answers at ${ORDERGUARD_TEST_POSTGRES_URL%%@*}@…"
+# Each test makes its own database (og_test_…); drop those an earlier run left behind.
+for db in $(psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'og\_test\_%'"); do
+  psql "$ORDERGUARD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+done
 
 # Headless Chromium and ChromeDriver for the browser tests, from Debian's packages.
 if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
