@@ -15,6 +15,7 @@ pub struct Metrics {
     outbox_pending: IntGauge,
     outbox_oldest_age: Gauge,
     events_shipped: IntCounterVec,
+    event_batches: IntCounterVec,
     clickhouse_errors: IntCounterVec,
     events_dead_lettered: IntCounterVec,
     sms_receipts: IntCounterVec,
@@ -78,6 +79,13 @@ impl Metrics {
             Opts::new("events_shipped_total", "Events the sink acknowledged"),
             &["sink"],
         )?;
+        let event_batches = IntCounterVec::new(
+            Opts::new(
+                "event_batches_total",
+                "Batches of events the sink acknowledged",
+            ),
+            &["sink"],
+        )?;
         let clickhouse_errors = IntCounterVec::new(
             Opts::new(
                 "clickhouse_errors_total",
@@ -102,6 +110,7 @@ impl Metrics {
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(outbox_oldest_age.clone()))?;
         registry.register(Box::new(events_shipped.clone()))?;
+        registry.register(Box::new(event_batches.clone()))?;
         registry.register(Box::new(clickhouse_errors.clone()))?;
         registry.register(Box::new(events_dead_lettered.clone()))?;
         registry.register(Box::new(sms_receipts.clone()))?;
@@ -139,6 +148,7 @@ impl Metrics {
             outbox_pending,
             outbox_oldest_age,
             events_shipped,
+            event_batches,
             clickhouse_errors,
             events_dead_lettered,
             sms_receipts,
@@ -176,10 +186,12 @@ impl Metrics {
         self.outbox_oldest_age.set(oldest_age_seconds);
     }
 
+    /// One batch of `count` events the sink acknowledged.
     pub fn events_shipped(&self, sink: &str, count: usize) {
         self.events_shipped
             .with_label_values(&[sink])
             .inc_by(count as u64);
+        self.event_batches.with_label_values(&[sink]).inc();
     }
 
     /// A failed write to the event sink; counted in `clickhouse_errors_total` for ClickHouse.

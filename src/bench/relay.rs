@@ -205,7 +205,7 @@ pub async fn run(options: RelayOptions) -> anyhow::Result<RelayReport> {
                     Instant::now() < deadline,
                     "the relay did not finish within 10 minutes"
                 );
-                match relay.ship_batch().await? {
+                match relay.ship_batch().await?.moved {
                     0 => return Ok::<usize, anyhow::Error>(shipped),
                     n => shipped += n,
                 }

@@ -40,6 +40,15 @@ pub trait EventSink: Send + Sync {
     async fn write(&self, events: &[Event]) -> Result<(), SinkError>;
 }
 
+/// What one claim shipped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Shipped {
+    /// Events that left the outbox (shipped or dead-lettered).
+    pub moved: usize,
+    /// The claim took a whole batch: more may be waiting.
+    pub full: bool,
+}
+
 /// How the relay batches and retries.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -88,11 +97,18 @@ impl Relay {
             if *stop.borrow() {
                 break;
             }
+            // Only after a full batch does the relay claim again at once: a relay that kept
+            // up would otherwise claim a handful of events in a tight loop, and each claim
+            // walks the outbox's index past the rows deleted since the last vacuum.
             let pause = match self.ship_batch().await {
-                Ok(0) => self.settings.period,
-                Ok(_) => {
+                Ok(Shipped { moved: 0, .. }) => self.settings.period,
+                Ok(Shipped { full, .. }) => {
                     failures = 0;
-                    Duration::ZERO
+                    if full {
+                        Duration::ZERO
+                    } else {
+                        self.settings.period
+                    }
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -142,9 +158,9 @@ impl Relay {
         }
     }
 
-    /// Claims one batch and ships it. Returns how many events left the outbox (shipped or
-    /// dead-lettered); an error means the sink is unavailable and the batch was given back.
-    pub async fn ship_batch(&self) -> anyhow::Result<usize> {
+    /// Claims one batch and ships it. An error means the sink is unavailable and the batch was
+    /// given back.
+    pub async fn ship_batch(&self) -> anyhow::Result<Shipped> {
         let now = now_millis();
         let lease_until = now + self.settings.lease.as_millis() as i64;
         let mut rows = self
@@ -157,8 +173,9 @@ impl Relay {
             )
             .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Shipped::default());
         }
+        let mut full = rows.len() >= self.settings.batch_rows;
         // Keep the batch under the byte budget (at least one row); give the rest back.
         let mut bytes = 0;
         let keep = rows
@@ -171,6 +188,7 @@ impl Relay {
             .max(1);
         let rest: Vec<i64> = rows.split_off(keep).iter().map(|r| r.outbox_id).collect();
         if !rest.is_empty() {
+            full = true;
             self.store.release_outbox(&rest).await?;
         }
         let mut events = Vec::with_capacity(rows.len());
@@ -197,7 +215,7 @@ impl Relay {
         if !events.is_empty() {
             moved += self.deliver(&decodable, &events).await?;
         }
-        Ok(moved)
+        Ok(Shipped { moved, full })
     }
 
     /// Writes `events` (from `rows`), splitting a refused batch to isolate bad events.

@@ -255,6 +255,7 @@ both_backends!(
     events_older_than_the_retention_disappear,
     without_clickhouse_events_go_to_rotated_json_lines_files,
     delivery_receipts_and_failed_sends_become_events,
+    a_relay_that_keeps_up_claims_once_a_period,
 );
 
 /// A complete event row, for tests that write to the outbox directly.
@@ -800,5 +801,45 @@ async fn a_batch_shipped_twice_is_counted_once_by_the_exact_queries() {
         clickhouse.number("SELECT count() FROM events").await,
         10,
         "merges remove the repeat"
+    );
+}
+
+/// Events arriving as fast as four writers can add them, for 1.5 s: a relay that claimed
+/// again at once after every partial batch would find new events at every claim and ship them
+/// in hundreds of small batches, each claim walking the outbox's index. It claims again at
+/// once only after a full batch, else once a period.
+async fn a_relay_that_keeps_up_claims_once_a_period(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, |s| s.events.period_ms = 250).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let writer = || async {
+        let mut written = 0;
+        while std::time::Instant::now() < until {
+            let ts = orderguard::domain::now_millis();
+            insert_event(&app, &synthetic_event("verification_started", ts)).await;
+            written += 1;
+        }
+        written
+    };
+    let (a, b, c, d) = tokio::join!(writer(), writer(), writer(), writer());
+    let written = a + b + c + d;
+    app.wait_for_outbox_drained(30).await;
+    let metrics = app.metrics().await;
+    let counter = |name: &str| -> u64 {
+        let line = format!("orderguard_{name}{{sink=\"jsonl\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing:\n{metrics}"))
+    };
+    assert_eq!(
+        counter("events_shipped_total"),
+        written,
+        "every event shipped"
+    );
+    let batches = counter("event_batches_total");
+    assert!(
+        (2..=15).contains(&batches),
+        "{batches} batches for {written} events over 1.5 s at a 250 ms period"
     );
 }
