@@ -11,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-long=20; memory=60
-if [ "${1:-}" = "--quick" ]; then long=5; memory=10; fi
+long=20; memory=60; warmup=10
+if [ "${1:-}" = "--quick" ]; then long=5; memory=10; warmup=3; fi
 
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-contrib or the server package)" >&2; exit 1; }
@@ -96,6 +96,8 @@ load() { # $1: name, then bench arguments
 
 psql "$pg" -qc "CREATE DATABASE $service_db" >/dev/null
 start_service "$base/$service_db" pg
+# A warm-up, not reported: the first seconds after pgbench (and a fresh service) vary most.
+load warmup verify --model closed --concurrency 64 --duration "$warmup" --phone-prefix +49170
 load verify-closed verify --model closed --concurrency 64 --duration "$long"
 load verify-open verify --model open --rate 600 --duration "$long" --phone-prefix +49152
 load mixed mixed --model closed --concurrency 32 --duration 10 --phone-prefix +49157 --expiry-wait 7
