@@ -674,7 +674,7 @@ impl Store for SqlStore {
             "UPDATE verification SET status = 'expired', updated_at = $1, finished_at = $1 \
              WHERE status = 'pending' AND verification_id IN ( \
                  SELECT verification_id FROM verification \
-                 WHERE status = 'pending' AND expires_at <= $1 LIMIT $2) \
+                 WHERE finished_at IS NULL AND status = 'pending' AND expires_at <= $1 LIMIT $2) \
              RETURNING {RECORD_COLUMNS}"
         );
         let mut tx = self.source.begin().await?;

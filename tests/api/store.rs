@@ -322,3 +322,57 @@ async fn a_bad_write_among_many_at_once_fails_alone(backend: Backend) {
         "one event for each write that succeeded"
     );
 }
+
+/// Lookups by key are planned onto primary keys even where PostgreSQL knows nothing about the
+/// tables yet (a fresh database before its first ANALYZE, or autovacuum off), for generic and
+/// custom plans alike. An index they could be planned onto instead made every check scan all
+/// of a brand's rows, slower with every verification, as long as the plan stayed cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_by_key_use_primary_keys_on_tables_never_analyzed() {
+    use sqlx::{Connection, Row};
+    let url = fresh_postgres_database().await;
+    open(&url).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // The WHERE clauses of the check, the resend, a record and an order lookup.
+    let lookups = [
+        (
+            "verification_pkey",
+            "SELECT 1 FROM verification WHERE verification_id = $1 AND brand_id = $2 \
+             AND status = 'pending' AND expires_at > $3 AND checks_used < max_checks",
+        ),
+        (
+            "verification_pkey",
+            "SELECT 1 FROM verification WHERE verification_id = $1 AND brand_id = $2 \
+             AND status = 'pending' AND expires_at > $3 AND sends < max_sends \
+             AND (last_sent_at IS NULL OR last_sent_at + resend_cooldown_ms <= $3)",
+        ),
+        (
+            "held_order_pkey",
+            "SELECT 1 FROM held_order WHERE order_id = $1 AND brand_id = $2 AND $3 > 0",
+        ),
+    ];
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut conn)
+            .await
+            .expect("set");
+        for (i, (index, lookup)) in lookups.iter().enumerate() {
+            let name = format!("lookup_{mode}_{i}");
+            sqlx::query(&format!("PREPARE {name} (text, text, bigint) AS {lookup}"))
+                .execute(&mut conn)
+                .await
+                .expect("prepare");
+            let plan: Vec<String> = sqlx::query(&format!(
+                "EXPLAIN EXECUTE {name} ('x', 'nordwind', 1795000000000)"
+            ))
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains(index), "{mode}: {lookup}\n{plan}");
+        }
+    }
+}
