@@ -85,6 +85,15 @@ impl Batch {
         format!("${}", self.values.len())
     }
 
+    /// The number of values bound.
+    pub(super) fn values(&self) -> usize {
+        self.values.len()
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
+    }
+
     pub(super) fn statements(&self) -> &[String] {
         &self.statements
     }

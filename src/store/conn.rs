@@ -5,8 +5,8 @@
 //! is a hand-over to the connection's worker thread, and every hand-over keeps the one
 //! connection idle while the task holding it waits to be scheduled. The same holds for each
 //! message of a transaction, so on SQLite a [`Tx`] sends its `BEGIN` with its first batch and
-//! its `COMMIT` with its last, and a [`Combiner`] commits the writes that queue up meanwhile
-//! together.
+//! its `COMMIT` with its last. On both, a [`Combiner`] commits the writes that queue up
+//! meanwhile together.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
 use super::batch::Batch;
 use super::sql::Backend;
@@ -90,6 +90,20 @@ impl Source {
                 Ok(Conn::Single(guard))
             }
         }
+    }
+
+    /// Commits `batch` atomically: alone on a pool (PostgreSQL: one statement, atomic by
+    /// itself), in a transaction sent with it on SQLite.
+    pub(super) async fn write(&self, batch: Batch) -> anyhow::Result<()> {
+        match self {
+            Self::Pool(_) => {
+                batch.run(&mut *self.acquire().await?).await?;
+            }
+            Self::Single(_) => {
+                self.begin().await?.commit_with(batch).await?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn begin(&self) -> anyhow::Result<Tx> {
@@ -188,14 +202,17 @@ impl Tx {
     }
 }
 
-/// The most writes one group commit takes.
+/// The most writes one group commit takes, and the most values it binds (well under either
+/// backend's parameter limit).
 const MAX_GROUP: usize = 16;
+const MAX_GROUP_VALUES: usize = 20_000;
 
-/// SQLite: writes that queue up while the connection is busy are committed together, in one
-/// transaction sent in one hand-over (group commit). Each caller still waits for its own
-/// write to be committed. A group that fails is broken up and its writes run alone, so a bad
-/// write fails only its own caller. The writes run in a task of their own: a caller that goes
-/// away does not break a group off.
+/// Writes that queue up while earlier ones are being committed are committed together, in one
+/// statement (PostgreSQL) or one transaction sent in one hand-over (SQLite): group commit.
+/// Each caller still waits for its own write to be committed. A group that fails is broken up
+/// and its writes run alone, so a bad write fails only its own caller. The writes run in tasks
+/// of their own: a caller that goes away does not break a group off. Up to `parallel` groups
+/// are under way at once; meanwhile the queue fills the next one.
 #[derive(Clone)]
 pub(super) struct Combiner {
     jobs: mpsc::UnboundedSender<Job>,
@@ -207,55 +224,75 @@ struct Job {
 }
 
 impl Combiner {
-    pub(super) fn start(source: Source) -> Self {
+    pub(super) fn start(source: Source, parallel: usize) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(combine(source, queue));
+        tokio::spawn(combine(source, queue, parallel.max(1)));
         Self { jobs }
     }
 
     /// Commits `batch`, with whatever other writes are waiting.
     pub(super) async fn write(&self, batch: Batch) -> anyhow::Result<()> {
-        let stopped = || anyhow::anyhow!("the SQLite writer has stopped");
+        let stopped = || anyhow::anyhow!("the database writer has stopped");
         let (done, result) = oneshot::channel();
         self.jobs.send(Job { batch, done }).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
 }
 
-async fn combine(source: Source, mut queue: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = queue.recv().await {
+async fn combine(source: Source, mut queue: mpsc::UnboundedReceiver<Job>, parallel: usize) {
+    let slots = Arc::new(Semaphore::new(parallel));
+    let mut carried: Option<Job> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut values = first.batch.values();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+            let Ok(job) = queue.try_recv() else {
+                break;
+            };
+            if values + job.batch.values() > MAX_GROUP_VALUES {
+                carried = Some(job);
+                break;
             }
+            values += job.batch.values();
+            group.push(job);
         }
-        if let [_] = group.as_slice() {
-            let job = group.pop().expect("one job");
-            let _ = job.done.send(commit(&source, job.batch).await);
-            continue;
-        }
-        // The same kinds of writes in the same order make the same SQL, which sqlx keeps
-        // prepared.
-        group.sort_by(|a, b| a.batch.statements().cmp(b.batch.statements()));
-        let mut merged = Batch::new(Backend::Sqlite);
-        for job in &group {
-            merged.append(&job.batch);
-        }
-        if commit(&source, merged).await.is_ok() {
-            for job in group {
-                let _ = job.done.send(Ok(()));
-            }
-        } else {
-            for job in group {
-                let _ = job.done.send(commit(&source, job.batch).await);
-            }
-        }
+        let source = source.clone();
+        tokio::spawn(async move {
+            commit_group(&source, group).await;
+            drop(slot);
+        });
     }
 }
 
-async fn commit(source: &Source, batch: Batch) -> anyhow::Result<()> {
-    source.begin().await?.commit_with(batch).await?;
-    Ok(())
+async fn commit_group(source: &Source, mut group: Vec<Job>) {
+    if let [_] = group.as_slice() {
+        let job = group.pop().expect("one job");
+        let _ = job.done.send(source.write(job.batch).await);
+        return;
+    }
+    // The same kinds of writes in the same order make the same SQL, which stays prepared.
+    group.sort_by(|a, b| a.batch.statements().cmp(b.batch.statements()));
+    let mut merged = Batch::new(group[0].batch.backend());
+    for job in &group {
+        merged.append(&job.batch);
+    }
+    if source.write(merged).await.is_ok() {
+        for job in group {
+            let _ = job.done.send(Ok(()));
+        }
+    } else {
+        for job in group {
+            let _ = job.done.send(source.write(job.batch).await);
+        }
+    }
 }

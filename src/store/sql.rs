@@ -61,8 +61,8 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 pub struct SqlStore {
     source: Source,
-    /// SQLite's group commit.
-    combiner: Option<Combiner>,
+    /// Group commit of the writes that need no transaction of their own.
+    combiner: Combiner,
     backend: Backend,
 }
 
@@ -107,7 +107,12 @@ impl SqlStore {
                     .with_context(context)?,
             ),
         };
-        let combiner = matches!(source, Source::Single(_)).then(|| Combiner::start(source.clone()));
+        // SQLite has one connection: one group at a time.
+        let parallel = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => (max_connections as usize / 4).max(1),
+        };
+        let combiner = Combiner::start(source.clone(), parallel);
         Ok(Self {
             source,
             combiner,
@@ -183,16 +188,9 @@ impl SqlStore {
         )
     }
 
-    /// Commits `batch`: alone on PostgreSQL (it is one statement, atomic by itself), with the
-    /// other writes waiting on SQLite.
+    /// Commits `batch` with the other writes waiting (group commit).
     async fn write(&self, batch: Batch) -> anyhow::Result<()> {
-        match &self.combiner {
-            None => {
-                batch.run(&mut *self.source.acquire().await?).await?;
-                Ok(())
-            }
-            Some(combiner) => combiner.write(batch).await,
-        }
+        self.combiner.write(batch).await
     }
 }
 

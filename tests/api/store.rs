@@ -281,7 +281,7 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
     );
 }
 
-/// Writes arriving together (on SQLite they are committed as one group) each get their own
+/// Writes arriving together (committed as groups) each get their own
 /// outcome: the one whose held order breaks a key fails, the others are all written.
 async fn a_bad_write_among_many_at_once_fails_alone(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
