@@ -139,7 +139,7 @@ impl Batch {
         Ok(())
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.statements.is_empty()
     }
 

@@ -52,6 +52,16 @@ pub(super) enum Conn {
     Single(OwnedMutexGuard<Single>),
 }
 
+impl Conn {
+    /// A batch with nothing in it, for this connection's database.
+    fn empty_batch(&self) -> Batch {
+        Batch::new(match self {
+            Self::Pooled(_) => Backend::Postgres,
+            Self::Single(_) => Backend::Sqlite,
+        })
+    }
+}
+
 impl Deref for Conn {
     type Target = AnyConnection;
 
@@ -146,13 +156,14 @@ impl Tx {
     /// The connection, for statements of its own; the transaction has begun.
     pub(super) async fn conn(&mut self) -> anyhow::Result<&mut AnyConnection> {
         if !self.begun {
-            self.send(Batch::new(Backend::Sqlite), false).await?;
+            self.send(self.conn.empty_batch(), false).await?;
         }
         Ok(&mut self.conn)
     }
 
     pub(super) async fn commit(self) -> anyhow::Result<()> {
-        self.commit_with(Batch::new(Backend::Sqlite)).await?;
+        let nothing = self.conn.empty_batch();
+        self.commit_with(nothing).await?;
         Ok(())
     }
 
@@ -209,8 +220,9 @@ const MAX_GROUP_VALUES: usize = 20_000;
 
 /// Writes that queue up while earlier ones are being committed are committed together, in one
 /// statement (PostgreSQL) or one transaction sent in one hand-over (SQLite): group commit.
-/// Each caller still waits for its own write to be committed. A group that fails is broken up
-/// and its writes run alone, so a bad write fails only its own caller. The writes run in tasks
+/// Each caller still waits for its own write to be committed. A group the database refuses is
+/// broken up and its writes run alone, so a bad write fails only its own caller; a group that
+/// found no database fails all its callers at once. The writes run in tasks
 /// of their own: a caller that goes away does not break a group off. Up to `parallel` groups
 /// are under way at once; meanwhile the queue fills the next one.
 #[derive(Clone)]
@@ -286,13 +298,83 @@ async fn commit_group(source: &Source, mut group: Vec<Job>) {
     for job in &group {
         merged.append(&job.batch);
     }
-    if source.write(merged).await.is_ok() {
-        for job in group {
-            let _ = job.done.send(Ok(()));
+    match source.write(merged).await {
+        Ok(()) => {
+            for job in group {
+                let _ = job.done.send(Ok(()));
+            }
         }
-    } else {
-        for job in group {
-            let _ = job.done.send(source.write(job.batch).await);
+        // The database refused some row: find it by writing each alone.
+        Err(error) if refused_by_database(&error) => {
+            for job in group {
+                let _ = job.done.send(source.write(job.batch).await);
+            }
         }
+        // No connection, or a lost one: each write would fail the same way, one acquire
+        // timeout after another.
+        Err(error) => {
+            for job in group {
+                let _ = job.done.send(Err(for_each_caller(&error)));
+            }
+        }
+    }
+}
+
+fn refused_by_database(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(_))
+        )
+    })
+}
+
+/// A group's failure for one of its callers, with the kinds the API answers with a retryable
+/// 503 kept (`anyhow::Error` cannot be cloned).
+fn for_each_caller(error: &anyhow::Error) -> anyhow::Error {
+    let kind = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .and_then(|cause| match cause {
+            sqlx::Error::PoolTimedOut => Some(sqlx::Error::PoolTimedOut),
+            sqlx::Error::WorkerCrashed => Some(sqlx::Error::WorkerCrashed),
+            sqlx::Error::Io(io) => Some(sqlx::Error::Io(std::io::Error::new(
+                io.kind(),
+                io.to_string(),
+            ))),
+            _ => None,
+        });
+    let message = format!("writing a group of changes: {error:#}");
+    match kind {
+        Some(kind) => anyhow::Error::from(kind).context(message),
+        None => anyhow::anyhow!(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlx_cause(error: &anyhow::Error) -> Option<&sqlx::Error> {
+        error
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+    }
+
+    #[test]
+    fn each_caller_of_a_failed_group_gets_the_failure_with_its_kind() {
+        let timed_out = anyhow::Error::from(sqlx::Error::PoolTimedOut).context("taking it");
+        let shared = for_each_caller(&timed_out);
+        assert!(matches!(
+            sqlx_cause(&shared),
+            Some(sqlx::Error::PoolTimedOut)
+        ));
+        assert!(format!("{shared:#}").contains("taking it"));
+        assert!(!refused_by_database(&timed_out));
+        let lost = anyhow::Error::from(sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+        assert!(matches!(
+            sqlx_cause(&for_each_caller(&lost)),
+            Some(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe
+        ));
     }
 }

@@ -187,11 +187,6 @@ impl SqlStore {
              RETURNING {returning}"
         )
     }
-
-    /// Commits `batch` with the other writes waiting (group commit).
-    async fn write(&self, batch: Batch) -> anyhow::Result<()> {
-        self.combiner.write(batch).await
-    }
 }
 
 async fn fetch_record(
@@ -517,7 +512,8 @@ impl Store for SqlStore {
             ));
         }
         batch.events(events)?;
-        self.write(batch)
+        self.combiner
+            .write(batch)
             .await
             .context("inserting a verification")?;
         Ok(())
@@ -715,7 +711,10 @@ impl Store for SqlStore {
             values.join(", ")
         ));
         batch.events(events)?;
-        self.write(batch).await.context("recording an SMS")?;
+        self.combiner
+            .write(batch)
+            .await
+            .context("recording an SMS")?;
         Ok(())
     }
 
@@ -770,7 +769,7 @@ impl Store for SqlStore {
     async fn append_events(&self, events: &[Event]) -> anyhow::Result<()> {
         let mut batch = Batch::new(self.backend);
         batch.events(events)?;
-        self.write(batch).await.context("writing events")?;
+        self.combiner.write(batch).await.context("writing events")?;
         Ok(())
     }
 
