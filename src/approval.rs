@@ -2,6 +2,11 @@
 //! approved, bound to brand, verification, order reference, amount and currency, and short
 //! lived. Order APIs check it against `/.well-known/jwks.json`.
 //!
+//! A relying party must check `aud` (the brand id: one service signs for every brand, so a
+//! token of one brand must never pass for another's order) and, in gate mode, `order_id` and
+//! `payload_sha256` (base64url SHA-256 of the exact bytes it received). `jti` is unique per
+//! approval; an order API that keeps the `jti`s it accepted until their `exp` refuses replays.
+//!
 //! Several keys may be configured for rotation: the first signs, all are published.
 
 use base64::Engine;
@@ -18,6 +23,8 @@ use crate::store::VerificationRecord;
 pub struct ApprovalClaims {
     /// The service that approved (its public URL).
     pub iss: String,
+    /// The brand id: the audience the token is for.
+    pub aud: String,
     pub brand: String,
     /// The verification id (also `jti`).
     pub sub: String,
@@ -29,6 +36,26 @@ pub struct ApprovalClaims {
     /// Issued at and expiry, in Unix seconds.
     pub iat: i64,
     pub exp: i64,
+    /// Gate mode: the held order this approval releases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// Gate mode: base64url (no padding) SHA-256 of the exact payload bytes forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+}
+
+/// The held order an approval token releases (gate mode).
+#[derive(Debug, Clone, Copy)]
+pub struct OrderBinding<'a> {
+    pub order_id: &'a crate::domain::OrderId,
+    /// The payload exactly as forwarded.
+    pub payload: &'a [u8],
+}
+
+/// base64url (no padding) SHA-256 of `bytes`: the `payload_sha256` claim.
+pub fn payload_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(bytes))
 }
 
 pub struct ApprovalSigner {
@@ -67,7 +94,11 @@ impl ApprovalSigner {
     }
 
     /// The claims for an approved verification; `None` unless it is approved.
-    pub fn claims(&self, record: &VerificationRecord) -> Option<ApprovalClaims> {
+    pub fn claims(
+        &self,
+        record: &VerificationRecord,
+        order: Option<OrderBinding<'_>>,
+    ) -> Option<ApprovalClaims> {
         if record.status != crate::domain::Status::Approved {
             return None;
         }
@@ -75,6 +106,7 @@ impl ApprovalSigner {
         let iat = approved_at / 1000;
         Some(ApprovalClaims {
             iss: self.issuer.clone(),
+            aud: record.brand.clone(),
             brand: record.brand.clone(),
             sub: record.id.to_string(),
             jti: record.id.to_string(),
@@ -83,13 +115,19 @@ impl ApprovalSigner {
             currency: record.amount.currency().to_owned(),
             iat,
             exp: iat + self.ttl_seconds,
+            order_id: order.map(|order| order.order_id.to_string()),
+            payload_sha256: order.map(|order| payload_sha256(order.payload)),
         })
     }
 
     /// The compact JWS of an approved verification (the same each time: Ed25519 signatures
     /// are deterministic), or `None` if it is not approved.
-    pub fn token(&self, record: &VerificationRecord) -> Option<String> {
-        let claims = self.claims(record)?;
+    pub fn token(
+        &self,
+        record: &VerificationRecord,
+        order: Option<OrderBinding<'_>>,
+    ) -> Option<String> {
+        let claims = self.claims(record, order)?;
         let (kid, key) = &self.keys[0];
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
         let encode =
@@ -161,7 +199,7 @@ mod tests {
             300,
         )
         .expect("signer");
-        let token = signer.token(&record()).expect("approved");
+        let token = signer.token(&record(), None).expect("approved");
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let header: Value =
@@ -177,6 +215,35 @@ mod tests {
             (&json!("49.90"), &json!("EUR"), &json!("nordwind"))
         );
         assert_eq!(claims["exp"].as_i64(), Some(1_700_000_060 + 300));
+        assert_eq!(claims["aud"], json!("nordwind"), "bound to the brand");
+        assert!(claims.get("order_id").is_none(), "API mode has no order");
+        let order_id = crate::domain::OrderId::new();
+        let gated = signer
+            .token(
+                &record(),
+                Some(OrderBinding {
+                    order_id: &order_id,
+                    payload: b"{\"iccid\":12345678901234567890}",
+                }),
+            )
+            .expect("approved");
+        let gated: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(gated.split('.').nth(1).expect("claims"))
+                .expect("b64"),
+        )
+        .expect("json");
+        assert_eq!(gated["order_id"], json!(order_id.to_string()));
+        // SHA-256 of those bytes, computed independently (`printf … | sha256sum`).
+        assert_eq!(
+            gated["payload_sha256"],
+            json!(
+                URL_SAFE_NO_PAD.encode(
+                    hex::decode("cbbccbf4e74080428dff3aa7eb9d8e5e85c26cd18c18c02c58b7d57020f21e45")
+                        .expect("hex")
+                )
+            )
+        );
 
         let jwks = signer.jwks();
         assert_eq!(
@@ -197,7 +264,7 @@ mod tests {
         let mut pending = record();
         pending.status = crate::domain::Status::Pending;
         assert!(
-            signer.token(&pending).is_none(),
+            signer.token(&pending, None).is_none(),
             "only approvals get tokens"
         );
     }

@@ -218,6 +218,10 @@ pub struct GateSettings {
     pub retry_max_ms: u64,
     /// Timeout of a webhook request. Default 5000.
     pub webhook_timeout_ms: u64,
+    /// Whether `callback_url`s may point at loopback (and use `http` there). Default: true in
+    /// dev mode, false in production, where `true` is refused. Every other internal address
+    /// (private, link-local, CGNAT, multicast) is always refused.
+    pub allow_loopback_callbacks: Option<bool>,
 }
 
 impl Default for ApprovalSettings {
@@ -241,6 +245,7 @@ impl Default for GateSettings {
             retry_initial_ms: 1_000,
             retry_max_ms: 300_000,
             webhook_timeout_ms: 5_000,
+            allow_loopback_callbacks: None,
         }
     }
 }
@@ -525,6 +530,12 @@ impl Settings {
                 ));
             }
         }
+        if self.gate.allow_loopback_callbacks == Some(true) {
+            problems.push(
+                "gate.allow_loopback_callbacks (ORDERGUARD_GATE__ALLOW_LOOPBACK_CALLBACKS) is true: webhooks to loopback are for development only"
+                    .to_owned(),
+            );
+        }
         if self.http.public_url.is_none() {
             problems.push(
                 "http.public_url (ORDERGUARD_HTTP__PUBLIC_URL) is not set: buyers' links and the SMS need it"
@@ -544,6 +555,16 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Where webhooks may go (see [`crate::gate::callback`]).
+    pub fn callback_policy(&self) -> crate::gate::callback::CallbackPolicy {
+        crate::gate::callback::CallbackPolicy {
+            allow_loopback: self
+                .gate
+                .allow_loopback_callbacks
+                .unwrap_or(self.mode == Mode::Dev),
+        }
     }
 
     /// The JSON-lines file of the embedded default.

@@ -154,7 +154,8 @@ impl Application {
             metrics: metrics.clone(),
             settings: settings.gate.clone(),
             owner: worker_owner,
-            client: http_client,
+            policy: settings.callback_policy(),
+            client: settings.callback_policy().client()?,
         };
         let sink = event_sink(&settings).await?;
         let relay = Relay::new(
@@ -181,11 +182,13 @@ impl Application {
             public_url: public_url.clone(),
             approval,
             gate: settings.gate.clone(),
+            callbacks: settings.callback_policy(),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
             max_in_flight: settings.http.max_in_flight,
+            hsts: settings.mode == Mode::Production,
         };
         tracing::info!(%address, port, %public_url, mode = ?settings.mode, backend = state.store.backend().as_str(), "orderguard built");
         Ok(Self {

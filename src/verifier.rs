@@ -71,6 +71,8 @@ pub enum VerifyError {
     CustomerHasNoPhone,
     #[error("the customer directory is unavailable; try again shortly")]
     DirectoryUnavailable,
+    #[error("the SMS text cannot fit the brand's segment budget (sms.max_segments)")]
+    SmsTextTooLong,
     #[error("the SMS could not be sent; try again with resend")]
     SmsFailed { verification_id: VerificationId },
     #[error(transparent)]
@@ -244,6 +246,13 @@ impl Verifier {
             order: request.order.clone(),
         };
         let record = VerificationRecord::pending(&new);
+        // The text's length does not depend on the code's digits: refuse before anything is
+        // stored if it cannot fit the budget.
+        self.sms_text(
+            brand,
+            &record,
+            &"0".repeat(usize::from(brand.limits.code_length)),
+        )?;
         let mut events =
             vec![
                 self.events
@@ -567,7 +576,7 @@ impl Verifier {
             verification_id: record.id,
             to: record.phone.clone(),
             sender: brand.sms_sender.clone(),
-            text: self.sms_text(brand, record, code),
+            text: self.sms_text(brand, record, code.expose())?,
         };
         let segments = u8::try_from(segments::count(&message.text).segments).unwrap_or(u8::MAX);
         let result = self.sms.send(&message).await;
@@ -615,8 +624,15 @@ impl Verifier {
         }
     }
 
-    /// The SMS in the buyer's locale (the brand's default if none was given).
-    fn sms_text(&self, brand: &Brand, record: &VerificationRecord, code: &OtpCode) -> String {
+    /// The SMS in the buyer's locale (the brand's default if none was given), within the
+    /// brand's segment budget: a long order reference is shortened; a text that cannot fit
+    /// is `SmsTextTooLong`.
+    fn sms_text(
+        &self,
+        brand: &Brand,
+        record: &VerificationRecord,
+        code: &str,
+    ) -> Result<String, VerifyError> {
         let locale = brand.pick_locale(record.locale.as_deref(), None);
         let amount = record.amount.localized(locale);
         let sms = crate::sms::CodeSms {
@@ -624,10 +640,15 @@ impl Verifier {
             amount: &amount,
             order_reference: &record.order_reference,
             minutes: ((record.expires_at - record.created_at) / 60_000).max(1),
-            code: code.expose(),
+            code,
             otp_host: &self.otp_host,
         };
-        crate::sms::compose(brand.text(locale, "sms.text"), &sms)
+        crate::sms::compose_within(
+            brand.text(locale, "sms.text"),
+            &sms,
+            usize::from(brand.sms_max_segments),
+        )
+        .ok_or(VerifyError::SmsTextTooLong)
     }
 }
 

@@ -309,6 +309,17 @@ fn is_colour(value: &str) -> bool {
 }
 
 /// `https://host[:port]`, or `http://` for loopback hosts (development and tests).
+/// Whether `origin` is on this machine (`localhost`, `127.0.0.1`, `[::1]`): such frame origins
+/// serve local development and are honoured only in dev mode, like `dev_only` API keys.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|url| match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    })
+}
+
 pub fn is_origin(value: &str) -> bool {
     let Some((scheme, rest)) = value.split_once("://") else {
         return false;

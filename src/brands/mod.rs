@@ -131,6 +131,10 @@ pub struct WebhookConfig {
     /// Name of the signing secret in the service's `brand_secrets`; shops verify with it.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Hosts a `callback_url` may name (`shop.example` or `*.shop.example`); empty allows any
+    /// public host. Internal addresses are refused either way.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// A file served under `/assets/<brand>/`.
@@ -427,7 +431,13 @@ impl BrandRegistry {
                 continue;
             }
             match load::load_brand(&self.dir, &base, name) {
-                Ok(brand) => {
+                Ok(mut brand) => {
+                    if !self.accept_dev_keys {
+                        // Loopback frame origins are for development only.
+                        brand
+                            .frame_origins
+                            .retain(|origin| !load::is_loopback_origin(origin));
+                    }
                     // A key must authenticate exactly one brand.
                     let taken: Vec<String> = brands
                         .values()

@@ -144,7 +144,7 @@ impl PageModel {
             demo: Some(DemoView {
                 widget_url: "/w/x?t=token".into(),
                 sms_text: "Sample SMS".into(),
-                sms_to: "+4915123456789".into(),
+                sms_to: "+00 000 0000000".into(),
                 inbox_url: "/dev/inbox".into(),
                 amount: "€49.90".into(),
                 order_reference: "A-1001".into(),

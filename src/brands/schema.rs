@@ -45,6 +45,7 @@ const BRAND_KEYS: &[&str] = &[
     "customer_directory.auth_secret",
     "webhooks",
     "webhooks.secret",
+    "webhooks.hosts",
     "api_keys",
     "api_keys[].id",
     "api_keys[].hash",

@@ -334,3 +334,40 @@ fn brands_new_scaffolds_a_folder_that_passes_the_check() {
     );
     assert!(scaffold::new_brand(dir.path(), "Bad Id").is_err());
 }
+
+#[test]
+fn loopback_frame_origins_are_honoured_only_in_dev_mode() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("brands");
+    let dev = super::BrandRegistry::load(&dir, true).expect("dev");
+    let production = super::BrandRegistry::load(&dir, false).expect("production");
+    for brand in ["nordwind", "fjallnet"] {
+        let origins = |registry: &super::BrandRegistry| {
+            registry.get(brand).expect("brand").frame_origins.clone()
+        };
+        assert!(
+            origins(&dev).iter().any(|o| o == "http://localhost:3000"),
+            "{brand}: dev keeps the demo shop's origin"
+        );
+        assert!(
+            origins(&production)
+                .iter()
+                .all(|o| o.starts_with("https://") && !super::load::is_loopback_origin(o)),
+            "{brand}: {:?}",
+            origins(&production)
+        );
+        assert!(!origins(&production).is_empty(), "{brand}: the shop stays");
+    }
+    for (origin, loopback) in [
+        ("http://localhost:3000", true),
+        ("http://127.0.0.1", true),
+        ("https://[::1]:8443", true),
+        ("https://localhost.evil.example", false),
+        ("https://shop.example", false),
+    ] {
+        assert_eq!(
+            super::load::is_loopback_origin(origin),
+            loopback,
+            "{origin}"
+        );
+    }
+}

@@ -82,7 +82,7 @@ impl PhoneNumber {
         input: &str,
         default_country: Option<&str>,
     ) -> Result<(Self, Type), PhoneError> {
-        if input.len() > 32 {
+        if input.len() > 32 || !is_plain_number(input) {
             return Err(PhoneError::Invalid);
         }
         let hint = default_country.and_then(|c| c.parse::<country::Id>().ok());
@@ -170,6 +170,18 @@ impl fmt::Display for PhoneNumber {
     }
 }
 
+/// Only what people write in a phone number: digits, spaces, `-`, `.`, `(`, `)`, and one `+`
+/// in front. libphonenumber would read letters as keypad digits (`+49 151 2345678a` → …82) and
+/// skip NUL, zero-width spaces or a second `+`: such input is refused, never "repaired".
+fn is_plain_number(input: &str) -> bool {
+    let trimmed = input.trim_matches(' ');
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    digits.bytes().any(|b| b.is_ascii_digit())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +197,8 @@ mod tests {
             ("0151 23456789", Some("DE"), "+4915123456789", "DE"),
             ("+46 70 123 45 67", None, "+46701234567", "SE"),
             ("070-123 45 67", Some("SE"), "+46701234567", "SE"),
+            ("+49 (151) 234.567-89", None, "+4915123456789", "DE"),
+            (" +49 151 23456789 ", None, "+4915123456789", "DE"),
         ];
         for (input, hint, e164, country) in cases {
             let number =
@@ -205,6 +219,16 @@ mod tests {
             ("12345", PhoneError::Invalid),
             ("not a number", PhoneError::Invalid),
             ("+49 151 234", PhoneError::Invalid),
+            // Letters are keypad digits to libphonenumber (…678a → …6782): refused.
+            ("+49 151 2345678a", PhoneError::Invalid),
+            ("+49 151 CALLME12", PhoneError::Invalid),
+            ("+49 151 2345678\0", PhoneError::Invalid),
+            ("+49 151\u{200b}23456789", PhoneError::Invalid),
+            ("++49 151 23456789", PhoneError::Invalid),
+            ("+49 +151 23456789", PhoneError::Invalid),
+            ("+49/151/23456789", PhoneError::Invalid),
+            ("\t+49 151 23456789", PhoneError::Invalid),
+            ("+", PhoneError::Invalid),
         ];
         for (input, expected) in cases {
             assert_eq!(

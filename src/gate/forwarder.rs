@@ -150,7 +150,13 @@ impl Forwarder {
             };
         };
         let token = match self.store.find_verification(&order.verification_id).await {
-            Ok(Some(record)) => self.approval.token(&record),
+            Ok(Some(record)) => self.approval.token(
+                &record,
+                Some(crate::approval::OrderBinding {
+                    order_id: &order.id,
+                    payload: order.payload.as_bytes(),
+                }),
+            ),
             Ok(None) => None,
             Err(error) => {
                 return retry_or_fail(None, None, format!("reading the verification: {error:#}"));

@@ -2,6 +2,7 @@
 //! the outcome by signed webhook. Both claim work with a lease, so several instances share it
 //! and a crashed instance's work is resumed by another once the lease runs out.
 
+pub mod callback;
 pub mod forwarder;
 pub mod webhooks;
 

@@ -23,6 +23,8 @@ pub struct WebhookSender {
     pub metrics: Arc<Metrics>,
     pub settings: GateSettings,
     pub owner: String,
+    /// Checked again before every send; `client` resolves names through it.
+    pub policy: super::callback::CallbackPolicy,
     pub client: reqwest::Client,
 }
 
@@ -104,9 +106,19 @@ impl WebhookSender {
                 error: "the order has no callback_url".to_owned(),
             };
         };
-        let secret = self
-            .brands
-            .get(&order.brand)
+        let brand = self.brands.get(&order.brand);
+        let hosts = brand
+            .as_ref()
+            .map(|brand| brand.webhooks.hosts.clone())
+            .unwrap_or_default();
+        // Checked again at send time: the settings or the brand's allow-list may have changed
+        // since the order was held. Names are checked by the client's resolver.
+        if let Err(problem) = self.policy.check_static(url, &hosts) {
+            return WebhookOutcome::Failed {
+                error: format!("callback_url {problem}"),
+            };
+        }
+        let secret = brand
             .and_then(|brand| brand.webhooks.secret.clone())
             .and_then(|name| self.secrets.get(&name).cloned());
         let Some(secret) = secret else {

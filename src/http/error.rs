@@ -2,7 +2,7 @@
 //! with a stable `type` per cause. 5xx bodies say nothing internal; the cause is logged once here.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -107,6 +107,11 @@ impl ApiError {
                     S::SERVICE_UNAVAILABLE,
                     "customer_directory_unavailable",
                     "Customer directory unavailable",
+                ),
+                VerifyError::SmsTextTooLong => (
+                    S::UNPROCESSABLE_ENTITY,
+                    "sms_text_too_long",
+                    "SMS text too long",
                 ),
                 VerifyError::SmsFailed { verification_id } => {
                     extra.insert("verification_id".into(), json!(verification_id));
@@ -239,6 +244,25 @@ impl From<QueryRejection> for ApiError {
         Self::Request {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_query",
+            detail: rejection.body_text(),
+        }
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> Self {
+        let (status, kind) = match &rejection {
+            FormRejection::InvalidFormContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        };
+        Self::Request {
+            status,
+            kind,
             detail: rejection.body_text(),
         }
     }

@@ -24,6 +24,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `axum::Form` for the code page's posts, with a missing field, a wrong content type or an
+/// oversized body answered as problems rather than axum's plain-text rejections.
+pub struct ApiForm<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiForm<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Form(value) = axum::Form::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
 /// `axum::extract::Query`, with malformed or unknown parameters answered as problems.
 pub struct ApiQuery<T>(pub T);
 

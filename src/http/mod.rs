@@ -4,6 +4,7 @@ mod callbacks;
 mod dev;
 mod error;
 mod extract;
+pub mod openapi;
 mod ops;
 mod orders;
 mod pages;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub approval: Arc<crate::approval::ApprovalSigner>,
     /// Gate mode limits.
     pub gate: crate::settings::GateSettings,
+    /// Where `callback_url`s may point.
+    pub callbacks: crate::gate::callback::CallbackPolicy,
 }
 
 #[derive(OpenApi)]
@@ -100,7 +103,9 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi_json() -> &'static str {
     static SPEC: LazyLock<String> = LazyLock::new(|| {
-        serde_json::to_string_pretty(&api_router().into_openapi()).unwrap_or_default()
+        let mut document = serde_json::to_value(api_router().into_openapi()).unwrap_or_default();
+        openapi::complete(&mut document);
+        serde_json::to_string_pretty(&document).unwrap_or_default()
     });
     &SPEC
 }
@@ -111,6 +116,8 @@ pub struct HttpLimits {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
     pub max_in_flight: usize,
+    /// Production mode: every answer carries `Strict-Transport-Security`.
+    pub hsts: bool,
 }
 
 /// The application's router with its layers, ready to serve.
@@ -119,6 +126,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     // Layers listed first wrap the ones after: the request id is set before the span that
     // records it, and panics and timeouts still pass through tracing and metrics.
     let layers = ServiceBuilder::new()
+        .map_request(drop_unsafe_request_id)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -129,6 +137,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             track_metrics,
+        ))
+        .layer(middleware::from_fn_with_state(
+            limits.hsts,
+            security_headers,
         ))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
@@ -149,6 +161,46 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(layers)
         .with_state(state)
+}
+
+/// API answers are never stored by a cache (they carry approval tokens, masked numbers and
+/// order state); production answers pin HTTPS (HSTS, one year).
+async fn security_headers(State(hsts): State<bool>, request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/v1/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if api && !headers.contains_key(axum::http::header::CACHE_CONTROL) {
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    if hsts {
+        headers.insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    response
+}
+
+/// A client's `X-Request-Id` is kept only if it is 1–128 characters of `A-Z a-z 0-9 - _ . :`;
+/// anything else (log injection, PII, megabytes) is dropped and a fresh id generated.
+fn drop_unsafe_request_id(mut request: Request) -> Request {
+    let safe = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    let headers = request.headers_mut();
+    let all_safe = headers.get_all("x-request-id").iter().count() == 1
+        && headers.get("x-request-id").is_some_and(safe);
+    if !all_safe {
+        headers.remove("x-request-id");
+    }
+    request
 }
 
 /// The request span: method, matched route (never the raw path or query), request id, brand.

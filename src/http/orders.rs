@@ -25,29 +25,56 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldOrder {
-    /// The order as the upstream order API expects it; stored and forwarded as is.
+    /// The order as the upstream order API expects it: a JSON object, stored and forwarded
+    /// byte for byte (a 20-digit number stays 20 digits).
     #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
+    pub payload: Box<serde_json::value::RawValue>,
     /// The shop's order reference, shown in the SMS and on the code page.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub order_reference: String,
     /// Decimal amount, e.g. `"49.90"`.
+    #[schema(pattern = r"^[0-9]{1,12}(\.[0-9]{1,3})?$", example = "49.90")]
     pub amount: String,
     /// ISO 4217 currency.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// The customer; with a customer directory the number on file is used.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub customer_reference: Option<String>,
     /// The buyer's number, when there is no customer directory.
     #[serde(default)]
+    #[schema(
+        max_length = 32,
+        pattern = r"^ *\+?[0-9 ().-]*[0-9][0-9 ().-]*$",
+        example = "+4915123456789"
+    )]
     pub phone: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z-]{2,10}$")]
     pub locale: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 45, pattern = "^[0-9A-Fa-f:.]+$")]
     pub client_ip: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub user_agent: Option<String>,
-    /// Where the outcome is posted (signed webhook); https, or http on loopback.
+    /// Where the outcome is posted (signed webhook): https to a public address (in dev mode
+    /// also http to loopback), on a host of the brand's `webhooks.hosts` if it has that list.
     #[serde(default)]
+    #[schema(
+        max_length = 2048,
+        format = "uri",
+        example = "https://shop.example/hooks/orderguard"
+    )]
     pub callback_url: Option<String>,
 }
 
@@ -138,14 +165,6 @@ pub async fn hold_order(
     .await
 }
 
-fn is_callback_url(value: &str) -> bool {
-    url::Url::parse(value).is_ok_and(|url| match url.scheme() {
-        "https" => true,
-        "http" => matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")),
-        _ => false,
-    })
-}
-
 async fn hold(
     state: &AppState,
     brand: &crate::brands::Brand,
@@ -158,7 +177,13 @@ async fn hold(
             "this brand has no [upstream] order API",
         ));
     }
-    let payload = serde_json::to_string(&body.payload).map_err(anyhow::Error::from)?;
+    let payload = body.payload.get().to_owned();
+    if !payload.starts_with('{') {
+        return Err(ApiError::Verify(VerifyError::InvalidField {
+            field: "payload",
+            message: "must be a JSON object".to_owned(),
+        }));
+    }
     if payload.len() > state.gate.payload_limit_bytes {
         return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -170,10 +195,10 @@ async fn hold(
         ));
     }
     if let Some(url) = &body.callback_url {
-        if !is_callback_url(url) {
+        if let Err(message) = state.callbacks.check(url, &brand.webhooks.hosts).await {
             return Err(ApiError::Verify(VerifyError::InvalidField {
                 field: "callback_url",
-                message: "must be an https URL (http only for localhost)".to_owned(),
+                message,
             }));
         }
         if brand.webhooks.secret.is_none() {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::extract::ApiQuery;
+use super::extract::{ApiForm, ApiQuery};
 use super::{ApiError, AppState};
 use crate::brands::pages::{BrandView, DemoView, FormView, VerificationView};
 use crate::brands::{Brand, Page, PageModel};
@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The code page's query: the signed link, and the shop's choices.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// The signed link token from `widget_url`.
     t: Option<String>,
@@ -390,7 +391,7 @@ fn refusal_outcome(error: &VerifyError) -> Outcome {
         VerifyError::AlreadyApproved => Outcome::Final(Status::Approved),
         VerifyError::ResendCooldown { .. } => Outcome::Cooldown,
         VerifyError::SendLimitReached => Outcome::SendLimit,
-        VerifyError::SmsFailed { .. } => Outcome::SmsFailed,
+        VerifyError::SmsFailed { .. } | VerifyError::SmsTextTooLong => Outcome::SmsFailed,
         VerifyError::InvalidField { .. } => Outcome::WrongCode(0),
         VerifyError::NotFound => Outcome::InvalidLink,
         VerifyError::Phone(_)
@@ -506,12 +507,13 @@ async fn page_action(
 /// The code form: checks the code and shows the outcome.
 #[utoipa::path(post, path = "/w/{id}/check", tag = "code page", params(("id" = String, Path, description = "Verification id")),
     request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "HTML: the outcome", content_type = "text/html")))]
+    responses((status = 200, description = "HTML: the outcome", content_type = "text/html"),
+              (status = 403, description = "HTML: the link is missing, forged or expired", content_type = "text/html")))]
 pub async fn submit_code(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<PageForm>,
+    ApiForm(form): ApiForm<PageForm>,
 ) -> Response {
     page_action(&state, &id, &headers, &form, Action::Check).await
 }
@@ -519,12 +521,13 @@ pub async fn submit_code(
 /// The resend form: sends a new code.
 #[utoipa::path(post, path = "/w/{id}/resend", tag = "code page", params(("id" = String, Path, description = "Verification id")),
     request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "HTML: the code page again", content_type = "text/html")))]
+    responses((status = 200, description = "HTML: the code page again", content_type = "text/html"),
+              (status = 403, description = "HTML: the link is missing, forged or expired", content_type = "text/html")))]
 pub async fn resend_from_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<PageForm>,
+    ApiForm(form): ApiForm<PageForm>,
 ) -> Response {
     page_action(&state, &id, &headers, &form, Action::Resend).await
 }
@@ -532,12 +535,13 @@ pub async fn resend_from_page(
 /// The cancel form: the buyer aborts the purchase.
 #[utoipa::path(post, path = "/w/{id}/cancel", tag = "code page", params(("id" = String, Path, description = "Verification id")),
     request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "HTML: aborted", content_type = "text/html")))]
+    responses((status = 200, description = "HTML: aborted", content_type = "text/html"),
+              (status = 403, description = "HTML: the link is missing, forged or expired", content_type = "text/html")))]
 pub async fn cancel_from_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<PageForm>,
+    ApiForm(form): ApiForm<PageForm>,
 ) -> Response {
     page_action(&state, &id, &headers, &form, Action::Cancel).await
 }
@@ -586,6 +590,7 @@ pub async fn brand_asset(
 
 /// The demo query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DemoQuery {
     /// A locale the brand offers.
     locale: Option<String>,

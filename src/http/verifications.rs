@@ -31,31 +31,54 @@ pub struct StartVerification {
     /// Not needed (and ignored) with a `customer_reference` when the brand has a customer
     /// directory: the number on file is used.
     #[serde(default)]
+    #[schema(
+        max_length = 32,
+        pattern = r"^ *\+?[0-9 ().-]*[0-9][0-9 ().-]*$",
+        example = "+4915123456789"
+    )]
     pub phone: Option<String>,
-    /// The shop's order reference, shown in the SMS (1–64 characters).
+    /// The shop's order reference, shown in the SMS (1–64 characters, no control characters;
+    /// shortened in the SMS if the brand's segment budget needs it).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$",
+        example = "A-1001"
+    )]
     pub order_reference: String,
-    /// Decimal amount, e.g. `"49.90"`.
+    /// Decimal amount, e.g. `"49.90"`, with at most the currency's decimal places.
+    #[schema(pattern = r"^[0-9]{1,12}(\.[0-9]{1,3})?$", example = "49.90")]
     pub amount: String,
     /// ISO 4217 currency, e.g. `"EUR"`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// Buyer's language tag, e.g. `"de"`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z-]{2,10}$", example = "de")]
     pub locale: Option<String>,
     /// The shop's reference of the customer; only a keyed hash of it is kept.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub customer_reference: Option<String>,
-    /// The buyer's IP address as the shop saw it; only a keyed hash of it is kept.
+    /// The buyer's IP address (IPv4 or IPv6) as the shop saw it; only a keyed hash of it is kept.
     #[serde(default)]
+    #[schema(max_length = 45, pattern = "^[0-9A-Fa-f:.]+$", example = "203.0.113.7")]
     pub client_ip: Option<String>,
     /// The buyer's User-Agent; only its coarse browser family is kept.
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub user_agent: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckCode {
-    /// The digits the buyer typed.
+    /// The digits the buyer typed (spaces and dashes are ignored).
+    #[schema(pattern = "^[0-9]{4,10}$", example = "123456")]
     pub code: String,
 }
 
@@ -110,7 +133,7 @@ impl Verification {
             expires_at: rfc3339(record.expires_at),
             finished_at: record.finished_at.map(rfc3339),
             widget_url: state.widget_url(record),
-            approval_token: state.approval.token(record),
+            approval_token: None,
         }
     }
 }
@@ -121,12 +144,31 @@ fn parse_id(id: &str) -> Result<VerificationId, ApiError> {
         .map_err(|_| ApiError::Verify(crate::verifier::VerifyError::NotFound))
 }
 
-fn verification_response(
+async fn verification_response(
     state: &AppState,
     status: StatusCode,
     record: &VerificationRecord,
 ) -> Response {
-    (status, axum::Json(Verification::new(state, record))).into_response()
+    let mut view = Verification::new(state, record);
+    if record.status == Status::Approved {
+        // A held order's token is bound to that order's id and payload: the same token the
+        // forwarder sends. Without its order (unreadable now) no token is given.
+        view.approval_token = if record.has_order {
+            match state.store.order_for_verification(&record.id).await {
+                Ok(Some(order)) => state.approval.token(
+                    record,
+                    Some(crate::approval::OrderBinding {
+                        order_id: &order.id,
+                        payload: order.payload.as_bytes(),
+                    }),
+                ),
+                _ => None,
+            }
+        } else {
+            state.approval.token(record, None)
+        };
+    }
+    (status, axum::Json(view)).into_response()
 }
 
 /// Start a verification and send the first code.
@@ -254,7 +296,7 @@ async fn start(
         order: None,
     };
     let record = state.verifier.start(brand, request).await?;
-    let mut response = verification_response(state, StatusCode::CREATED, &record);
+    let mut response = verification_response(state, StatusCode::CREATED, &record).await;
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", record.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -277,7 +319,7 @@ pub async fn get_verification(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.get(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(&state, StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record).await)
 }
 
 /// Check the code the buyer typed. Wrong codes count towards the lock, per verification.
@@ -303,7 +345,7 @@ pub async fn check_code(
         .verifier
         .check(&brand, &parse_id(&id)?, &body.code)
         .await?;
-    Ok(verification_response(&state, StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record).await)
 }
 
 /// Send a new code; the previous one stops working.
@@ -323,7 +365,7 @@ pub async fn resend_code(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.resend(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(&state, StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record).await)
 }
 
 /// Cancel a pending verification (the buyer aborted the purchase).
@@ -342,5 +384,5 @@ pub async fn cancel_verification(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.verifier.cancel(&brand, &parse_id(&id)?).await?;
-    Ok(verification_response(&state, StatusCode::OK, &record))
+    Ok(verification_response(&state, StatusCode::OK, &record).await)
 }

@@ -33,14 +33,78 @@ pub struct CodeSms<'a> {
 /// The code SMS: the brand's text for the locale with its placeholders filled, then a blank
 /// line and the WebOTP line `@host #code` that browsers use to fill the code in. No-break
 /// spaces become spaces, so a localized amount does not force UCS-2.
+///
+/// Placeholders are filled in one pass over the brand's text: a value is never scanned again,
+/// so a `{code}` typed into an order reference stays literal text.
 pub fn compose(text: &str, sms: &CodeSms<'_>) -> String {
-    let body = text
-        .replace("{brand}", sms.brand)
-        .replace("{amount}", &sms.amount.replace('\u{a0}', " "))
-        .replace("{order_reference}", sms.order_reference)
-        .replace("{minutes}", &sms.minutes.to_string())
-        .replace("{code}", sms.code);
+    let amount = sms.amount.replace('\u{a0}', " ");
+    let minutes = sms.minutes.to_string();
+    let mut body = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        body.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let value = [
+            ("{brand}", sms.brand),
+            ("{amount}", amount.as_str()),
+            ("{order_reference}", sms.order_reference),
+            ("{minutes}", minutes.as_str()),
+            ("{code}", sms.code),
+        ]
+        .into_iter()
+        .find(|(placeholder, _)| after.starts_with(placeholder));
+        match value {
+            Some((placeholder, value)) => {
+                body.push_str(value);
+                rest = &after[placeholder.len()..];
+            }
+            None => {
+                body.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    body.push_str(rest);
     format!("{body}\n\n@{} #{}", sms.otp_host, sms.code)
+}
+
+/// [`compose`] within `max_segments`: the order reference, the only part the buyer's shop
+/// chooses, is shortened (ending in an ellipsis) until the text fits. `None` if it cannot fit
+/// even without the reference.
+pub fn compose_within(text: &str, sms: &CodeSms<'_>, max_segments: usize) -> Option<String> {
+    let fits = |candidate: &str| segments::count(candidate).segments <= max_segments;
+    let full = compose(text, sms);
+    if fits(&full) {
+        return Some(full);
+    }
+    // "…" is not GSM-7: use three dots unless the text is UCS-2 anyway.
+    let bare = compose(
+        text,
+        &CodeSms {
+            order_reference: "",
+            ..*sms
+        },
+    );
+    let bare_gsm7 = segments::count(&bare).encoding == segments::Encoding::Gsm7;
+    let chars: Vec<char> = sms.order_reference.chars().collect();
+    (0..chars.len()).rev().find_map(|keep| {
+        let reference = if keep == 0 {
+            String::new()
+        } else {
+            let mut shortened: String = chars[..keep].iter().collect();
+            let gsm7 = bare_gsm7 && shortened.chars().all(segments::is_gsm7);
+            shortened.push_str(if gsm7 { "..." } else { "\u{2026}" });
+            shortened
+        };
+        let candidate = compose(
+            text,
+            &CodeSms {
+                order_reference: &reference,
+                ..*sms
+            },
+        );
+        fits(&candidate).then_some(candidate)
+    })
 }
 
 /// One SMS to send. `Debug` leaves the text out: it carries the code.
@@ -172,5 +236,76 @@ impl SmsSender {
             failures,
             last_provider,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sms<'a>(reference: &'a str) -> CodeSms<'a> {
+        CodeSms {
+            brand: "Nordwind",
+            amount: "49,90\u{a0}€",
+            order_reference: reference,
+            minutes: 5,
+            code: "123456",
+            otp_host: "pay.example",
+        }
+    }
+
+    #[test]
+    fn a_placeholder_inside_a_buyer_value_is_never_filled() {
+        let text = compose(
+            "{brand}: {code} for {order_reference}",
+            &sms("A-{code}-{brand}"),
+        );
+        assert_eq!(
+            text,
+            "Nordwind: 123456 for A-{code}-{brand}\n\n@pay.example #123456"
+        );
+        assert_eq!(
+            compose("{unknown} {", &sms("x")),
+            "{unknown} {\n\n@pay.example #123456"
+        );
+    }
+
+    #[test]
+    fn a_long_reference_is_shortened_to_the_budget_and_an_impossible_text_is_none() {
+        let text = "{brand}: Code {code} bestätigt {order_reference} über {amount}.";
+        let emoji = "😀".repeat(64);
+        assert!(segments::count(&compose(text, &sms(&emoji))).segments > 2);
+        let fitted = compose_within(text, &sms(&emoji), 2).expect("fits shortened");
+        assert_eq!(segments::count(&fitted).segments, 2, "{fitted}");
+        assert!(
+            fitted.contains("😀\u{2026} über") && fitted.contains("123456"),
+            "{fitted}"
+        );
+        // One segment cannot hold a single emoji beside the text: the reference goes.
+        let fitted = compose_within(text, &sms(&emoji), 1).expect("fits without it");
+        assert_eq!(segments::count(&fitted).segments, 1, "{fitted}");
+        assert!(fitted.contains("bestätigt  über"), "{fitted}");
+
+        let long = "A".repeat(64) + &"B".repeat(90);
+        let fitted = compose_within(text, &sms(&long), 1).expect("fits shortened");
+        let count = segments::count(&fitted);
+        assert_eq!(
+            (count.segments, count.encoding),
+            (1, segments::Encoding::Gsm7)
+        );
+        assert!(
+            fitted.contains("AAAB") && fitted.contains("B... über"),
+            "{fitted}"
+        );
+        assert!(compose(text, &sms(&long)).len() > fitted.len());
+
+        let short = compose_within(text, &sms("A-1"), 1).expect("fits");
+        assert!(
+            short.contains("A-1 über"),
+            "unchanged when it fits: {short}"
+        );
+
+        let huge = "x".repeat(170) + "{code}";
+        assert_eq!(compose_within(&huge, &sms("A-1"), 1), None);
     }
 }

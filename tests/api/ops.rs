@@ -38,6 +38,29 @@ async fn every_response_carries_a_request_id(backend: Backend) {
         "shop-req-42",
         "a caller's id is kept"
     );
+    // Ids a caller could use to forge log lines or smuggle PII into them are replaced.
+    let unsafe_ids = [
+        "x\" level=error msg=\"forged".to_owned(),
+        "+4915123456789 Max Mustermann".to_owned(),
+        "a".repeat(129),
+        "<script>".to_owned(),
+        "id%0Aforged".to_owned(),
+    ];
+    for unsafe_id in &unsafe_ids {
+        crate::helpers::must_not_be_logged(unsafe_id);
+        let answer = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", unsafe_id)
+            .send()
+            .await
+            .expect("send");
+        let id = answer.headers()["x-request-id"].to_str().expect("ascii");
+        assert!(
+            uuid::Uuid::parse_str(id).is_ok(),
+            "{unsafe_id:?} replaced by a generated id, got {id}"
+        );
+    }
 }
 
 async fn bad_query_parameters_get_a_problem(backend: Backend) {

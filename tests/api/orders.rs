@@ -524,3 +524,208 @@ async fn orders_are_refused_without_an_upstream_or_with_a_bad_payload_or_callbac
         "no refused order sent an SMS"
     );
 }
+
+/// The round-1 SSRF: `callback_url`s pointing into the service's own network. With the
+/// production policy (loopback refused) every internal target is a 422 and nothing is sent;
+/// a name resolving to loopback is refused too. The dev policy allows loopback only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_urls_into_internal_networks_are_refused_and_never_called() {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(vec![], Reply::Status(200)).await;
+    let url = upstream.url.clone();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        configure_gate(s, &url, None);
+        s.gate.allow_loopback_callbacks = Some(false);
+    })
+    .await;
+    let port = receiver.url.rsplit(':').next().expect("port").to_owned();
+    let internal = [
+        "http://127.0.0.1:22/".to_owned(),
+        "http://[::1]:6379/".to_owned(),
+        "https://10.0.0.1/".to_owned(),
+        "https://169.254.169.254/latest/meta-data/".to_owned(),
+        "https://100.64.1.1/".to_owned(),
+        "https://[fd12::1]/".to_owned(),
+        "https://[::ffff:127.0.0.1]/".to_owned(),
+        format!("https://127.0.0.1:{port}/hooks"),
+        format!("https://localhost:{port}/hooks"),
+        format!("{}/hooks", receiver.url),
+    ];
+    for target in &internal {
+        let answer = app
+            .post("/v1/orders", DEV_KEY, &order_body(Some(target)))
+            .await;
+        answer.assert_problem(422, "invalid_request");
+        assert_eq!(answer.body["field"], "callback_url", "{target}");
+    }
+    assert_eq!(receiver.count(), 0, "no webhook reached loopback");
+    assert_eq!(app.sms_count().await, 0, "no refused order sent an SMS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brand_with_a_webhook_host_list_accepts_only_those_hosts() {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let url = upstream.url.clone();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        configure_gate(s, &url, None);
+        let path = s.brands_dir.join("nordwind/brand.toml");
+        let text = std::fs::read_to_string(&path).expect("brand.toml");
+        std::fs::write(
+            &path,
+            text.replace("[webhooks]\n", "[webhooks]\nhosts = [\"localhost\"]\n"),
+        )
+        .expect("write");
+    })
+    .await;
+    let refused = app
+        .post(
+            "/v1/orders",
+            DEV_KEY,
+            &order_body(Some("http://127.0.0.1:9/hooks")),
+        )
+        .await;
+    refused.assert_problem(422, "invalid_request");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("allow-list")),
+        "{refused:#?}"
+    );
+    let accepted = app
+        .post(
+            "/v1/orders",
+            DEV_KEY,
+            &order_body(Some("http://localhost:9/hooks")),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:#?}");
+}
+
+/// Round 1: the README's PyJWT snippet accepted one brand's token for another brand's order, and
+/// a 20-digit ICCID reached the order API as `1.2345678901234568e+22`. The snippet now runs,
+/// as the README prints it, in PyJWT against tokens this service issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_relying_party_accepts_a_token_only_for_its_brand_order_and_exact_payload() {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let app = gate_app(Backend::Sqlite, &upstream).await;
+    let raw = r#"{"iccid": 89460000000000000001, "price": 49.900, "items":[{"sku":"SIM-25"}]}"#;
+    let body = format!(
+        r#"{{"payload": {raw}, "order_reference": "A-2001", "amount": "49.90", "currency": "EUR", "phone": "{PHONE}"}}"#
+    );
+    let held = crate::helpers::read(
+        app.client
+            .post(app.url("/v1/orders"))
+            .bearer_auth(DEV_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(held.status, 202, "{held:#?}");
+    let order_id = held.body["id"].as_str().expect("id").to_owned();
+    let verification = held.body["verification_id"].as_str().expect("v").to_owned();
+    approve(&app, &verification).await;
+    wait_for_status(&app, &order_id, "forwarded").await;
+    let (headers, forwarded) = upstream.requests().remove(0);
+    assert_eq!(forwarded, raw, "forwarded byte for byte");
+    let token = headers["orderguard-approval"]
+        .to_str()
+        .expect("token")
+        .to_owned();
+    let claims = verify_token(&app, &token).await;
+    assert_eq!(
+        (&claims["aud"], &claims["order_id"]),
+        (&json!("nordwind"), &json!(order_id))
+    );
+
+    // Another brand's approval for the same reference, amount and currency (API mode).
+    let other = app
+        .post(
+            "/v1/verifications",
+            crate::helpers::OTHER_KEY,
+            &json!({"phone": "+46701234567", "order_reference": "A-2001", "amount": "49.90", "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(other.status, 201, "{other:#?}");
+    let other_id = other.body["id"].as_str().expect("id").to_owned();
+    let code = app.latest_code(&other_id).await;
+    let approved = app
+        .client
+        .post(app.url(&format!("/v1/verifications/{other_id}/check")))
+        .bearer_auth(crate::helpers::OTHER_KEY)
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .expect("check");
+    let approved = crate::helpers::read(approved).await;
+    let other_token = approved.body["approval_token"]
+        .as_str()
+        .expect("approval token")
+        .to_owned();
+    assert_eq!(
+        approved.header("cache-control"),
+        Some("no-store"),
+        "a token is never cached"
+    );
+
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let gate = |token: &str, brand: &str, payload: &str| {
+        json!({"token": token, "brand": brand, "ref": "A-2001", "amount": "49.90",
+               "currency": "EUR", "order_id": order_id, "body_b64": b64(payload.as_bytes())})
+    };
+    let api = |token: &str, brand: &str| json!({"token": token, "brand": brand, "ref": "A-2001", "amount": "49.90", "currency": "EUR"});
+    let tampered = raw.replace("89460000000000000001", "89460000000000000002");
+    let cases = json!([
+        gate(&token, "nordwind", raw),
+        gate(&token, "nordwind", raw),
+        gate(&token, "nordwind", &tampered),
+        gate(&token, "otherbrand", raw),
+        api(&other_token, "nordwind"),
+        api(&other_token, "otherbrand"),
+    ]);
+    let results = run_relying_party(&app, &cases);
+    assert_eq!(
+        results,
+        json!([
+            "ok",
+            "ValueError",
+            "ValueError",
+            "InvalidAudienceError",
+            "InvalidAudienceError",
+            "ok"
+        ]),
+        "accepted once; a replay, another payload and another brand are refused"
+    );
+}
+
+/// Runs `tests/python/relying_party.py` (the README's snippet in PyJWT) over `cases`.
+fn run_relying_party(app: &TestApp, cases: &Value) -> Value {
+    use std::io::Write;
+    let python = std::env::var("ORDERGUARD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = std::process::Command::new(python)
+        .arg(format!("{root}/tests/python/relying_party.py"))
+        .arg(format!("{root}/README.md"))
+        // The issuer is the public URL, which defaults to http://localhost:<port>.
+        .arg(app.address.replace("127.0.0.1", "localhost"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python with PyJWT (tests/run.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(cases.to_string().as_bytes())
+        .expect("write cases");
+    let output = child.wait_with_output().expect("relying party ran");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("results")
+}

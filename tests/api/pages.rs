@@ -9,6 +9,7 @@ use crate::helpers::{Backend, PHONE, TestApp, spawn_app, spawn_app_with, start_b
 both_backends!(
     the_code_page_shows_the_order_in_the_brands_look,
     a_missing_forged_or_expired_link_gets_a_themed_page_without_buyer_data,
+    an_attacker_who_knows_only_the_id_cannot_cancel_by_guessing_a_short_tag,
     the_form_posts_work_without_javascript,
     the_page_language_is_the_parameter_then_accept_language_then_the_default,
 );
@@ -114,9 +115,21 @@ async fn a_missing_forged_or_expired_link_gets_a_themed_page_without_buyer_data(
         orderguard::domain::now_millis() - 1_000,
     );
     let other = started(&app).await;
+    let (expiry, tag) = good.split_once('.').expect("expiry.tag");
+    let later: i64 = expiry.parse::<i64>().expect("expiry") + 86_400_000;
     let cases = [
         ("missing", base.clone()),
         ("forged", format!("{base}?t={forged}")),
+        (
+            "truncated to one byte",
+            format!("{base}?t={expiry}.{}", &tag[..2]),
+        ),
+        (
+            "truncated to 15 bytes",
+            format!("{base}?t={expiry}.{}", &tag[..30]),
+        ),
+        ("extended", format!("{base}?t={good}00")),
+        ("re-dated", format!("{base}?t={later}.{tag}")),
         ("expired", format!("{base}?t={expired}")),
         (
             "another verification's",
@@ -146,6 +159,25 @@ async fn a_missing_forged_or_expired_link_gets_a_themed_page_without_buyer_data(
         html.contains("/assets/_base/logo.svg") && !html.contains("nordwind"),
         "an unknown id reveals no brand"
     );
+}
+
+/// The round-1 attack: with only a verification id (it is in approval tokens, webhooks and
+/// postMessage data), pick a far expiry and try every one-byte tag on the cancel form.
+async fn an_attacker_who_knows_only_the_id_cannot_cancel_by_guessing_a_short_tag(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (id, _) = started(&app).await;
+    let mut accepted = 0;
+    for byte in 0..=255u8 {
+        let forged = format!("9999999999999.{byte:02x}");
+        let (status, _) = app
+            .post_form(&format!("/w/{id}/cancel"), &[("t", &forged)])
+            .await;
+        if status != 403 {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 0, "forged one-byte tags accepted");
+    assert_eq!(app.status(&id).await.body["status"], "pending");
 }
 
 async fn the_form_posts_work_without_javascript(backend: Backend) {

@@ -262,6 +262,12 @@ async fn numbers_are_refused_with_a_problem_type_per_cause(backend: Backend) {
     let cases = [
         (DEV_KEY, "12345", "invalid_phone"),
         (DEV_KEY, "+49 151 234", "invalid_phone"),
+        // Letters would be keypad digits (…678a → an SMS to …6782); NUL, zero-width space,
+        // `++`: all refused rather than repaired.
+        (DEV_KEY, "+49 151 2345678a", "invalid_phone"),
+        (DEV_KEY, "+49 151 2345678\0", "invalid_phone"),
+        (DEV_KEY, "+49 151\u{200b}23456789", "invalid_phone"),
+        (DEV_KEY, "++49 151 23456789", "invalid_phone"),
         (DEV_KEY, "+46 70 123 45 67", "country_not_allowed"),
         (DEV_KEY, "+49 900 1234567", "premium_rate_number"),
         (DEV_KEY, "+49 180 12345", "shared_cost_number"),
@@ -482,5 +488,50 @@ async fn the_sms_is_in_the_locale_given_at_start(backend: Backend) {
             .as_str()
             .is_some_and(|u| u.contains(&format!("/w/{id}?t="))),
         "{started:#?}"
+    );
+}
+
+/// Round 1: a 64-emoji order reference made a 4-segment SMS for a brand budgeted at one, and
+/// a `{code}` inside the reference was replaced with the real code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sms_keeps_the_brands_segment_budget_and_never_fills_buyer_placeholders() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let cases = [
+        ("64 emoji", "😀".repeat(64)),
+        ("64 GSM-7 characters", "R".repeat(64)),
+        ("placeholders", "A-{code}-{brand}-{amount}".to_owned()),
+    ];
+    for (case, reference) in cases {
+        let mut body = start_body();
+        body["order_reference"] = json!(reference);
+        let answer = app.start(&body).await;
+        assert_eq!(answer.status, 201, "{case}: {answer:#?}");
+        assert_eq!(
+            answer.body["order_reference"],
+            json!(reference),
+            "{case}: the page and API keep the whole reference"
+        );
+        let id = answer.body["id"].as_str().expect("id");
+        let text = app.sms_text(id).await;
+        let segments = orderguard::sms::segments::count(&text).segments;
+        assert_eq!(segments, 1, "{case}: {text}");
+        let code = app.latest_code(id).await;
+        assert_eq!(
+            text.matches(&code).count(),
+            2,
+            "{case}: the code appears in the text and the WebOTP line only: {text}"
+        );
+    }
+    let inbox = app.get_public("/dev/inbox").await;
+    let placeholder_text = inbox.body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .find(|t| t.contains("A-{code}"))
+        .map(str::to_owned);
+    assert!(
+        placeholder_text.is_some_and(|t| t.contains("A-{code}-{brand}-{amount}")),
+        "the buyer's braces stay literal"
     );
 }
