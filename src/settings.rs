@@ -782,4 +782,41 @@ mod tests {
         .expect("loads");
         assert!(!format!("{settings:?}").contains("very-secret"));
     }
+
+    #[test]
+    fn the_readme_configuration_table_names_every_setting() {
+        fn leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) if !map.is_empty() => {
+                    for (key, inner) in map {
+                        let path = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        leaves(&path, inner, out);
+                    }
+                }
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let table = readme
+            .split("| key | default | meaning |")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("the README's configuration table");
+        let mut keys = Vec::new();
+        leaves(
+            "",
+            &serde_json::to_value(Settings::default()).expect("json"),
+            &mut keys,
+        );
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|key| !table.contains(&format!("`{key}`")))
+            .collect();
+        assert!(missing.is_empty(), "not in the README: {missing:?}");
+    }
 }

@@ -159,6 +159,12 @@ impl Verifier {
             .transpose()?;
         let client_ip = request.client_ip.as_deref().map(validate_ip).transpose()?;
         let user_agent = request.user_agent.as_deref().unwrap_or_default();
+        if user_agent.chars().count() > 512 {
+            return Err(VerifyError::InvalidField {
+                field: "user_agent",
+                message: "must be at most 512 characters".to_owned(),
+            });
+        }
         let now = now_millis();
         // The number on file wins over a typed-in one: it cannot be redirected by a fraudster.
         let on_file = match &customer_reference {

@@ -481,6 +481,26 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
             ));
         }
     }
+    for host in &parsed.webhooks.hosts {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            problems.push(at(
+                "webhooks.hosts",
+                format!(
+                    "{host:?} is not a host name like \"hooks.shop.example\" or \"*.shop.example\""
+                ),
+            ));
+        }
+    }
     let is_http_url =
         |value: &str| url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
     if let Some(upstream) = &parsed.upstream {

@@ -94,6 +94,11 @@ fn each_broken_folder_fails_with_its_message() {
             r#"acme/brand.toml: frame_origins: "http://shop.acme.example" is not an origin like "https://shop.example.com" (no path; http only for localhost)"#,
         ),
         (
+            "webhook host with a scheme",
+            vec![("acme/brand.toml", format!("{ACME}[webhooks]\nhosts = [\"https://hooks.acme.example\"]\n"))],
+            r#"acme/brand.toml: webhooks.hosts: "https://hooks.acme.example" is not a host name like "hooks.shop.example" or "*.shop.example""#,
+        ),
+        (
             "unknown country",
             vec![("acme/brand.toml", ACME.replace("[\"DE\"]", "[\"Germany\"]"))],
             r#"acme/brand.toml: allowed_countries: "Germany" is not an ISO 3166 alpha-2 code"#,

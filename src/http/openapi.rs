@@ -116,13 +116,85 @@ fn problem_response(status: u16, description: Option<&str>) -> Value {
     })
 }
 
-/// Adds the problem responses of the shared layers to every operation of `document`.
+/// Links from the operations that create resources to those that act on them (OpenAPI 3.1
+/// `links`), so clients and stateful testers can follow start → check, hold → read.
+const LINKS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "/v1/verifications",
+        "post",
+        "201",
+        &[
+            "get_verification",
+            "check_code",
+            "resend_code",
+            "cancel_verification",
+        ],
+    ),
+    (
+        "/v1/orders",
+        "post",
+        "202",
+        &["get_order", "get_verification", "check_code"],
+    ),
+];
+
+/// Adds the problem responses of the shared layers to every operation of `document`, the
+/// links between operations, and the constraints the annotations cannot express.
 pub fn complete(document: &mut Value) {
     if let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
     {
         schemas.insert("Problem".to_owned(), problem_schema());
+        for name in ["StartVerification", "HoldOrder"] {
+            if let Some(ip) = schemas
+                .get_mut(name)
+                .and_then(|schema| schema.pointer_mut("/properties/client_ip"))
+            {
+                *ip = json!({
+                    "description": "The buyer's IP address (IPv4 or IPv6) as the shop saw it; only a keyed hash of it is kept.",
+                    "anyOf": [
+                        {"type": "string", "format": "ipv4"},
+                        {"type": "string", "format": "ipv6"},
+                        {"type": "null"}
+                    ],
+                    "example": "203.0.113.7"
+                });
+            }
+        }
+    }
+    for (path, method, status, targets) in LINKS {
+        let pointer = format!(
+            "/paths/{}/{method}/responses/{status}",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        if let Some(response) = document
+            .pointer_mut(&pointer)
+            .and_then(Value::as_object_mut)
+        {
+            let id = if *path == "/v1/orders" {
+                // An order's own id for the order; its verification's for the verification.
+                |target: &str| {
+                    if target == "get_order" {
+                        "$response.body#/id"
+                    } else {
+                        "$response.body#/verification_id"
+                    }
+                }
+            } else {
+                |_: &str| "$response.body#/id"
+            };
+            let links: Map<String, Value> = targets
+                .iter()
+                .map(|target| {
+                    (
+                        (*target).to_owned(),
+                        json!({"operationId": target, "parameters": {"id": id(target)}}),
+                    )
+                })
+                .collect();
+            response.insert("links".to_owned(), Value::Object(links));
+        }
     }
     let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
@@ -186,6 +258,16 @@ fn complete_operation(path: &str, method: &str, operation: &mut Map<String, Valu
         statuses.extend([409, 422]);
     }
     let _ = method;
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            if parameter["name"] == "Idempotency-Key" {
+                parameter["schema"] = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"});
+            }
+        }
+    }
     let responses = operation
         .entry("responses")
         .or_insert_with(|| json!({}))
@@ -213,6 +295,27 @@ fn complete_operation(path: &str, method: &str, operation: &mut Map<String, Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_error_table_names_every_cause() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let table = readme
+            .split("| status | `type` cause |")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("the README's error table");
+        for (cause, status) in PROBLEMS {
+            let row = table
+                .lines()
+                .find(|line| line.starts_with(&format!("| {status} |")))
+                .unwrap_or_else(|| panic!("no row for {status}"));
+            assert!(
+                row.contains(&format!("`{cause}`")),
+                "{cause} not in the {status} row"
+            );
+        }
+    }
 
     #[test]
     fn every_cause_is_listed_once_with_a_client_or_server_error_status() {

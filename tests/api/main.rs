@@ -6,6 +6,7 @@ mod bench;
 mod browser;
 mod cli;
 mod concurrency;
+mod contract;
 mod events;
 mod ops;
 mod orders;
