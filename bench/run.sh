@@ -65,9 +65,31 @@ resend_cooldown_seconds = 0
 [upstream]
 url = "http://127.0.0.1:19101/orders"
 timeout_ms = 5000
+# The default fraud rules run on every start (their cost is measured); only the brand-wide
+# ceiling is raised past the bench's rate, and the pumping guard's thresholds past the mixed
+# scenario's deliberate expiries and aborts in one prefix.
+[fraud.rate_limits]
+brand = ["10000000/1m"]
+[fraud.pumping]
+min_starts = 1000000
+brand_min_starts = 0
 [[api_keys]]
 id = "bench"
 hash = "sha256:$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
+TOML
+
+# The attack brand: the default fraud rules, only the brand-wide ceiling raised.
+attack_key="og_bench_attack_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mkdir -p "$work/brands/benchattack"
+cat > "$work/brands/benchattack/brand.toml" <<TOML
+display_name = "Bench"
+sms_sender = "Bench"
+allowed_countries = ["DE"]
+[fraud.rate_limits]
+brand = ["10000000/1m"]
+[[api_keys]]
+id = "bench-attack"
+hash = "sha256:$(printf %s "$attack_key" | sha256sum | cut -d' ' -f1)"
 TOML
 
 start_service() { # $1: database URL
@@ -90,7 +112,7 @@ load() { # $1: name, then bench arguments
   local name="$1"; shift
   settle
   echo "$name…" >&2
-  "$bin" bench "$@" --target http://127.0.0.1:18080 --key "$key" --sms-sink 127.0.0.1:19100 \
+  "$bin" bench "$@" --target http://127.0.0.1:18080 --key "${bench_key:-$key}" --sms-sink 127.0.0.1:19100 \
     --upstream 127.0.0.1:19101 --pid "$service" --json > "$work/$name.json"
 }
 
@@ -103,6 +125,12 @@ load verify-open verify --model open --rate 600 --duration "$long" --phone-prefi
 load mixed mixed --model closed --concurrency 32 --duration 10 --phone-prefix +49157 --expiry-wait 7
 load gate gate --model closed --concurrency 32 --duration 10 --phone-prefix +49155
 load verify-memory verify --model closed --concurrency 64 --duration "$memory" --phone-prefix +49159
+# SMS pumping beside normal buyers, with the default fraud rules: how many refusals per second
+# the service absorbs while the buyers' p99 stays under 50 ms, and a refusal's cost.
+bench_key="$attack_key" load attack attack --model open --rate 100 --duration "$long" \
+  --phone-prefix +49171 --pump-prefix +49177 --pump-rate 2000
+bench_key="$attack_key" load refusals attack --model open --rate 0.1 --duration "$long" \
+  --phone-prefix +49172 --pump-prefix +49178 --pump-rate 2000
 kill "$service"; wait "$service" 2>/dev/null || true
 
 # 3. The embedded default: SQLite, one instance.
@@ -137,6 +165,15 @@ for name in ["verify-closed", "verify-open", "mixed", "gate", "verify-memory", "
           f" {errors:>7} {service.get('cpu_percent', 0):>6.0f} {service.get('rss_mb', 0):>7.0f}")
     if r["errors"]:
         print(f"{'':<15} errors: {r['errors']}")
+attack, refusals = load("attack"), load("refusals")
+pump = attack["pumping"]
+buyers_p99 = max(attack["calls"][call]["p99_ms"] for call in ("start", "check"))
+print(f"{'attack':<15} {pump['refused_per_second']:>8.0f} refused/s beside {attack['flows_per_second']:.0f} flows/s; "
+      f"buyers' p99 {buyers_p99:.1f} ms; pumped SMS {pump['sent']} of {pump['starts']} ({pump['sent_share'] * 100:.2f} %)")
+closed_cpu = (load("verify-closed").get("service") or {}).get("cpu_seconds", 0)
+flow_ms = 1000 * closed_cpu / max(load("verify-closed")["flows_completed"], 1)
+refusal_ms = 1000 * (refusals.get("service") or {}).get("cpu_seconds", 0) / max(refusals["pumping"]["starts"], 1)
+print(f"{'refusal cost':<15} {refusal_ms:.3f} ms CPU per refused start vs {flow_ms:.3f} ms per served flow (start + SMS + check): {refusal_ms / max(flow_ms, 1e-9):.2f}")
 relay = load("relay")
 print(f"{'relay':<15} {relay['events_per_second']:>8.0f} events/s ({relay['distinct_in_clickhouse']} distinct of {relay['events']})")
 
@@ -148,6 +185,8 @@ targets = [
     ("verify, open, 600 flows/s: p99 of each call < 25 ms", f"{p99:.1f} ms", p99 < 25),
     ("relay: >= 50,000 events/s", f"{relay['events_per_second']:,.0f}", relay["events_per_second"] >= 50000),
     ("SQLite: >= 1,500 flows/s", f"{sqlite['flows_per_second']:,.0f}", sqlite["flows_per_second"] >= 1500),
+    ("attack: buyers' p99 < 50 ms beside the pumping", f"{buyers_p99:.1f} ms", buyers_p99 < 50),
+    ("a refused start costs <= 1/3 of a served flow's CPU", f"{refusal_ms / max(flow_ms, 1e-9):.2f}", refusal_ms <= flow_ms / 3),
     ("RSS after the 60 s run < 100 MB", f"{(memory.get('service') or {}).get('rss_mb', 0):.0f} MB", 0 < (memory.get("service") or {}).get("rss_mb", 0) < 100),
 ]
 print()

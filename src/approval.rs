@@ -182,6 +182,7 @@ mod tests {
             now: 1_700_000_000_000,
             customer_pseudonym: String::new(),
             ip_pseudonym: String::new(),
+            ip_range_pseudonym: String::new(),
             user_agent_family: String::new(),
             order: None,
         };

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod directory;
 pub mod domain;
 pub mod events;
+pub mod fraud;
 pub mod gate;
 pub mod http;
 pub mod keys;

@@ -22,6 +22,11 @@ pub struct Metrics {
     brand_reloads: IntCounterVec,
     order_forwards: IntCounterVec,
     webhooks: IntCounterVec,
+    fraud_refusals: IntCounterVec,
+    prefix_blocks: IntCounterVec,
+    active_blocks: IntGauge,
+    sim_swap_checks: IntCounterVec,
+    sim_swap_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -138,6 +143,38 @@ impl Metrics {
         )?;
         registry.register(Box::new(order_forwards.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
+        let fraud_refusals = IntCounterVec::new(
+            Opts::new(
+                "fraud_refusals_total",
+                "Starts and resends a fraud rule refused (mode enforce) or would have refused (monitor)",
+            ),
+            &["brand", "rule", "mode"],
+        )?;
+        let prefix_blocks = IntCounterVec::new(
+            Opts::new(
+                "prefix_blocks_total",
+                "Prefix blocks placed by the pumping guard or lifted by an operator",
+            ),
+            &["brand", "action"],
+        )?;
+        let active_blocks = IntGauge::new(
+            "prefix_blocks_active",
+            "Prefix blocks in force, as last counted by this instance",
+        )?;
+        let sim_swap_checks = IntCounterVec::new(
+            Opts::new("sim_swap_checks_total", "SIM swap API calls by outcome"),
+            &["brand", "outcome"],
+        )?;
+        let sim_swap_duration = HistogramVec::new(
+            HistogramOpts::new("sim_swap_check_seconds", "SIM swap API latency")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["brand"],
+        )?;
+        registry.register(Box::new(fraud_refusals.clone()))?;
+        registry.register(Box::new(prefix_blocks.clone()))?;
+        registry.register(Box::new(active_blocks.clone()))?;
+        registry.register(Box::new(sim_swap_checks.clone()))?;
+        registry.register(Box::new(sim_swap_duration.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -155,7 +192,35 @@ impl Metrics {
             brand_reloads,
             order_forwards,
             webhooks,
+            fraud_refusals,
+            prefix_blocks,
+            active_blocks,
+            sim_swap_checks,
+            sim_swap_duration,
         })
+    }
+
+    pub fn fraud_refusal(&self, brand: &str, rule: &str, mode: &str) {
+        self.fraud_refusals
+            .with_label_values(&[brand, rule, mode])
+            .inc();
+    }
+
+    pub fn prefix_block(&self, brand: &str, action: &str) {
+        self.prefix_blocks.with_label_values(&[brand, action]).inc();
+    }
+
+    pub fn active_blocks(&self, count: usize) {
+        self.active_blocks.set(count as i64);
+    }
+
+    pub fn sim_swap_check(&self, brand: &str, outcome: &str, seconds: f64) {
+        self.sim_swap_checks
+            .with_label_values(&[brand, outcome])
+            .inc();
+        self.sim_swap_duration
+            .with_label_values(&[brand])
+            .observe(seconds);
     }
 
     pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {

@@ -43,6 +43,48 @@ pub struct Settings {
     #[serde(serialize_with = "serialize_redacted_map")]
     pub brand_secrets: std::collections::BTreeMap<String, SecretString>,
     pub log: LogSettings,
+    pub prefix: PrefixSettings,
+    pub admin: AdminSettings,
+}
+
+/// How numbers are grouped into prefixes (the pumping guard, the events' `number_prefix`,
+/// the dashboards): the country code and the first N national digits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixSettings {
+    /// N for every country not listed in `by_country`. Default 3 (`+49151`).
+    pub national_digits: u8,
+    /// N per country (ISO 3166 alpha-2), e.g. `{ SE = 2 }`. Default empty.
+    pub by_country: std::collections::BTreeMap<String, u8>,
+}
+
+impl Default for PrefixSettings {
+    fn default() -> Self {
+        Self {
+            national_digits: 3,
+            by_country: Default::default(),
+        }
+    }
+}
+
+/// One operator allowed on the admin routes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorToken {
+    /// Who this is, named in the events of what they do (e.g. a lifted block).
+    pub actor: String,
+    /// `fraud` (blocks) or `privacy` (erasure and access requests).
+    pub scope: String,
+    /// `sha256:<hex>` of the bearer token; the token itself is never configured.
+    pub hash: String,
+}
+
+/// The operator routes (`/v1/admin/…`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Operators and their scopes. Default none: the admin routes answer 401.
+    pub tokens: Vec<OperatorToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -69,6 +111,9 @@ pub struct HttpSettings {
     /// Requests served at once; more are answered 503 `overloaded` with Retry-After, so an
     /// overload keeps memory bounded instead of queueing without end. Default 512.
     pub max_in_flight: usize,
+    /// A second listener (same host) for `/metrics` and the operator routes `/v1/admin/…`, so
+    /// buyers' ingress never exposes them; unset serves them on the main port. Default unset.
+    pub admin_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -153,8 +198,6 @@ pub struct SweeperSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
-    /// National digits kept after the country code in `number_prefix` (`+49151`). Default 3.
-    pub prefix_digits: u8,
     /// Most events per shipped batch. Default 5000.
     pub batch_rows: usize,
     /// Most payload bytes per shipped batch. Default 8 MiB.
@@ -270,7 +313,6 @@ pub struct ClickHouseSettings {
 impl Default for EventSettings {
     fn default() -> Self {
         Self {
-            prefix_digits: 3,
             batch_rows: 5_000,
             batch_bytes: 8 * 1024 * 1024,
             period_ms: 500,
@@ -368,6 +410,8 @@ impl Default for Settings {
             gate: GateSettings::default(),
             brand_secrets: std::collections::BTreeMap::new(),
             log: LogSettings::default(),
+            prefix: PrefixSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -381,6 +425,7 @@ impl Default for HttpSettings {
             request_timeout_ms: 10_000,
             body_limit_bytes: 64 * 1024,
             max_in_flight: 512,
+            admin_port: None,
         }
     }
 }

@@ -28,6 +28,8 @@ use crate::verifier::Verifier;
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// `http.admin_port`'s listener, when set.
+    admin: Option<(TcpListener, u16)>,
     state: AppState,
     limits: HttpLimits,
     sweep_interval: Duration,
@@ -102,19 +104,43 @@ impl Application {
             .await
             .with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
+        let admin = match settings.http.admin_port {
+            Some(admin_port) => {
+                let address = std::net::SocketAddr::new(address.ip(), admin_port);
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the admin listener {address}"))?;
+                let port = listener.local_addr()?.port();
+                Some((listener, port))
+            }
+            None => None,
+        };
         let public_url = settings.public_url(port);
         let otp_host = otp_host(&public_url)?;
 
         let instance = settings.instance();
         let pepper = crate::keys::event_pepper(&settings)?;
-        let events = EventFactory::new(
-            Pseudonymizer::new(&pepper),
-            usize::from(settings.events.prefix_digits),
-            instance.clone(),
-        );
+        let prefixes = crate::events::PrefixScheme {
+            national_digits: usize::from(settings.prefix.national_digits),
+            by_country: settings
+                .prefix
+                .by_country
+                .iter()
+                .map(|(country, digits)| (country.clone(), usize::from(*digits)))
+                .collect(),
+        };
+        let events = EventFactory::new(Pseudonymizer::new(&pepper), prefixes, instance.clone());
         let secrets: crate::directory::BrandSecrets = Arc::new(settings.brand_secrets.clone());
         let directory = Arc::new(crate::directory::Directory::new(secrets.clone())?);
         let wake = Arc::new(tokio::sync::Notify::new());
+        let clock = Arc::new(crate::fraud::Clock::default());
+        let fraud = Arc::new(crate::fraud::Fraud::new(
+            store.clone(),
+            crate::fraud::sim_swap::SimSwapClient::new(secrets.clone())?,
+            metrics.clone(),
+            events.clone(),
+            clock,
+        ));
         let verifier = Arc::new(Verifier::new(crate::verifier::VerifierDeps {
             store: store.clone(),
             sms,
@@ -124,6 +150,7 @@ impl Application {
             otp_host,
             directory,
             on_approval: wake.clone(),
+            fraud: fraud.clone(),
         }));
         let approval = Arc::new(ApprovalSigner::new(
             crate::keys::approval_keys(&settings)?,
@@ -183,17 +210,21 @@ impl Application {
             approval,
             gate: settings.gate.clone(),
             callbacks: settings.callback_policy(),
+            fraud,
+            operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
             max_in_flight: settings.http.max_in_flight,
             hsts: settings.mode == Mode::Production,
+            admin_separate: admin.is_some(),
         };
         tracing::info!(%address, port, %public_url, mode = ?settings.mode, backend = state.store.backend().as_str(), "orderguard built");
         Ok(Self {
             listener,
             port,
+            admin,
             state,
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
@@ -207,6 +238,16 @@ impl Application {
     /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The admin listener's port, when `http.admin_port` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, port)| *port)
+    }
+
+    /// The clock the fraud rules read; tests move it forward.
+    pub fn fraud_clock(&self) -> Arc<crate::fraud::Clock> {
+        self.state.fraud.clock().clone()
     }
 
     /// Serves until `shutdown` completes, then drains requests and stops the sweeper.
@@ -231,13 +272,33 @@ impl Application {
                 stop_tx.subscribe(),
             ))
         });
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests");
+            let _ = stopping_tx.send(true);
+        });
+        let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        let admin_server = self.admin.map(|(listener, _)| {
+            let router = crate::http::admin_router(self.state.clone(), self.limits);
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(stopping.clone()))
+                    .into_future(),
+            )
+        });
         let router = crate::http::router(self.state, self.limits);
         let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining requests");
-            })
+            .with_graceful_shutdown(stopped(stopping))
             .await;
+        if let Some(admin_server) = admin_server {
+            admin_server
+                .await
+                .context("admin listener task")?
+                .context("serving the admin listener")?;
+        }
         // Workers stop after the last request: its events are in the outbox, and the relay
         // ships what it has claimed before stopping (the rest waits for the next start).
         let _ = stop_tx.send(true);

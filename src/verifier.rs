@@ -9,7 +9,7 @@ use crate::brands::Brand;
 use crate::directory::DirectoryError;
 use crate::domain::{
     CodeHasher, Millis, Money, OtpCode, PhoneError, PhoneNumber, Status, VerificationId,
-    money::MoneyError, now_millis,
+    money::MoneyError,
 };
 use crate::events::{BlockedStart, EventFactory, EventType, user_agent_family};
 use crate::metrics::Metrics;
@@ -71,6 +71,8 @@ pub enum VerifyError {
     CustomerHasNoPhone,
     #[error("the customer directory is unavailable; try again shortly")]
     DirectoryUnavailable,
+    #[error("refused by the fraud rule {}", .0.rule)]
+    Refused(crate::fraud::Refusal),
     #[error("the SMS text cannot fit the brand's segment budget (sms.max_segments)")]
     SmsTextTooLong,
     #[error("the SMS could not be sent; try again with resend")]
@@ -103,6 +105,7 @@ pub struct Verifier {
     directory: Arc<crate::directory::Directory>,
     /// Woken on every approval: gate mode forwards the held order at once.
     on_approval: Arc<tokio::sync::Notify>,
+    fraud: Arc<crate::fraud::Fraud>,
 }
 
 /// What a [`Verifier`] works with.
@@ -117,9 +120,17 @@ pub struct VerifierDeps {
     pub directory: Arc<crate::directory::Directory>,
     /// Woken on every approval.
     pub on_approval: Arc<tokio::sync::Notify>,
+    /// The fraud rules of the start step.
+    pub fraud: Arc<crate::fraud::Fraud>,
 }
 
 impl Verifier {
+    /// The time the verifier reads: the fraud rules' clock, so a verification's times and the
+    /// rules' windows are on one clock (tests move it forward).
+    fn now(&self) -> Millis {
+        self.fraud.clock().now()
+    }
+
     pub fn new(deps: VerifierDeps) -> Self {
         let VerifierDeps {
             store,
@@ -130,6 +141,7 @@ impl Verifier {
             otp_host,
             directory,
             on_approval,
+            fraud,
         } = deps;
         Self {
             store,
@@ -140,6 +152,7 @@ impl Verifier {
             otp_host,
             directory,
             on_approval,
+            fraud,
         }
     }
 
@@ -165,7 +178,7 @@ impl Verifier {
                 message: "must be at most 512 characters".to_owned(),
             });
         }
-        let now = now_millis();
+        let now = self.now();
         // The number on file wins over a typed-in one: it cannot be redirected by a fraudster.
         let on_file = match &customer_reference {
             Some(reference) => match self
@@ -209,6 +222,8 @@ impl Verifier {
                             .map(|(number, _)| number);
                     let blocked = BlockedStart {
                         rule: error.kind(),
+                        key_type: "phone",
+                        monitored: false,
                         phone: parsed.as_ref(),
                         country: match &error {
                             PhoneError::CountryNotAllowed(country) => Some(country.as_str()),
@@ -230,6 +245,44 @@ impl Verifier {
             }
         };
 
+        // The fraud rules, cheapest first, before anything is stored or sent.
+        let facts = crate::fraud::StartFacts {
+            phone: &phone,
+            customer_reference: customer_reference.as_deref(),
+            client_ip: client_ip.as_deref(),
+            order_reference: &order_reference,
+            resend: false,
+        };
+        let verdict = self.fraud.evaluate(brand, &facts, now).await?;
+        let blocked = |refusal: &crate::fraud::Refusal, monitored: bool| {
+            let context = BlockedStart {
+                rule: refusal.rule,
+                key_type: refusal.key_type,
+                monitored,
+                phone: Some(&phone),
+                country: None,
+                customer_reference: customer_reference.as_deref().unwrap_or_default(),
+                client_ip: client_ip.as_deref().unwrap_or_default(),
+                user_agent,
+                locale: locale.as_deref().unwrap_or_default(),
+                amount_minor: amount.minor(),
+                currency: amount.currency(),
+            };
+            self.events.blocked(brand.id.as_str(), &context, now)
+        };
+        let monitored: Vec<crate::events::Event> = verdict
+            .monitored
+            .iter()
+            .map(|refusal| blocked(refusal, true))
+            .collect();
+        if let Some(refusal) = verdict.refusal {
+            let mut events = monitored;
+            events.push(blocked(&refusal, false));
+            self.store.append_events(&events).await?;
+            tracing::info!(brand = %brand.id, rule = refusal.rule, key_type = refusal.key_type, "verification blocked");
+            return Err(VerifyError::Refused(refusal));
+        }
+
         let id = VerificationId::new();
         let code = OtpCode::generate(brand.limits.code_length);
         let pseudonymizer = self.events.pseudonymizer();
@@ -248,6 +301,13 @@ impl Verifier {
                 customer_reference.as_deref().unwrap_or_default(),
             ),
             ip_pseudonym: pseudonymizer.pseudonym("ip", client_ip.as_deref().unwrap_or_default()),
+            ip_range_pseudonym: pseudonymizer.pseudonym(
+                "ip_range",
+                &client_ip
+                    .as_deref()
+                    .map(crate::fraud::ip_range)
+                    .unwrap_or_default(),
+            ),
             user_agent_family: user_agent_family(user_agent).to_owned(),
             order: request.order.clone(),
         };
@@ -259,11 +319,18 @@ impl Verifier {
             &record,
             &"0".repeat(usize::from(brand.limits.code_length)),
         )?;
-        let mut events =
-            vec![
-                self.events
-                    .verification(&record, EventType::VerificationStarted, now),
-            ];
+        let mut started = self
+            .events
+            .verification(&record, EventType::VerificationStarted, now);
+        started.flags = verdict.flags.clone();
+        started.flags.extend(
+            verdict
+                .monitored
+                .iter()
+                .map(|refusal| format!("monitored:{}", refusal.rule)),
+        );
+        let mut events = monitored;
+        events.insert(0, started);
         if let Some(order) = &new.order {
             let mut held = self.events.verification(&record, EventType::OrderHeld, now);
             held.order_id = *order.id.as_uuid();
@@ -287,7 +354,7 @@ impl Verifier {
             .get_verification(&brand.id, id)
             .await?
             .ok_or(VerifyError::NotFound)?;
-        let now = now_millis();
+        let now = self.now();
         if record.status == Status::Pending && record.expires_at <= now {
             self.finish(&record, Status::Expired, now).await?;
             record = self
@@ -316,7 +383,7 @@ impl Verifier {
         }
         // The HMAC covers every digit, so a code of the wrong length simply does not match.
         let code = OtpCode::parse(&trimmed, trimmed.len() as u8);
-        let now = now_millis();
+        let now = self.now();
         let decide = |record: &VerificationRecord, stored: &[u8]| {
             let correct = code
                 .as_ref()
@@ -355,6 +422,13 @@ impl Verifier {
         match record.status {
             Status::Approved => {
                 self.on_approval.notify_one();
+                let phone_pseudonym = self
+                    .events
+                    .pseudonymizer()
+                    .pseudonym("phone", record.phone.e164());
+                self.fraud
+                    .on_approval(brand, &record, &phone_pseudonym)
+                    .await;
                 self.metrics
                     .verification_finished(brand.id.as_str(), Status::Approved.as_str());
                 tracing::info!(verification_id = %id, brand = %brand.id, attempt, "code correct, approved");
@@ -381,8 +455,32 @@ impl Verifier {
         brand: &Brand,
         id: &VerificationId,
     ) -> Result<VerificationRecord, VerifyError> {
+        // A resend is one more SMS to the number: it counts toward the number's limits.
+        if let Some(record) = self.store.get_verification(&brand.id, id).await?
+            && record.status == Status::Pending
+        {
+            let facts = crate::fraud::StartFacts {
+                phone: &record.phone,
+                customer_reference: None,
+                client_ip: None,
+                order_reference: &record.order_reference,
+                resend: true,
+            };
+            let verdict = self.fraud.evaluate(brand, &facts, self.now()).await?;
+            if let Some(refusal) = verdict.refusal {
+                let mut event =
+                    self.events
+                        .verification(&record, EventType::VerificationBlocked, self.now());
+                event.outcome = "blocked".to_owned();
+                event.reason = refusal.rule.to_owned();
+                event.rule = refusal.rule.to_owned();
+                event.key_type = refusal.key_type.to_owned();
+                self.store.append_events(&[event]).await?;
+                return Err(VerifyError::Refused(refusal));
+            }
+        }
         let code = OtpCode::generate(brand.limits.code_length);
-        let now = now_millis();
+        let now = self.now();
         let resent = |record: &VerificationRecord| {
             let mut event = self.events.verification(record, EventType::CodeResent, now);
             event.attempt = u16::try_from(record.sends).unwrap_or(u16::MAX);
@@ -422,7 +520,7 @@ impl Verifier {
             .get_verification(&brand.id, id)
             .await?
             .ok_or(VerifyError::NotFound)?;
-        let now = now_millis();
+        let now = self.now();
         if record.status != Status::Pending || record.expires_at <= now {
             return Err(self.refusal(&record, now).await);
         }
@@ -449,7 +547,7 @@ impl Verifier {
             .find_verification(id)
             .await?
             .ok_or(VerifyError::NotFound)?;
-        let now = now_millis();
+        let now = self.now();
         if record.status == Status::Pending && record.expires_at <= now {
             self.finish(&record, Status::Expired, now).await?;
             return self
@@ -463,7 +561,7 @@ impl Verifier {
 
     /// Marks overdue pending verifications expired; returns how many.
     pub async fn expire_due(&self) -> anyhow::Result<usize> {
-        let now = now_millis();
+        let now = self.now();
         let expired_event = |record: &VerificationRecord| {
             vec![
                 self.events
@@ -487,7 +585,7 @@ impl Verifier {
         delivered: bool,
         reason: &str,
     ) -> anyhow::Result<ReceiptResult> {
-        let now = now_millis();
+        let now = self.now();
         let events = |record: &VerificationRecord, sms: &SmsRecord| {
             let kind = if delivered {
                 EventType::SmsDelivered
@@ -586,7 +684,7 @@ impl Verifier {
         };
         let segments = u8::try_from(segments::count(&message.text).segments).unwrap_or(u8::MAX);
         let result = self.sms.send(&message).await;
-        let now = now_millis();
+        let now = self.now();
         let (kind, provider, provider_reference, status, reason) = match &result {
             Ok(delivery) => (
                 EventType::SmsSent,

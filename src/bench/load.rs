@@ -38,6 +38,9 @@ pub enum Flow {
     Gate,
     /// A share of wrong codes, resends, aborts and abandoned (expiring) verifications.
     Mixed,
+    /// Verify flows of normal buyers beside SMS pumping: starts to one prefix at
+    /// `--pump-rate`, never checking a code.
+    Attack,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -81,9 +84,28 @@ pub struct LoadOptions {
     /// expired (their TTL must be shorter). 0 skips the check.
     #[arg(long, default_value_t = 0)]
     pub expiry_wait: u64,
+    /// Attack: pumping starts per second beside the normal buyers (0 to 20,000).
+    #[arg(long, default_value_t = 200.0)]
+    pub pump_rate: f64,
+    /// Attack: the prefix the pumper walks (its numbers never confirm).
+    #[arg(long, default_value = "+49159")]
+    pub pump_prefix: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the pumper of the attack scenario saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PumpReport {
+    pub starts: u64,
+    /// Refused by a fraud rule (429/403).
+    pub refused: u64,
+    /// Served: an SMS went out to a pumped number.
+    pub sent: u64,
+    pub sent_share: f64,
+    pub refused_per_second: f64,
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +126,8 @@ pub struct LoadReport {
     pub sms_received: u64,
     /// Gate: distinct orders the upstream took.
     pub orders_forwarded: Option<u64>,
+    /// Attack: the pumper's side.
+    pub pumping: Option<PumpReport>,
     pub service: Option<ServiceUsage>,
 }
 
@@ -155,6 +179,20 @@ impl super::Report for LoadReport {
         ));
         if let Some(forwarded) = self.orders_forwarded {
             rows.push(("orders forwarded", forwarded.to_string()));
+        }
+        if let Some(pump) = &self.pumping {
+            rows.push((
+                "pumping",
+                format!(
+                    "{} starts, {} refused ({:.0}/s), {} SMS sent ({:.2} %), {} errors",
+                    pump.starts,
+                    pump.refused,
+                    pump.refused_per_second,
+                    pump.sent,
+                    pump.sent_share * 100.0,
+                    pump.errors
+                ),
+            ));
         }
         if let Some(service) = &self.service {
             let usage = format!(
@@ -456,6 +494,15 @@ pub async fn run_with(
     let started_flows = Arc::new(AtomicU64::new(0));
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(options.duration);
+    let pumper = (scenario == Flow::Attack && options.pump_rate > 0.0).then(|| {
+        tokio::spawn(pump(
+            context.clone(),
+            options.pump_prefix.clone(),
+            options.pump_rate,
+            begin,
+            deadline,
+        ))
+    });
     match options.model {
         Model::Closed => {
             let buyers = (0..options.concurrency).map(|_| {
@@ -497,6 +544,10 @@ pub async fn run_with(
             }
         }
     }
+    let pumping = match pumper {
+        Some(pumper) => Some(pumper.await?),
+        None => None,
+    };
     let seconds = begin.elapsed().as_secs_f64();
     let after = options.pid.and_then(sample);
     let flows_started = started_flows.load(Ordering::Relaxed).min(limit);
@@ -574,8 +625,55 @@ pub async fn run_with(
         errors: context.recorder.errors(),
         sms_received: sink.received.load(Ordering::Relaxed),
         orders_forwarded,
+        pumping: pumping.map(|mut pump| {
+            pump.sent_share = pump.sent as f64 / pump.starts.max(1) as f64;
+            pump.refused_per_second = pump.refused as f64 / seconds;
+            pump
+        }),
         service,
     })
+}
+
+/// The pumper: starts to `prefix` at `rate` until `deadline`, open model (a slow answer never
+/// delays the next start), never checking a code.
+async fn pump(
+    context: Arc<Context>,
+    prefix: String,
+    rate: f64,
+    begin: Instant,
+    deadline: Instant,
+) -> PumpReport {
+    let interval = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 20_000.0));
+    let mut tasks = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let intended = begin + interval.mul_f64(n as f64);
+        if intended >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(intended.into()).await;
+        let context = context.clone();
+        let phone = format!("{prefix}{:08}", n % 100_000_000);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"phone": phone, "order_reference": format!("P-{n}"),
+                              "amount": "9.90", "currency": "EUR"});
+            context
+                .call("pump_start", "/v1/verifications", body, intended)
+                .await
+                .map(|(status, _)| status)
+        }));
+        n += 1;
+    }
+    let mut report = PumpReport::default();
+    for task in futures_util::future::join_all(tasks).await {
+        report.starts += 1;
+        match task {
+            Ok(Ok(201)) => report.sent += 1,
+            Ok(Ok(403 | 429)) => report.refused += 1,
+            _ => report.errors += 1,
+        }
+    }
+    report
 }
 
 fn usage(before: ProcessSample, after: ProcessSample, seconds: f64) -> ServiceUsage {

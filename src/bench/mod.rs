@@ -21,6 +21,9 @@ pub enum Scenario {
     Gate(load::LoadOptions),
     /// Wrong codes, resends, aborts and abandoned verifications beside straight approvals.
     Mixed(load::LoadOptions),
+    /// Normal buyers' verify flows beside SMS pumping to one prefix (`--pump-rate`): what
+    /// the fraud rules refuse, what still goes out, and what the buyers' latency does.
+    Attack(load::LoadOptions),
     /// Events per second from the outbox to ClickHouse.
     Relay(relay::RelayOptions),
 }
@@ -35,6 +38,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Verify(options) => (load::Flow::Verify, options),
         Scenario::Gate(options) => (load::Flow::Gate, options),
         Scenario::Mixed(options) => (load::Flow::Mixed, options),
+        Scenario::Attack(options) => (load::Flow::Attack, options),
     };
     let json = options.json;
     let report = load::run(flow, options).await?;

@@ -127,6 +127,9 @@ fn synthetic(index: usize, now: i64) -> Event {
         locale: "de".to_owned(),
         user_agent_family: "Chrome Mobile".to_owned(),
         instance: "bench".to_owned(),
+        rule: String::new(),
+        key_type: String::new(),
+        flags: Vec::new(),
     }
 }
 

@@ -55,6 +55,7 @@ struct BrandFile {
     webhooks: WebhookConfig,
     #[serde(default)]
     api_keys: Vec<ApiKeyFile>,
+    fraud: crate::fraud::FraudConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,6 +482,13 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
             ));
         }
     }
+    problems.extend(
+        parsed
+            .fraud
+            .problems()
+            .into_iter()
+            .map(|p| format!("{file}: {p}")),
+    );
     for host in &parsed.webhooks.hosts {
         let name = host.strip_prefix("*.").unwrap_or(host);
         let valid = !name.is_empty()
@@ -794,6 +802,7 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
         upstream: parsed.upstream,
         customer_directory: parsed.customer_directory.unwrap_or(DirectoryConfig::None),
         webhooks: parsed.webhooks,
+        fraud: parsed.fraud,
         catalogs,
         templates,
         assets,

@@ -162,6 +162,8 @@ pub struct Brand {
     pub upstream: Option<UpstreamConfig>,
     pub customer_directory: DirectoryConfig,
     pub webhooks: WebhookConfig,
+    /// The fraud rules' settings (`[fraud]`).
+    pub fraud: crate::fraud::FraudConfig,
     /// Locale → its copy (nested tables, as templates see them).
     catalogs: HashMap<String, serde_json::Value>,
     templates: Handlebars<'static>,

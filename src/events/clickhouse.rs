@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_funnel_hourly.sql",
         include_str!("../../migrations/clickhouse/0002_funnel_hourly.sql"),
     ),
+    (
+        3,
+        "0003_fraud_rules.sql",
+        include_str!("../../migrations/clickhouse/0003_fraud_rules.sql"),
+    ),
 ];
 
 /// ClickHouse error codes that mean "this data is wrong": retrying cannot help.

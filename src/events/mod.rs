@@ -35,10 +35,12 @@ pub enum EventType {
     OrderHeld,
     OrderForwarded,
     OrderForwardFailed,
+    PrefixBlockPlaced,
+    PrefixBlockLifted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 17] = [
         Self::VerificationStarted,
         Self::VerificationBlocked,
         Self::SmsSent,
@@ -54,6 +56,8 @@ impl EventType {
         Self::OrderHeld,
         Self::OrderForwarded,
         Self::OrderForwardFailed,
+        Self::PrefixBlockPlaced,
+        Self::PrefixBlockLifted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,8 @@ impl EventType {
             Self::OrderHeld => "order_held",
             Self::OrderForwarded => "order_forwarded",
             Self::OrderForwardFailed => "order_forward_failed",
+            Self::PrefixBlockPlaced => "prefix_block_placed",
+            Self::PrefixBlockLifted => "prefix_block_lifted",
         }
     }
 }
@@ -113,6 +119,16 @@ pub struct Event {
     pub locale: String,
     pub user_agent_family: String,
     pub instance: String,
+    /// The fraud rule that refused (or, in monitor mode, would have refused) or placed a block.
+    #[serde(default)]
+    pub rule: String,
+    /// What the rule counted by: `phone`, `customer`, `ip`, `ip_range`, `order_reference`,
+    /// `brand`, `prefix`; never the key itself.
+    #[serde(default)]
+    pub key_type: String,
+    /// Flags on a served verification, e.g. `sim_swap_flagged`, `monitored:<rule>`.
+    #[serde(default)]
+    pub flags: Vec<String>,
 }
 
 /// Keyed hashing of personal data with the server's event pepper.
@@ -146,6 +162,36 @@ impl Pseudonymizer {
         mac.update(b":");
         mac.update(value.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+/// How numbers are grouped into prefixes: the country code and the first N national digits,
+/// N per country with a default. One definition serves the pumping guard, the events'
+/// `number_prefix` and so the dashboards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixScheme {
+    pub national_digits: usize,
+    pub by_country: std::collections::BTreeMap<String, usize>,
+}
+
+impl Default for PrefixScheme {
+    fn default() -> Self {
+        Self {
+            national_digits: 3,
+            by_country: Default::default(),
+        }
+    }
+}
+
+impl PrefixScheme {
+    /// The prefix of `phone`, e.g. `+49151`.
+    pub fn prefix(&self, phone: &PhoneNumber) -> String {
+        let digits = self
+            .by_country
+            .get(phone.country())
+            .copied()
+            .unwrap_or(self.national_digits);
+        number_prefix(phone, digits)
     }
 }
 
@@ -195,21 +241,69 @@ pub fn user_agent_family(user_agent: &str) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct EventFactory {
     pseudonymizer: Pseudonymizer,
-    prefix_digits: usize,
+    prefixes: PrefixScheme,
     instance: String,
 }
 
 impl EventFactory {
-    pub fn new(pseudonymizer: Pseudonymizer, prefix_digits: usize, instance: String) -> Self {
+    pub fn new(pseudonymizer: Pseudonymizer, prefixes: PrefixScheme, instance: String) -> Self {
         Self {
             pseudonymizer,
-            prefix_digits,
+            prefixes,
             instance,
         }
     }
 
     pub fn pseudonymizer(&self) -> &Pseudonymizer {
         &self.pseudonymizer
+    }
+
+    pub fn prefixes(&self) -> &PrefixScheme {
+        &self.prefixes
+    }
+
+    /// A prefix block placed (`kind` = placed, with the rule and the block's level in
+    /// `attempt`) or lifted (with `reason` naming the operator).
+    pub fn prefix_block(
+        &self,
+        brand: &str,
+        kind: EventType,
+        prefix: &str,
+        level: i64,
+        reason: &str,
+        now: Millis,
+    ) -> Event {
+        Event {
+            event_id: Uuid::now_v7(),
+            ts: now,
+            brand: brand.to_owned(),
+            event_type: kind.as_str().to_owned(),
+            verification_id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            channel: "sms".to_owned(),
+            country: String::new(),
+            number_prefix: prefix.to_owned(),
+            phone_pseudonym: String::new(),
+            customer_pseudonym: String::new(),
+            ip_pseudonym: String::new(),
+            attempt: u16::try_from(level).unwrap_or(u16::MAX),
+            outcome: match kind {
+                EventType::PrefixBlockLifted => "lifted".to_owned(),
+                _ => "placed".to_owned(),
+            },
+            reason: reason.to_owned(),
+            amount_minor: 0,
+            currency: String::new(),
+            ms_since_start: 0,
+            sms_provider: String::new(),
+            sms_segments: 0,
+            locale: String::new(),
+            user_agent_family: String::new(),
+            instance: self.instance.clone(),
+            rule: "pumping".to_owned(),
+            key_type: "prefix".to_owned(),
+            flags: Vec::new(),
+        }
     }
 
     /// An event about `record` at `now`.
@@ -223,7 +317,7 @@ impl EventFactory {
             order_id: Uuid::nil(),
             channel: "sms".to_owned(),
             country: record.phone.country().to_owned(),
-            number_prefix: number_prefix(&record.phone, self.prefix_digits),
+            number_prefix: self.prefixes.prefix(&record.phone),
             phone_pseudonym: self.pseudonymizer.pseudonym("phone", record.phone.e164()),
             customer_pseudonym: record.customer_pseudonym.clone(),
             ip_pseudonym: record.ip_pseudonym.clone(),
@@ -238,6 +332,9 @@ impl EventFactory {
             locale: record.locale.clone().unwrap_or_default(),
             user_agent_family: record.user_agent_family.clone(),
             instance: self.instance.clone(),
+            rule: String::new(),
+            key_type: String::new(),
+            flags: Vec::new(),
         }
     }
 
@@ -246,7 +343,7 @@ impl EventFactory {
         let (country, prefix, phone) = match context.phone {
             Some(phone) => (
                 phone.country().to_owned(),
-                number_prefix(phone, self.prefix_digits),
+                self.prefixes.prefix(phone),
                 self.pseudonymizer.pseudonym("phone", phone.e164()),
             ),
             None => (
@@ -271,7 +368,11 @@ impl EventFactory {
                 .pseudonym("customer", context.customer_reference),
             ip_pseudonym: self.pseudonymizer.pseudonym("ip", context.client_ip),
             attempt: 0,
-            outcome: "blocked".to_owned(),
+            outcome: if context.monitored {
+                "monitored".to_owned()
+            } else {
+                "blocked".to_owned()
+            },
             reason: context.rule.to_owned(),
             amount_minor: context.amount_minor,
             currency: context.currency.to_owned(),
@@ -281,6 +382,9 @@ impl EventFactory {
             locale: context.locale.to_owned(),
             user_agent_family: user_agent_family(context.user_agent).to_owned(),
             instance: self.instance.clone(),
+            rule: context.rule.to_owned(),
+            key_type: context.key_type.to_owned(),
+            flags: Vec::new(),
         }
     }
 }
@@ -289,6 +393,10 @@ impl EventFactory {
 #[derive(Debug, Default)]
 pub struct BlockedStart<'a> {
     pub rule: &'a str,
+    /// What the rule counted by (see [`Event::key_type`]).
+    pub key_type: &'a str,
+    /// Monitor mode: the start was served; the event says what the rule would have done.
+    pub monitored: bool,
     /// The parsed number when the refusal came after parsing (country, number type).
     pub phone: Option<&'a PhoneNumber>,
     pub country: Option<&'a str>,

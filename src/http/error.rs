@@ -108,6 +108,23 @@ impl ApiError {
                     "customer_directory_unavailable",
                     "Customer directory unavailable",
                 ),
+                VerifyError::Refused(refusal) => {
+                    extra.insert("rule".into(), json!(refusal.rule));
+                    extra.insert("key_type".into(), json!(refusal.key_type));
+                    if let Some(at) = refusal.retry_at {
+                        extra.insert("retry_at".into(), json!(super::rfc3339(at)));
+                    }
+                    let (status, title) = match refusal.problem {
+                        "rate_limited" => (S::TOO_MANY_REQUESTS, "Rate limited"),
+                        "prefix_blocked" => (S::TOO_MANY_REQUESTS, "Number range blocked"),
+                        "sim_swap_recent" => (S::FORBIDDEN, "Recent SIM swap"),
+                        "sim_swap_unavailable" => {
+                            (S::SERVICE_UNAVAILABLE, "SIM swap check unavailable")
+                        }
+                        _ => (S::FORBIDDEN, "Number blocked"),
+                    };
+                    (status, refusal.problem, title)
+                }
                 VerifyError::SmsTextTooLong => (
                     S::UNPROCESSABLE_ENTITY,
                     "sms_text_too_long",
@@ -169,6 +186,9 @@ impl ApiError {
                 Some(1)
             }
             Self::Verify(VerifyError::DirectoryUnavailable) => Some(5),
+            Self::Verify(VerifyError::Refused(refusal)) => refusal
+                .retry_at
+                .map(|at| ((at - now_millis()) as f64 / 1000.0).ceil().max(1.0) as i64),
             _ => None,
         }
     }

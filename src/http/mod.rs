@@ -1,5 +1,6 @@
 //! The HTTP edge: one router per resource, merged here with the shared layers.
 
+mod admin;
 mod callbacks;
 mod dev;
 mod error;
@@ -10,6 +11,7 @@ mod orders;
 mod pages;
 mod verifications;
 
+pub use admin::Operators;
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX};
 
 use std::sync::{Arc, LazyLock};
@@ -55,6 +57,10 @@ pub struct AppState {
     pub gate: crate::settings::GateSettings,
     /// Where `callback_url`s may point.
     pub callbacks: crate::gate::callback::CallbackPolicy,
+    /// The fraud rules (operators list and lift blocks).
+    pub fraud: Arc<crate::fraud::Fraud>,
+    /// Who may use the admin routes.
+    pub operators: Arc<Operators>,
 }
 
 #[derive(OpenApi)]
@@ -71,7 +77,8 @@ pub struct AppState {
         (name = "callbacks", description = "Called by SMS providers (signed)"),
         (name = "code page", description = "HTML pages for the buyer, in the shop's iframe"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
-        (name = "development", description = "Dev mode only")
+        (name = "development", description = "Dev mode only"),
+        (name = "admin", description = "Operators (operator token of a scope; on http.admin_port when set)")
     )
 )]
 struct ApiDoc;
@@ -86,6 +93,10 @@ impl utoipa::Modify for ApiKeyScheme {
             "api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -98,6 +109,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(callbacks::router())
         .merge(pages::router())
         .merge(dev::router())
+        .merge(admin::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.
@@ -118,15 +130,61 @@ pub struct HttpLimits {
     pub max_in_flight: usize,
     /// Production mode: every answer carries `Strict-Transport-Security`.
     pub hsts: bool,
+    /// `http.admin_port` is set: `/metrics` and `/v1/admin/…` are served only there.
+    pub admin_separate: bool,
+}
+
+/// Which listener a router serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Main { admin_separate: bool },
+    Admin,
+}
+
+/// Whether `path` is an operator's (metrics and admin routes).
+fn operator_path(path: &str) -> bool {
+    path == "/metrics" || path.starts_with("/v1/admin/") || path == "/v1/admin"
+}
+
+/// Keeps the operators' routes off the buyers' listener when they have their own, and
+/// everything else off the admin listener (health and readiness are on both).
+async fn split_listeners(
+    State(listener): State<Listener>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let allowed = match listener {
+        Listener::Main { admin_separate } => !(admin_separate && operator_path(path)),
+        Listener::Admin => operator_path(path) || matches!(path, "/healthz" | "/readyz"),
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        ApiError::UnknownRoute.into_response()
+    }
 }
 
 /// The application's router with its layers, ready to serve.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let listener = Listener::Main {
+        admin_separate: limits.admin_separate,
+    };
+    build_router(state, limits, listener)
+}
+
+/// The admin listener's router (`http.admin_port`): metrics, operator routes, health.
+pub fn admin_router(state: AppState, limits: HttpLimits) -> Router {
+    build_router(state, limits, Listener::Admin)
+}
+
+fn build_router(state: AppState, limits: HttpLimits, listener: Listener) -> Router {
     let (router, _) = api_router().split_for_parts();
     // Layers listed first wrap the ones after: the request id is set before the span that
     // records it, and panics and timeouts still pass through tracing and metrics.
     let layers = ServiceBuilder::new()
         .map_request(drop_unsafe_request_id)
+        .layer(middleware::from_fn_with_state(listener, split_listeners))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(

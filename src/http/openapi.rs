@@ -24,6 +24,9 @@ pub const PROBLEMS: &[(&str, u16)] = &[
     ("unknown_provider", 404),
     ("unknown_message", 404),
     ("receipts_disabled", 404),
+    ("number_blocked", 403),
+    ("sim_swap_recent", 403),
+    ("wrong_scope", 403),
     ("method_not_allowed", 405),
     ("request_timeout", 408),
     ("verification_locked", 409),
@@ -50,11 +53,14 @@ pub const PROBLEMS: &[(&str, u16)] = &[
     ("idempotency_key_reused", 422),
     ("sms_text_too_long", 422),
     ("resend_cooldown", 429),
+    ("rate_limited", 429),
+    ("prefix_blocked", 429),
     ("internal", 500),
     ("sms_delivery_failed", 502),
     ("customer_directory_unavailable", 503),
     ("overloaded", 503),
     ("service_unavailable", 503),
+    ("sim_swap_unavailable", 503),
 ];
 
 /// The causes the catalogue gives `status`.

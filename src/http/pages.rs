@@ -392,6 +392,8 @@ fn refusal_outcome(error: &VerifyError) -> Outcome {
         VerifyError::ResendCooldown { .. } => Outcome::Cooldown,
         VerifyError::SendLimitReached => Outcome::SendLimit,
         VerifyError::SmsFailed { .. } | VerifyError::SmsTextTooLong => Outcome::SmsFailed,
+        // A resend the fraud rules refused: the buyer waits as for a cooldown.
+        VerifyError::Refused(_) => Outcome::Cooldown,
         VerifyError::InvalidField { .. } => Outcome::WrongCode(0),
         VerifyError::NotFound => Outcome::InvalidLink,
         VerifyError::Phone(_)

@@ -116,6 +116,15 @@ impl Source {
         Ok(())
     }
 
+    /// Runs `batch` atomically on its own and returns its first statement's rows: one
+    /// autocommit statement on a pool, a transaction sent with it on SQLite.
+    pub(super) async fn fetch(&self, batch: Batch) -> anyhow::Result<Vec<AnyRow>> {
+        match self {
+            Self::Pool(_) => batch.run(&mut *self.acquire().await?).await,
+            Self::Single(_) => self.begin().await?.commit_with(batch).await,
+        }
+    }
+
     pub(super) async fn begin(&self) -> anyhow::Result<Tx> {
         Ok(Tx {
             conn: self.acquire().await?,

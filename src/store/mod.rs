@@ -6,6 +6,7 @@
 
 mod batch;
 mod conn;
+mod fraud;
 mod sql;
 
 pub use sql::{Backend, SqlStore};
@@ -41,6 +42,7 @@ pub struct VerificationRecord {
     pub finished_at: Option<Millis>,
     pub customer_pseudonym: String,
     pub ip_pseudonym: String,
+    pub ip_range_pseudonym: String,
     pub user_agent_family: String,
     /// Whether a held order (gate mode) belongs to it.
     pub has_order: bool,
@@ -67,6 +69,8 @@ pub struct NewVerification {
     pub now: Millis,
     pub customer_pseudonym: String,
     pub ip_pseudonym: String,
+    /// The pseudonym of the buyer's /24 (IPv4) or /64 (IPv6).
+    pub ip_range_pseudonym: String,
     pub user_agent_family: String,
     /// Gate mode: the order held until this verification is approved.
     pub order: Option<NewOrder>,
@@ -169,6 +173,7 @@ impl VerificationRecord {
             finished_at: None,
             customer_pseudonym: new.customer_pseudonym.clone(),
             ip_pseudonym: new.ip_pseudonym.clone(),
+            ip_range_pseudonym: new.ip_range_pseudonym.clone(),
             user_agent_family: new.user_agent_family.clone(),
             has_order: new.order.is_some(),
         }
@@ -262,10 +267,119 @@ pub struct OutboxStats {
     pub oldest_created_at: Option<Millis>,
 }
 
+/// One counter a start hits: a rate-limit bucket or a number prefix (see the `fraud_counter`
+/// migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterHit {
+    pub bucket: String,
+    pub window_ms: Millis,
+}
+
+/// A counter after a hit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterState {
+    pub bucket: String,
+    pub window_start: Millis,
+    pub window_ms: Millis,
+    pub hits: i64,
+    pub approvals: i64,
+    /// Hits and approvals of the window just before this one (0 if it was longer ago).
+    pub prev_hits: i64,
+    pub prev_approvals: i64,
+    pub blocked_at: Millis,
+    /// 0 when never blocked; a block is in force while it is in the future.
+    pub blocked_until: Millis,
+    pub block_level: i64,
+}
+
+/// A prefix block to place, if the counter's block is still what was read (`seen_until`).
+#[derive(Debug, Clone)]
+pub struct NewBlock {
+    pub bucket: String,
+    pub seen_until: Millis,
+    pub now: Millis,
+    pub until: Millis,
+    pub level: i64,
+}
+
+/// A prefix block in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub brand: String,
+    pub bucket: String,
+    pub blocked_at: Millis,
+    pub blocked_until: Millis,
+    pub block_level: i64,
+    /// The counts that tripped it.
+    pub starts: i64,
+    pub approvals: i64,
+}
+
+/// What an approval tells the fraud rules, written together.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalSignals {
+    /// Counters whose approvals rise (the prefix, the brand), where the start was counted in
+    /// their window.
+    pub approved: Vec<String>,
+    /// Counters of unconverted starts (IP, range, the brand's budget) the start is refunded to.
+    pub refunds: Vec<String>,
+    /// Number and customer pseudonyms that become known-good.
+    pub known_good: Vec<String>,
+    /// When the verification started: only counters whose window holds it change.
+    pub started_at: Millis,
+    pub now: Millis,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is, for readiness output and dialect choices.
     fn backend(&self) -> Backend;
+
+    /// Counts one hit on each counter (starting a new window where the last one ended, or
+    /// where a block ended) and returns each counter as it is after the hit, in one atomic
+    /// statement shared by every instance.
+    async fn hit_counters(
+        &self,
+        brand: &BrandId,
+        hits: &[CounterHit],
+        now: Millis,
+    ) -> anyhow::Result<Vec<CounterState>>;
+
+    /// Places a prefix block with its events, unless another instance changed the block since
+    /// it was read; whether this call placed it.
+    async fn place_block(
+        &self,
+        brand: &BrandId,
+        block: &NewBlock,
+        events: &[Event],
+    ) -> anyhow::Result<bool>;
+
+    /// Ends a block in force now, with its events; false when none was in force.
+    async fn lift_block(
+        &self,
+        brand: &BrandId,
+        bucket: &str,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool>;
+
+    /// Every prefix block in force at `now`.
+    async fn active_blocks(&self, now: Millis) -> anyhow::Result<Vec<BlockRecord>>;
+
+    /// Records what an approval tells the fraud rules.
+    async fn record_approval(
+        &self,
+        brand: &BrandId,
+        signals: &ApprovalSignals,
+    ) -> anyhow::Result<()>;
+
+    /// Whether any of `subjects` (pseudonyms) had an approval since `since`.
+    async fn known_good(
+        &self,
+        brand: &BrandId,
+        subjects: &[String],
+        since: Millis,
+    ) -> anyhow::Result<bool>;
 
     /// Checks the database answers.
     async fn ping(&self) -> anyhow::Result<()>;

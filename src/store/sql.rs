@@ -54,7 +54,7 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, phone_country, \
     order_reference, amount_minor, currency, locale, code_length, max_checks, max_sends, \
     resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at, \
-    customer_pseudonym, ip_pseudonym, user_agent_family, has_order";
+    customer_pseudonym, ip_pseudonym, ip_range_pseudonym, user_agent_family, has_order";
 
 /// A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
@@ -307,6 +307,7 @@ fn record_from_row(row: &AnyRow) -> anyhow::Result<VerificationRecord> {
         finished_at: row.try_get("finished_at")?,
         customer_pseudonym: row.try_get("customer_pseudonym")?,
         ip_pseudonym: row.try_get("ip_pseudonym")?,
+        ip_range_pseudonym: row.try_get("ip_range_pseudonym")?,
         user_agent_family: row.try_get("user_agent_family")?,
         has_order: row.try_get::<i64, _>("has_order")? != 0,
     })
@@ -438,6 +439,55 @@ impl Store for SqlStore {
         self.backend
     }
 
+    async fn hit_counters(
+        &self,
+        brand: &BrandId,
+        hits: &[super::CounterHit],
+        now: Millis,
+    ) -> anyhow::Result<Vec<super::CounterState>> {
+        super::fraud::hit_counters(&self.source, self.backend, brand, hits, now).await
+    }
+
+    async fn place_block(
+        &self,
+        brand: &BrandId,
+        block: &super::NewBlock,
+        events: &[Event],
+    ) -> anyhow::Result<bool> {
+        super::fraud::place_block(&self.source, self.backend, brand, block, events).await
+    }
+
+    async fn lift_block(
+        &self,
+        brand: &BrandId,
+        bucket: &str,
+        now: Millis,
+        events: &[Event],
+    ) -> anyhow::Result<bool> {
+        super::fraud::lift_block(&self.source, self.backend, brand, bucket, now, events).await
+    }
+
+    async fn active_blocks(&self, now: Millis) -> anyhow::Result<Vec<super::BlockRecord>> {
+        super::fraud::active_blocks(&self.source, self.backend, now).await
+    }
+
+    async fn record_approval(
+        &self,
+        brand: &BrandId,
+        signals: &super::ApprovalSignals,
+    ) -> anyhow::Result<()> {
+        super::fraud::record_approval(&self.source, self.backend, brand, signals).await
+    }
+
+    async fn known_good(
+        &self,
+        brand: &BrandId,
+        subjects: &[String],
+        since: Millis,
+    ) -> anyhow::Result<bool> {
+        super::fraud::known_good(&self.source, self.backend, brand, subjects, since).await
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
             .execute(&mut *self.source.acquire().await?)
@@ -481,6 +531,7 @@ impl Store for SqlStore {
             batch.bind(new.now + i64::from(limits.ttl_seconds) * 1000),
             batch.bind(new.customer_pseudonym.as_str()),
             batch.bind(new.ip_pseudonym.as_str()),
+            batch.bind(new.ip_range_pseudonym.as_str()),
             batch.bind(new.user_agent_family.as_str()),
             batch.bind(i64::from(new.order.is_some())),
         ];
@@ -488,7 +539,7 @@ impl Store for SqlStore {
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
              order_reference, amount_minor, currency, locale, code_hash, code_length, max_checks, \
              max_sends, resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, \
-             expires_at, customer_pseudonym, ip_pseudonym, user_agent_family, has_order) VALUES ({})",
+             expires_at, customer_pseudonym, ip_pseudonym, ip_range_pseudonym, user_agent_family, has_order) VALUES ({})",
             values.join(", ")
         ));
         if let Some(order) = &new.order {

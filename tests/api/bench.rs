@@ -11,8 +11,19 @@ use crate::helpers::{Backend, TestApp, spawn_app_with};
 
 const BENCH_KEY: &str = "og_bench_key_for_the_smoke_test";
 
+/// The bench brand's fraud rules: the defaults, past the bench's rate and the mixed
+/// scenario's deliberate expiries and aborts in one prefix.
+const BENCH_RULES: &str = "[fraud.rate_limits]\nbrand = [\"10000000/1m\"]\n\
+    [fraud.pumping]\nmin_starts = 1000000\nbrand_min_starts = 0\n";
+
 /// An app whose SMS go to `sink` and whose bench brand forwards orders to `upstream`.
 async fn bench_app(sink: &SmsSink, upstream: &Upstream) -> TestApp {
+    bench_app_with(sink, upstream, 5, BENCH_RULES).await
+}
+
+/// A bench app whose codes live `ttl` seconds and whose brand has the fraud `rules`.
+async fn bench_app_with(sink: &SmsSink, upstream: &Upstream, ttl: u32, rules: &str) -> TestApp {
+    let rules = rules.to_owned();
     let (sms, orders) = (sink.url(), upstream.url());
     spawn_app_with(Backend::Sqlite, move |settings| {
         settings.sms.providers = vec![ProviderSettings::Http {
@@ -30,8 +41,9 @@ async fn bench_app(sink: &SmsSink, upstream: &Upstream) -> TestApp {
             folder.join("brand.toml"),
             format!(
                 "display_name = \"Bench\"\nsms_sender = \"Bench\"\nallowed_countries = [\"DE\"]\n\
-                 [limits]\nttl_seconds = 5\nresend_cooldown_seconds = 0\n\
+                 [limits]\nttl_seconds = {ttl}\nresend_cooldown_seconds = 0\n\
                  [upstream]\nurl = \"{orders}\"\ntimeout_ms = 5000\n\
+                 {rules}\
                  [[api_keys]]\nid = \"bench\"\nhash = \"{}\"\n",
                 orderguard::brands::api_key_hash(BENCH_KEY)
             ),
@@ -55,6 +67,8 @@ fn options(app: &TestApp, model: Model, flows: u64) -> LoadOptions {
         phone_prefix: "+49151".to_owned(),
         pid: Some(std::process::id()),
         expiry_wait: 0,
+        pump_rate: 0.0,
+        pump_prefix: "+49159".to_owned(),
         json: false,
     }
 }
@@ -138,6 +152,38 @@ async fn every_scenario_runs_and_every_flow_ends_as_intended() {
     .collect();
     assert_eq!(mixed.outcomes, expected, "{mixed:#?}");
     assert_eq!(mixed.calls["resend"].count, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
+    let sink = SmsSink::bind("127.0.0.1:0").await.expect("sink");
+    let upstream = Upstream::bind("127.0.0.1:0").await.expect("upstream");
+    // The default rules, only the brand-wide ceiling raised.
+    let app = bench_app_with(
+        &sink,
+        &upstream,
+        300,
+        "[fraud.rate_limits]\nbrand = [\"10000000/1m\"]\n",
+    )
+    .await;
+    let mut attack = options(&app, Model::Closed, 4);
+    attack.flows = 0;
+    attack.duration = 3;
+    attack.pump_rate = 100.0;
+    let report = run_with(Flow::Attack, attack, sink.clone(), None)
+        .await
+        .expect("attack");
+    assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
+    assert_eq!(report.flows_completed, report.flows_started, "{report:#?}");
+    let pump = report.pumping.as_ref().expect("pumping report");
+    assert_eq!(pump.starts, 300, "100/s for 3 s: {pump:?}");
+    assert_eq!(pump.errors, 0, "{pump:?}");
+    assert!(
+        pump.sent < 20,
+        "at most min_starts - 1 pumped SMS: {pump:?}"
+    );
+    assert_eq!(pump.sent + pump.refused, pump.starts);
+    assert!(report.calls.contains_key("pump_start"), "{report:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

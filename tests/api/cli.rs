@@ -225,7 +225,14 @@ async fn migrate_applies_the_clickhouse_migrations_when_configured() {
         .iter()
         .filter_map(|row| row["name"].as_str())
         .collect();
-    assert_eq!(names, ["0001_events.sql", "0002_funnel_hourly.sql"]);
+    assert_eq!(
+        names,
+        [
+            "0001_events.sql",
+            "0002_funnel_hourly.sql",
+            "0003_fraud_rules.sql"
+        ]
+    );
     let again = orderguard(dir.path())
         .arg("migrate")
         .env("ORDERGUARD_DATABASE__URL", &sqlite)
@@ -238,7 +245,7 @@ async fn migrate_applies_the_clickhouse_migrations_when_configured() {
             .rows("SELECT version FROM schema_migrations")
             .await
             .len(),
-        2
+        3
     );
 }
 

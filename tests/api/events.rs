@@ -284,6 +284,9 @@ pub(crate) fn synthetic_event(event_type: &str, ts: i64) -> orderguard::events::
         locale: String::new(),
         user_agent_family: String::new(),
         instance: "test".to_owned(),
+        rule: String::new(),
+        key_type: String::new(),
+        flags: Vec::new(),
     }
 }
 

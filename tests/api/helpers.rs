@@ -115,6 +115,11 @@ pub fn leaks_in_logs() -> Vec<String> {
 /// six-digit code does not match inside a UUID).
 fn contains_token(haystack: &str, needle: &str) -> bool {
     haystack.match_indices(needle).any(|(at, _)| {
+        // The fraction of a decimal number (`elapsed=1.306566ms`) is not a code.
+        let mut preceding = haystack[..at].chars().rev();
+        if preceding.next() == Some('.') && preceding.next().is_some_and(|c| c.is_ascii_digit()) {
+            return false;
+        }
         let before = haystack[..at].chars().next_back();
         let after = haystack[at + needle.len()..].chars().next();
         !before.is_some_and(|c| c.is_ascii_hexdigit())
@@ -166,6 +171,10 @@ pub struct TestApp {
     pub brands_dir: PathBuf,
     pub client: reqwest::Client,
     pub database_url: String,
+    /// The clock the fraud rules read: tests move it instead of waiting out windows.
+    pub clock: Arc<orderguard::fraud::Clock>,
+    /// `http://127.0.0.1:<admin port>` when `http.admin_port` is set.
+    pub admin_address: Option<String>,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -184,7 +193,29 @@ pub fn test_brands_dir(root: &Path) -> PathBuf {
         ),
     )
     .expect("write brand");
+    for brand in ["nordwind", "fjallnet", "otherbrand"] {
+        set_fraud_rules(&dir, brand, RELAXED_FRAUD_RULES);
+    }
     dir
+}
+
+/// Where the test's own fraud rules start in a test brand's brand.toml.
+const FRAUD_MARKER: &str = "\n# test: fraud rules\n";
+
+/// Fraud rules that never refuse what the other tests do (the same number again and again,
+/// thousands of starts to one prefix). The fraud tests replace them with [`set_fraud_rules`];
+/// the example brands in `brands/` keep their protective defaults.
+pub const RELAXED_FRAUD_RULES: &str = "[fraud.rate_limits]\nphone = [\"100000/1m\"]\ncustomer = [\"100000/1m\"]\n\
+    ip = [\"100000/1m\"]\nip_range = [\"100000/1m\"]\norder_reference = [\"100000/1m\"]\n\
+    brand = [\"1000000/1m\"]\n[fraud.pumping]\nmin_starts = 1000000\nbrand_min_starts = 0\n";
+
+/// Replaces the test fraud rules of `brand` in the brands folder `dir` with `rules` (TOML
+/// merged over `_base`).
+pub fn set_fraud_rules(dir: &Path, brand: &str, rules: &str) {
+    let path = dir.join(brand).join("brand.toml");
+    let text = std::fs::read_to_string(&path).expect("brand.toml");
+    let own = text.split(FRAUD_MARKER).next().unwrap_or_default();
+    std::fs::write(&path, format!("{own}{FRAUD_MARKER}{rules}")).expect("write brand.toml");
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -236,6 +267,10 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let clock = app.fraud_clock();
+    let admin_address = app
+        .admin_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let task = tokio::spawn(async move {
         app.run_until_stopped(std::future::pending())
             .await
@@ -252,6 +287,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         brands_dir,
         client: reqwest::Client::new(),
         database_url,
+        clock,
+        admin_address,
         _dir: dir,
         task,
     }

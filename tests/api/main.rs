@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod contract;
 mod events;
+mod fraud;
 mod ops;
 mod orders;
 mod pages;

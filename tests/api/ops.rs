@@ -205,6 +205,8 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "POST /v1/orders",
         "GET /v1/orders/{id}",
         "GET /.well-known/jwks.json",
+        "GET /v1/admin/blocks",
+        "DELETE /v1/admin/blocks/{brand}/{prefix}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -219,7 +221,8 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
                 .replace("{id}", &uuid::Uuid::now_v7().to_string())
                 .replace("{provider}", "http")
                 .replace("{brand}", "nordwind")
-                .replace("{file}", "style.css"),
+                .replace("{file}", "style.css")
+                .replace("{prefix}", "%2B49151"),
         );
         let request = app
             .client

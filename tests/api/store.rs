@@ -76,6 +76,7 @@ fn new_verification(now: i64) -> NewVerification {
         now,
         customer_pseudonym: String::new(),
         ip_pseudonym: String::new(),
+        ip_range_pseudonym: String::new(),
         user_agent_family: String::new(),
         order: None,
     }

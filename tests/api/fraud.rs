@@ -1,0 +1,943 @@
+//! The fraud rules through the API, against a real database: rate limits, the SMS-pumping
+//! guard, the brand-wide conversion guard, SIM swap against a local CAMARA server, monitor
+//! mode, and the operators' block routes. Windows and cool-downs pass on the fraud clock
+//! (`TestApp::clock`), never by waiting.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{
+    Answer, Backend, DEV_KEY, PHONE, TestApp, read, set_fraud_rules, spawn_app_with, start_body,
+};
+
+both_backends!(
+    a_number_is_refused_past_its_limit_and_served_again_after_the_window,
+    fifty_parallel_starts_to_one_number_never_exceed_its_limit,
+    an_ip_limit_counts_only_starts_that_never_converted,
+    the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_its_cooldown,
+    slow_pumping_over_many_prefixes_trips_the_brand_conversion_guard,
+    a_monitored_rule_serves_and_records_what_it_would_have_refused,
+);
+
+const OPERATOR_TOKEN: &str = "og_operator_fraud_team_token_1234";
+const PRIVACY_TOKEN: &str = "og_operator_privacy_token_5678";
+
+/// An app whose nordwind brand has `rules` (TOML over `_base`) and two operators.
+async fn app_with_rules(backend: Backend, rules: &str) -> TestApp {
+    let rules = rules.to_owned();
+    spawn_app_with(backend, move |s| {
+        set_fraud_rules(&s.brands_dir, "nordwind", &rules);
+        s.admin.tokens = vec![
+            orderguard::settings::OperatorToken {
+                actor: "fraud-team".to_owned(),
+                scope: "fraud".to_owned(),
+                hash: orderguard::brands::api_key_hash(OPERATOR_TOKEN),
+            },
+            orderguard::settings::OperatorToken {
+                actor: "dpo".to_owned(),
+                scope: "privacy".to_owned(),
+                hash: orderguard::brands::api_key_hash(PRIVACY_TOKEN),
+            },
+        ];
+    })
+    .await
+}
+
+fn start_for(phone: &str) -> Value {
+    let mut body = start_body();
+    body["phone"] = json!(phone);
+    body["order_reference"] = json!(format!(
+        "R-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    ));
+    body
+}
+
+/// A German mobile number in prefix `+49151` (or another three-digit prefix).
+fn number(prefix: &str, n: u64) -> String {
+    format!("{prefix}{:08}", n % 100_000_000)
+}
+
+/// The verification_blocked events written so far (the JSON-lines sink).
+async fn blocked_events(app: &TestApp) -> Vec<Value> {
+    app.wait_for_outbox_drained(30).await;
+    let text = std::fs::read_to_string(app.data_dir.join("events.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("event"))
+        .filter(|event| event["event_type"] == "verification_blocked")
+        .collect()
+}
+
+async fn approve(app: &TestApp, id: &str) {
+    let code = app.latest_code(id).await;
+    let checked = app.check(id, &code).await;
+    assert_eq!(checked.status, 200, "{checked:#?}");
+}
+
+async fn admin(app: &TestApp, method: reqwest::Method, path: &str, token: Option<&str>) -> Answer {
+    let base = app
+        .admin_address
+        .clone()
+        .unwrap_or_else(|| app.address.clone());
+    let mut request = app.client.request(method, format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    read(request.send().await.expect("admin request")).await
+}
+
+async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(backend: Backend) {
+    let app = app_with_rules(
+        backend,
+        "[fraud.rate_limits]\nphone = [\"3/10m\", \"5/1d\"]\n",
+    )
+    .await;
+    for attempt in 1..=3 {
+        let answer = app.start(&start_for(PHONE)).await;
+        assert_eq!(answer.status, 201, "start {attempt}: {answer:#?}");
+    }
+    let refused = app.start(&start_for(PHONE)).await;
+    refused.assert_problem(429, "rate_limited");
+    assert_eq!(
+        (&refused.body["rule"], &refused.body["key_type"]),
+        (&json!("rate_limit"), &json!("phone"))
+    );
+    let retry: i64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=600).contains(&retry), "{retry}");
+    assert_eq!(app.sms_count().await, 3, "no SMS for the refused start");
+    // Another number is not affected.
+    let other = app.start(&start_for("+4915123456780")).await;
+    assert_eq!(other.status, 201, "{other:#?}");
+
+    // The 10-minute window passes; the day's window (5) still has room for two.
+    app.clock.advance(10 * 60_000 + 1);
+    assert_eq!(app.start(&start_for(PHONE)).await.status, 201);
+    assert_eq!(app.start(&start_for(PHONE)).await.status, 201);
+    let daily = app.start(&start_for(PHONE)).await;
+    daily.assert_problem(429, "rate_limited");
+    app.clock.advance(24 * 3_600_000);
+    assert_eq!(app.start(&start_for(PHONE)).await.status, 201, "a new day");
+
+    let blocked = blocked_events(&app).await;
+    assert_eq!(blocked.len(), 2, "one event per refusal: {blocked:#?}");
+    for event in &blocked {
+        assert_eq!(
+            (&event["rule"], &event["key_type"], &event["outcome"]),
+            (&json!("rate_limit"), &json!("phone"), &json!("blocked"))
+        );
+        assert!(
+            !event.to_string().contains(&PHONE[1..]),
+            "no raw number in the event"
+        );
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"orderguard_fraud_refusals_total{brand="nordwind",mode="enforce",rule="rate_limit"} 2"#
+        ),
+        "{metrics}"
+    );
+}
+
+async fn fifty_parallel_starts_to_one_number_never_exceed_its_limit(backend: Backend) {
+    let app = app_with_rules(backend, "[fraud.rate_limits]\nphone = [\"5/10m\"]\n").await;
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.start(&start_for(PHONE)).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("join"));
+    }
+    let served = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((served, refused), (5, 45), "{statuses:?}");
+    assert_eq!(app.sms_count().await, 5);
+}
+
+async fn an_ip_limit_counts_only_starts_that_never_converted(backend: Backend) {
+    // Twenty buyers behind one carrier-grade NAT address, each confirming: all served, though
+    // the IP's limit is 5, because a converted start is given back.
+    let app = app_with_rules(
+        backend,
+        "[fraud.rate_limits]\nip = [\"5/10m\"]\nip_range = [\"8/10m\"]\n",
+    )
+    .await;
+    let nat = "100.64.1.1";
+    for n in 0..20 {
+        let mut body = start_for(&number("+49151", 1_000 + n));
+        body["client_ip"] = json!(nat);
+        let answer = app.start(&body).await;
+        assert_eq!(answer.status, 201, "buyer {n}: {answer:#?}");
+        approve(&app, answer.body["id"].as_str().expect("id")).await;
+    }
+    // Five starts that never convert fill the IP's budget; the sixth is refused by IP.
+    for n in 0..5 {
+        let mut body = start_for(&number("+49152", 2_000 + n));
+        body["client_ip"] = json!(nat);
+        let answer = app.start(&body).await;
+        assert_eq!(answer.status, 201, "unconverted {n}: {answer:#?}");
+    }
+    let mut body = start_for(&number("+49152", 3_000));
+    body["client_ip"] = json!(nat);
+    let refused = app.start(&body).await;
+    refused.assert_problem(429, "rate_limited");
+    assert_eq!(refused.body["key_type"], "ip");
+    // The same range, another address: three more unconverted fit the range's 8.
+    for n in 0..3 {
+        let mut body = start_for(&number("+49152", 4_000 + n));
+        body["client_ip"] = json!(format!("100.64.1.{}", 10 + n));
+        assert_eq!(app.start(&body).await.status, 201, "range {n}");
+    }
+    let mut body = start_for(&number("+49152", 5_000));
+    body["client_ip"] = json!("100.64.1.99");
+    let refused = app.start(&body).await;
+    refused.assert_problem(429, "rate_limited");
+    assert_eq!(refused.body["key_type"], "ip_range");
+}
+
+const PUMPING: &str = "[fraud.pumping]\nmin_starts = 10\nmin_approval_ratio = 0.35\n\
+    window_seconds = 600\ncooldown_seconds = 300\nmax_cooldown_seconds = 43200\nbrand_min_starts = 0\n";
+
+async fn the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_its_cooldown(
+    backend: Backend,
+) {
+    let app = app_with_rules(backend, PUMPING).await;
+    // A real buyer in the prefix, approved yesterday: known-good from now on.
+    let regular = number("+49151", 42);
+    let first = app.start(&start_for(&regular)).await;
+    approve(&app, first.body["id"].as_str().expect("id")).await;
+    app.clock.advance(24 * 3_600_000);
+
+    // The walker: 1,000 starts through one prefix, never checking a code.
+    let before = app.sms_count().await;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for n in 0..1_000 {
+        let answer = app.start(&start_for(&number("+49151", 10_000 + n))).await;
+        *statuses.entry(answer.status).or_default() += 1;
+        if answer.status == 429 {
+            assert_eq!(answer.problem(), "prefix_blocked", "{answer:#?}");
+        }
+    }
+    let pumped = app.sms_count().await - before;
+    assert!(
+        pumped < 10,
+        "at most min_starts - 1 pumping SMS: {pumped} ({statuses:?})"
+    );
+    assert!(pumped * 100 <= 1_000, "≤ 1 % of the walker's starts sent");
+
+    // Normal traffic in another prefix, converting, is served throughout.
+    for n in 0..20 {
+        let answer = app.start(&start_for(&number("+49160", n))).await;
+        assert_eq!(answer.status, 201, "normal buyer {n}: {answer:#?}");
+        approve(&app, answer.body["id"].as_str().expect("id")).await;
+    }
+    // The known-good buyer in the blocked prefix is served; a first-time buyer there is not.
+    assert_eq!(
+        app.start(&start_for(&regular)).await.status,
+        201,
+        "known-good"
+    );
+    app.start(&start_for(&number("+49151", 99_999)))
+        .await
+        .assert_problem(429, "prefix_blocked");
+
+    // The operators see the block.
+    admin(&app, reqwest::Method::GET, "/v1/admin/blocks", None)
+        .await
+        .assert_problem(401, "unauthorized");
+    admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/blocks",
+        Some(PRIVACY_TOKEN),
+    )
+    .await
+    .assert_problem(403, "wrong_scope");
+    let blocks = admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/blocks",
+        Some(OPERATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(blocks.status, 200, "{blocks:#?}");
+    let block = &blocks.body["blocks"][0];
+    assert_eq!(
+        (
+            &block["brand"],
+            &block["prefix"],
+            &block["level"],
+            &block["cooldown_seconds"]
+        ),
+        (&json!("nordwind"), &json!("+49151"), &json!(1), &json!(300))
+    );
+    assert!(
+        block["conversion"].as_f64().is_some_and(|c| c < 0.35),
+        "{block}"
+    );
+
+    // The cool-down passes: the prefix is served again, trips again, and the second block
+    // lasts twice as long.
+    app.clock.advance(300_001);
+    assert_eq!(
+        app.start(&start_for(&number("+49151", 50_000)))
+            .await
+            .status,
+        201,
+        "released"
+    );
+    for n in 0..30 {
+        app.start(&start_for(&number("+49151", 60_000 + n))).await;
+    }
+    let blocks = admin(
+        &app,
+        reqwest::Method::GET,
+        "/v1/admin/blocks",
+        Some(OPERATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (
+            &blocks.body["blocks"][0]["level"],
+            &blocks.body["blocks"][0]["cooldown_seconds"]
+        ),
+        (&json!(2), &json!(600)),
+        "{blocks:#?}"
+    );
+
+    // An operator lifts it: served at once, and the lift is an event naming the operator.
+    let lifted = admin(
+        &app,
+        reqwest::Method::DELETE,
+        "/v1/admin/blocks/nordwind/%2B49151",
+        Some(OPERATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(lifted.status, 204, "{lifted:#?}");
+    assert_eq!(
+        app.start(&start_for(&number("+49151", 70_000)))
+            .await
+            .status,
+        201
+    );
+    admin(
+        &app,
+        reqwest::Method::DELETE,
+        "/v1/admin/blocks/nordwind/%2B49151",
+        Some(OPERATOR_TOKEN),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    app.wait_for_outbox_drained(30).await;
+    let text = std::fs::read_to_string(app.data_dir.join("events.jsonl")).unwrap_or_default();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("event"))
+        .collect();
+    let kinds = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let placed = kinds("prefix_block_placed");
+    assert_eq!(placed.len(), 2, "{placed:#?}");
+    assert_eq!(
+        (
+            &placed[0]["number_prefix"],
+            &placed[0]["attempt"],
+            &placed[1]["attempt"]
+        ),
+        (&json!("+49151"), &json!(1), &json!(2))
+    );
+    let lifts = kinds("prefix_block_lifted");
+    assert_eq!(lifts.len(), 1);
+    assert!(
+        lifts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fraud-team")),
+        "{lifts:#?}"
+    );
+    assert!(
+        kinds("verification_blocked")
+            .iter()
+            .all(|e| e["rule"] == "pumping" && e["key_type"] == "prefix"),
+        "every refusal names its rule"
+    );
+}
+
+async fn slow_pumping_over_many_prefixes_trips_the_brand_conversion_guard(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        set_fraud_rules(
+            &s.brands_dir,
+            "nordwind",
+            "[fraud.pumping]\nmin_starts = 1000\nbrand_min_starts = 40\nbrand_min_approval_ratio = 0.6\n",
+        );
+        // Prefixes of five national digits (+4915100): many small prefixes.
+        s.prefix.by_country.insert("DE".to_owned(), 5);
+    })
+    .await;
+    // Real buyers in four busy prefixes, converting; a slow pumper over 100 other prefixes
+    // (+4915200 … +4915299), never converting. Interleaved 1 : 2.
+    let busy = ["+4915100", "+4915101", "+4915102", "+4915103"];
+    let mut real = (0, 0);
+    let mut pumping = (0, 0);
+    for round in 0..150u64 {
+        let buyer = format!("{}{:06}", busy[(round % 4) as usize], round);
+        let answer = app.start(&start_for(&buyer)).await;
+        real.0 += 1;
+        if answer.status == 201 {
+            real.1 += 1;
+            approve(&app, answer.body["id"].as_str().expect("id")).await;
+        }
+        // Four seconds a round on the fraud clock: the brand's window becomes old enough to
+        // judge after 30 rounds (its first two minutes are not: codes are still being typed).
+        app.clock.advance(4_000);
+        for k in 0..2 {
+            let sub = (round * 2 + k) % 100;
+            let answer = app
+                .start(&start_for(&format!("+49152{sub:02}{:06}", round * 2 + k)))
+                .await;
+            pumping.0 += 1;
+            if answer.status == 201 {
+                pumping.1 += 1;
+            } else {
+                assert_eq!(answer.problem(), "prefix_blocked", "{answer:#?}");
+            }
+        }
+    }
+    assert_eq!(
+        real.1, real.0,
+        "every real buyer in a converting prefix served"
+    );
+    assert!(
+        pumping.1 * 100 / pumping.0 < 30,
+        "most slow pumping refused: {} of {} sent",
+        pumping.1,
+        pumping.0
+    );
+    let blocked = blocked_events(&app).await;
+    assert!(
+        blocked
+            .iter()
+            .all(|e| e["rule"] == "brand_conversion" && e["key_type"] == "brand"),
+        "{:#?}",
+        blocked.first()
+    );
+}
+
+async fn a_monitored_rule_serves_and_records_what_it_would_have_refused(backend: Backend) {
+    let app = app_with_rules(
+        backend,
+        "[fraud.rate_limits]\nmode = \"monitor\"\nphone = [\"1/10m\"]\n",
+    )
+    .await;
+    assert_eq!(app.start(&start_for(PHONE)).await.status, 201);
+    let second = app.start(&start_for(PHONE)).await;
+    assert_eq!(second.status, 201, "monitor mode serves: {second:#?}");
+    assert_eq!(app.sms_count().await, 2);
+    let blocked = blocked_events(&app).await;
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert_eq!(
+        (&blocked[0]["outcome"], &blocked[0]["rule"]),
+        (&json!("monitored"), &json!("rate_limit"))
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"orderguard_fraud_refusals_total{brand="nordwind",mode="monitor",rule="rate_limit"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_one_postgres_share_one_limit() {
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = |s: &mut orderguard::settings::Settings| {
+        set_fraud_rules(
+            &s.brands_dir,
+            "nordwind",
+            "[fraud.rate_limits]\nphone = [\"4/10m\"]\n",
+        );
+        s.database.url = Some(database.clone());
+        // Replicas share their keys, as in production: the counters' keys are pseudonyms.
+        s.secrets.event_pepper = Some(
+            "a-shared-event-pepper-of-32-chars-at-least"
+                .to_owned()
+                .into(),
+        );
+    };
+    let first = spawn_app_with(Backend::Postgres, configure).await;
+    let second = spawn_app_with(Backend::Postgres, configure).await;
+    for (n, app) in [&first, &second, &first, &second].into_iter().enumerate() {
+        assert_eq!(app.start(&start_for(PHONE)).await.status, 201, "start {n}");
+    }
+    first
+        .start(&start_for(PHONE))
+        .await
+        .assert_problem(429, "rate_limited");
+    second
+        .start(&start_for(PHONE))
+        .await
+        .assert_problem(429, "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_live_on_the_admin_listener_when_it_is_set() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.http.admin_port = Some(0);
+        s.admin.tokens = vec![orderguard::settings::OperatorToken {
+            actor: "fraud-team".to_owned(),
+            scope: "fraud".to_owned(),
+            hash: orderguard::brands::api_key_hash(OPERATOR_TOKEN),
+        }];
+    })
+    .await;
+    let admin_address = app.admin_address.clone().expect("admin listener");
+    let on = |base: &str, path: &str| format!("{base}{path}");
+    let buyers = app
+        .client
+        .get(on(&app.address, "/v1/admin/blocks"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(buyers.status(), 404, "not on the buyers' listener");
+    let metrics = app
+        .client
+        .get(on(&app.address, "/metrics"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(metrics.status(), 404, "metrics not on the buyers' listener");
+    let listed = app
+        .client
+        .get(on(&admin_address, "/v1/admin/blocks"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(listed.status(), 200);
+    let metrics = app
+        .client
+        .get(on(&admin_address, "/metrics"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(metrics.status(), 200);
+    let start = app
+        .client
+        .post(on(&admin_address, "/v1/verifications"))
+        .bearer_auth(DEV_KEY)
+        .json(&start_body())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        start.status(),
+        404,
+        "buyers' routes are not on the admin listener"
+    );
+}
+
+/// A local server implementing CAMARA SIM Swap v2's check endpoint: records each request
+/// and answers as told.
+struct SimSwapServer {
+    url: String,
+    requests: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+}
+
+#[derive(Clone, Copy)]
+enum SwapReply {
+    Swapped(bool),
+    Status(u16),
+}
+
+impl SimSwapServer {
+    async fn start(reply: SwapReply) -> Self {
+        let requests: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>> = Arc::default();
+        let log = requests.clone();
+        let handler = move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("lock").push((headers, body.0));
+                match reply {
+                    SwapReply::Swapped(swapped) => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"swapped": swapped})),
+                    ),
+                    SwapReply::Status(status) => (
+                        axum::http::StatusCode::from_u16(status).expect("status"),
+                        axum::Json(
+                            json!({"status": status, "code": "UNAVAILABLE", "message": "down"}),
+                        ),
+                    ),
+                }
+            }
+        };
+        let router = axum::Router::new().route("/sim-swap/v2/check", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { url, requests }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+}
+
+async fn sim_swap_app(server: &SimSwapServer, on_swap: &str, on_error: &str) -> TestApp {
+    let rules = format!(
+        "[fraud]\ndeny_prefixes = [\"+49176\"]\n[fraud.sim_swap]\nbase_url = \"{}\"\ntoken_secret = \"operator_token\"\n\
+         max_age_hours = 240\non_swap = \"{on_swap}\"\non_error = \"{on_error}\"\ntimeout_ms = 1500\n",
+        server.url
+    );
+    spawn_app_with(Backend::Sqlite, move |s| {
+        set_fraud_rules(&s.brands_dir, "nordwind", &rules);
+        s.brand_secrets
+            .insert("operator_token".into(), "camara-bearer".to_owned().into());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recent_sim_swap_refuses_or_flags_as_the_brand_says() {
+    let swapped = SimSwapServer::start(SwapReply::Swapped(true)).await;
+    let app = sim_swap_app(&swapped, "refuse", "allow").await;
+    let refused = app.start(&start_body()).await;
+    refused.assert_problem(403, "sim_swap_recent");
+    assert_eq!(app.sms_count().await, 0, "no SMS to a swapped SIM");
+    let (headers, body) = swapped.requests.lock().expect("lock")[0].clone();
+    assert_eq!(
+        body,
+        json!({"phoneNumber": PHONE, "maxAge": 240}),
+        "CAMARA's body"
+    );
+    assert_eq!(headers["authorization"], "Bearer camara-bearer");
+    let correlator = headers["x-correlator"].to_str().expect("x-correlator");
+    assert!(
+        !correlator.is_empty()
+            && correlator.len() <= 256
+            && correlator
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_:;./<>{}".contains(c)),
+        "the spec's pattern: {correlator}"
+    );
+    // Not asked when a cheaper rule refused already (the deny-list).
+    app.start(&start_for("+4917612345678"))
+        .await
+        .assert_problem(403, "number_blocked");
+    assert_eq!(swapped.count(), 1, "the SIM swap API was not called");
+
+    let flagging = sim_swap_app(&swapped, "flag", "allow").await;
+    let flagged = flagging.start(&start_body()).await;
+    assert_eq!(flagged.status, 201, "{flagged:#?}");
+    flagging.wait_for_outbox_drained(30).await;
+    let text = std::fs::read_to_string(flagging.data_dir.join("events.jsonl")).unwrap_or_default();
+    let started: Value = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("event"))
+        .find(|e| e["event_type"] == "verification_started")
+        .expect("started");
+    assert_eq!(started["flags"], json!(["sim_swap_flagged"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sim_swap_api_is_allowed_or_denied_as_the_brand_says() {
+    let failing = SimSwapServer::start(SwapReply::Status(503)).await;
+    let allowing = sim_swap_app(&failing, "refuse", "allow").await;
+    assert_eq!(allowing.start(&start_body()).await.status, 201);
+    let denying = sim_swap_app(&failing, "refuse", "deny").await;
+    let refused = denying.start(&start_body()).await;
+    refused.assert_problem(503, "sim_swap_unavailable");
+    assert!(refused.header("retry-after").is_some());
+    // A server that never answers in time counts as an error too.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", hanging.local_addr().expect("addr"));
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let silent = SimSwapServer {
+        url,
+        requests: Arc::default(),
+    };
+    let timing_out = sim_swap_app(&silent, "refuse", "deny").await;
+    timing_out
+        .start(&start_body())
+        .await
+        .assert_problem(503, "sim_swap_unavailable");
+    let metrics = timing_out.metrics().await;
+    assert!(
+        metrics.contains(r#"orderguard_sim_swap_checks_total{brand="nordwind",outcome="error"} 1"#),
+        "{metrics}"
+    );
+}
+
+const FJALLNET_KEY: &str = "og_dev_fjallnet_8d3a6c1e5f2b7094";
+
+/// A small deterministic generator, so the replay is the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+
+    /// A public-looking IPv4 address.
+    fn ip(&mut self) -> String {
+        let (a, b, c, d) = (self.next(), self.next(), self.next(), self.next());
+        format!("{}.{}.{}.{}", 1 + a % 220, b % 256, c % 256, 1 + d % 250)
+    }
+
+    /// A number in a mobile prefix of Nordwind's Germany or Fjällnät's Sweden, with the API
+    /// key of its brand.
+    fn buyer(&mut self, german: bool) -> (&'static str, String) {
+        if german {
+            let prefix = self.pick(DE_PREFIXES);
+            (DEV_KEY, format!("{prefix}{:08}", self.next() % 100_000_000))
+        } else {
+            let prefix = self.pick(SE_PREFIXES);
+            (
+                FJALLNET_KEY,
+                format!("{prefix}{:07}", self.next() % 10_000_000),
+            )
+        }
+    }
+}
+
+const DE_PREFIXES: &[&str] = &[
+    "+49151", "+49152", "+49160", "+49162", "+49163", "+49170", "+49171", "+49172", "+49173",
+    "+49174", "+49175", "+49176", "+49177", "+49178", "+49179",
+];
+const SE_PREFIXES: &[&str] = &["+4670", "+4672", "+4673", "+4676", "+4679"];
+
+/// The traffic the issue measures against, replayed on the fraud clock with the example
+/// brands' default rules: over 90 s, real buyers at 10/s across both brands (distinct
+/// numbers, many IP ranges, some behind one carrier NAT address, 85 % confirm about 20 s
+/// later), a walker at 25 starts/s through one prefix, and a slow pumper at 5 starts/s over
+/// the mobile prefixes of the allowed countries and many IPs; neither pumper ever checks a
+/// code. Known-good buyers of the walked prefix (approved the day before) come back during
+/// the attack.
+/// The buyer of verification `id` (a brand of API key `key`) types the right code.
+async fn confirm(app: &TestApp, key: &str, id: &str) {
+    let code = app.latest_code(id).await;
+    let checked = app
+        .client
+        .post(app.url(&format!("/v1/verifications/{id}/check")))
+        .bearer_auth(key)
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .expect("check");
+    assert_eq!(checked.status(), 200);
+}
+
+/// What the replay measured.
+#[derive(Debug)]
+struct Replay {
+    real: u64,
+    real_refused: u64,
+    regular_refused: u64,
+    walker: u64,
+    walker_served: u64,
+    slow: u64,
+    slow_served: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walker_is_stopped_while_real_buyers_are_served() {
+    let replay = replay(0).await;
+    assert_eq!(
+        replay.regular_refused, 0,
+        "known-good buyers in the walked prefix are served"
+    );
+    assert!(
+        replay.real_refused * 1000 < replay.real,
+        "fewer than 0.1 % of real buyers refused: {replay:?}"
+    );
+    assert!(
+        replay.walker_served * 100 <= replay.walker,
+        "≤ 1 % of the walker's starts sent: {replay:?}"
+    );
+}
+
+/// The full mix, slow pumper included: the walker is stopped and known-good buyers are
+/// served; what the slow pumper sends and what real buyers in the prefixes it shares with them
+/// lose is printed (see the README), not hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_attack_mix_stops_the_walker_and_serves_known_good_buyers() {
+    let replay = replay(5).await;
+    assert_eq!(
+        replay.regular_refused, 0,
+        "known-good buyers in the walked prefix are served"
+    );
+    assert!(
+        replay.walker_served * 100 <= replay.walker,
+        "≤ 1 % of the walker's starts sent: {replay:?}"
+    );
+    assert!(
+        replay.real_refused * 10 < replay.real,
+        "under 10 % of real buyers refused: {replay:?}"
+    );
+    assert_eq!(replay.slow, 450);
+    assert!(
+        replay.slow_served < replay.slow,
+        "the brand and prefix guards refuse part of the slow pumping: {replay:?}"
+    );
+}
+
+async fn replay(slow_per_second: u64) -> Replay {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        // The example brands' own defaults: no test overrides.
+        for brand in ["nordwind", "fjallnet"] {
+            set_fraud_rules(&s.brands_dir, brand, "");
+        }
+    })
+    .await;
+    let mut rng = Lcg(20_261_201);
+    let start = |key: &'static str, phone: String, ip: String| {
+        let app = &app;
+        async move {
+            let body = json!({"phone": phone, "order_reference": format!("R-{}", uuid::Uuid::now_v7().simple()),
+                              "amount": "19.90", "currency": "EUR", "client_ip": ip});
+            app.post("/v1/verifications", key, &body).await
+        }
+    };
+    // Known-good buyers in the walked prefix, approved the day before the attack.
+    let walked = "+49159";
+    let mut regulars = Vec::new();
+    for n in 0..20u64 {
+        let phone = format!("{walked}{:08}", 90_000_000 + n);
+        let answer = start(DEV_KEY, phone.clone(), format!("198.51.{}.{}", n, 10)).await;
+        assert_eq!(answer.status, 201, "{answer:#?}");
+        approve(&app, answer.body["id"].as_str().expect("id")).await;
+        regulars.push(phone);
+    }
+    app.clock.advance(24 * 3_600_000);
+    // A shop that has been running: one window of ordinary buyers before the attack.
+    for n in 0..200u64 {
+        let (key, phone) = rng.buyer(n % 2 == 0);
+        let answer = start(key, phone, format!("192.0.{}.{}", n % 200, 1 + n % 250)).await;
+        assert_eq!(answer.status, 201, "warm-up {n}: {answer:#?}");
+        if n % 100 < 85 {
+            confirm(&app, key, answer.body["id"].as_str().expect("id")).await;
+        }
+        app.clock.advance(3_000);
+    }
+
+    let sms_before = app.sms_count().await;
+    let mut pending: Vec<(u64, &'static str, String)> = Vec::new();
+    let (mut real, mut real_refused, mut regular_refused) = (0u64, 0u64, 0u64);
+    let (mut walker, mut walker_served) = (0u64, 0u64);
+    let (mut slow, mut slow_served) = (0u64, 0u64);
+    let mut walk = 0u64;
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for second in 0..90u64 {
+        for n in 0..10u64 {
+            let (key, phone) = rng.buyer(n % 2 == 0);
+            let ip = if rng.next() % 10 == 0 {
+                "100.64.7.7".to_owned()
+            } else {
+                rng.ip()
+            };
+            let answer = start(key, phone, ip).await;
+            real += 1;
+            match answer.status {
+                201 => {
+                    if rng.next() % 100 < 85 {
+                        let id = answer.body["id"].as_str().expect("id").to_owned();
+                        pending.push((second + 20, key, id));
+                    }
+                }
+                _ => {
+                    real_refused += 1;
+                    *reasons
+                        .entry(format!("{} {}", answer.problem(), answer.body["key_type"]))
+                        .or_default() += 1;
+                }
+            }
+        }
+        for _ in 0..25 {
+            walk += 1;
+            let ip = format!("203.0.{}.{}", rng.next() % 256, 1 + rng.next() % 250);
+            let answer = start(DEV_KEY, format!("{walked}{:08}", walk), ip).await;
+            walker += 1;
+            if answer.status == 201 {
+                walker_served += 1;
+            }
+        }
+        for k in 0..slow_per_second {
+            let (key, phone) = rng.buyer(k % 2 == 0);
+            let answer = start(key, phone, rng.ip()).await;
+            slow += 1;
+            if answer.status == 201 {
+                slow_served += 1;
+            }
+        }
+        if second % 10 == 5 {
+            // A regular of the walked prefix buys again.
+            let phone = regulars[(second / 10) as usize].clone();
+            let answer = start(DEV_KEY, phone, "198.51.100.10".to_owned()).await;
+            if answer.status != 201 {
+                regular_refused += 1;
+            }
+        }
+        // The buyers who started 20 s ago type their code.
+        let due: Vec<(u64, &'static str, String)> =
+            pending.iter().filter(|p| p.0 <= second).cloned().collect();
+        pending.retain(|p| p.0 > second);
+        for (_, key, id) in due {
+            confirm(&app, key, &id).await;
+        }
+        app.clock.advance(1_000);
+    }
+    let sent = app.sms_count().await - sms_before;
+    let pumping = walker + slow;
+    let pumping_served = walker_served + slow_served;
+    println!(
+        "replay: real {real} (refused {real_refused}); walker {walker} (sent {walker_served}); \
+         slow {slow} (sent {slow_served}); pumping sent {pumping_served} of {pumping} \
+         ({:.2} %); regulars refused {regular_refused}; SMS {sent}; real refusals {reasons:?}",
+        pumping_served as f64 * 100.0 / pumping as f64
+    );
+    Replay {
+        real,
+        real_refused,
+        regular_refused,
+        walker,
+        walker_served,
+        slow,
+        slow_served,
+    }
+}
