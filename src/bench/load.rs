@@ -247,6 +247,8 @@ struct Context {
     outcomes: std::sync::Mutex<BTreeMap<String, u64>>,
     abandoned: std::sync::Mutex<Vec<String>>,
     completed: AtomicU64,
+    /// This run's id, in its order references.
+    run: String,
 }
 
 /// Why a flow did not complete as intended.
@@ -324,7 +326,9 @@ impl Context {
         let path = Path::of(self.scenario, n);
         let phone = format!("{}{:08}", self.phone_prefix, n % 100_000_000);
         let sms = self.sink.expect(&phone);
-        let reference = format!("B-{n}");
+        // Unique across runs too: a shop never reuses an order reference, and the fraud rules
+        // limit starts per reference.
+        let reference = format!("B-{}-{n}", self.run);
         let verification = match self.scenario {
             Flow::Gate => {
                 let body = json!({"payload": {"sku": "SIM-1", "flow": n}, "order_reference": reference,
@@ -484,6 +488,7 @@ pub async fn run_with(
         outcomes: Default::default(),
         abandoned: Default::default(),
         completed: AtomicU64::new(0),
+        run: uuid::Uuid::now_v7().simple().to_string()[20..].to_owned(),
     });
     let before = options.pid.and_then(sample);
     let limit = if options.flows == 0 {
@@ -655,7 +660,7 @@ async fn pump(
         let context = context.clone();
         let phone = format!("{prefix}{:08}", n % 100_000_000);
         tasks.push(tokio::spawn(async move {
-            let body = json!({"phone": phone, "order_reference": format!("P-{n}"),
+            let body = json!({"phone": phone, "order_reference": format!("P-{}-{n}", context.run),
                               "amount": "9.90", "currency": "EUR"});
             context
                 .call("pump_start", "/v1/verifications", body, intended)

@@ -40,6 +40,11 @@ const REPEAT_WINDOW_MS: Millis = 24 * 3_600_000;
 /// How long this instance answers from a remembered block without asking the database (an
 /// operator's lift on another instance reaches it within this time).
 const BLOCK_CACHE_MS: Millis = 5_000;
+/// How often an instance writes what it gathered in the hot counters (the brand's ceiling and
+/// conversion, a prefix's starts). Between writes it decides on the last total plus its own.
+const HOT_FLUSH_MS: Millis = 250;
+/// ...or once it gathered this many starts, so its view is never more than that behind.
+const HOT_FLUSH_STARTS: i64 = 8;
 /// Entries the per-instance cache holds before it is cleared.
 const CACHE_LIMIT: usize = 100_000;
 
@@ -128,6 +133,19 @@ pub struct Fraud {
     clock: Arc<Clock>,
     /// `brand \0 bucket` → (until, refusal): counters seen exhausted, blocks seen in force.
     cache: Mutex<HashMap<String, (Millis, Refusal)>>,
+    /// `brand \0 bucket` → the hot counters this instance gathers between writes.
+    hot: Mutex<HashMap<String, Hot>>,
+}
+
+/// A hot counter's state on this instance.
+struct Hot {
+    /// Starts counted here and not yet written.
+    pending: i64,
+    /// Starts counted here whose write is under way.
+    in_flight: i64,
+    /// As last written (by this instance's statement, which returns the shared total).
+    state: Option<CounterState>,
+    written_at: Millis,
 }
 
 impl Fraud {
@@ -145,6 +163,7 @@ impl Fraud {
             events,
             clock,
             cache: Mutex::new(HashMap::new()),
+            hot: Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,6 +185,95 @@ impl Fraud {
             cache.clear();
         }
         cache.insert(format!("{brand}\0{bucket}"), (until, refusal.clone()));
+    }
+
+    /// Counts a start in the hot counters `hot`. Returns the ones due to be written (their
+    /// gathered counts, or a read of a counter this instance has not seen) and this
+    /// instance's view of the others: the last written state plus what it counted since.
+    fn count_hot(
+        &self,
+        brand: &str,
+        hot: &[CounterHit],
+        now: Millis,
+    ) -> (Vec<CounterHit>, Vec<CounterState>) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        let mut local = Vec::new();
+        for hit in hot {
+            let counter = counters
+                .entry(format!("{brand}\0{}", hit.bucket))
+                .or_insert_with(|| Hot {
+                    pending: 0,
+                    in_flight: 0,
+                    state: None,
+                    written_at: Millis::MIN,
+                });
+            counter.pending += hit.count;
+            match &counter.state {
+                Some(state)
+                    if now - counter.written_at < HOT_FLUSH_MS
+                        && counter.pending < HOT_FLUSH_STARTS =>
+                {
+                    let mut view = state.clone();
+                    let unwritten = counter.pending + counter.in_flight;
+                    view.hits += unwritten;
+                    view.pending = unwritten;
+                    local.push(view);
+                }
+                _ => {
+                    due.push(CounterHit {
+                        count: counter.pending,
+                        ..hit.clone()
+                    });
+                    counter.in_flight += counter.pending;
+                    counter.pending = 0;
+                    // Written now: no other start of this instance writes it meanwhile.
+                    counter.written_at = now;
+                }
+            }
+        }
+        if counters.len() >= CACHE_LIMIT {
+            counters.clear();
+        }
+        (due, local)
+    }
+
+    /// Takes the states a statement wrote (carrying the counts in `flushed`) as the new base
+    /// of the hot counters. Writes of one instance may land out of order: an older total never
+    /// replaces a newer one.
+    fn written_hot(&self, brand: &str, written: &[CounterState], flushed: &[CounterHit]) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        for hit in flushed {
+            let Some(counter) = counters.get_mut(&format!("{brand}\0{}", hit.bucket)) else {
+                continue;
+            };
+            counter.in_flight -= hit.count;
+            let Some(state) = written.iter().find(|state| state.bucket == hit.bucket) else {
+                continue;
+            };
+            let newer = counter.state.as_ref().is_none_or(|old| {
+                (
+                    state.window_start,
+                    state.blocked_until,
+                    state.hits + state.approvals,
+                ) >= (
+                    old.window_start,
+                    old.blocked_until,
+                    old.hits + old.approvals,
+                )
+            });
+            if newer {
+                counter.state = Some(state.clone());
+            }
+        }
+    }
+
+    /// Takes a start back out of a hot counter (a refused start).
+    fn uncount_hot(&self, brand: &str, bucket: &str) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = counters.get_mut(&format!("{brand}\0{bucket}")) {
+            counter.pending -= 1;
+        }
     }
 
     fn forget(&self, brand: &str, bucket: &str) {
@@ -214,6 +322,7 @@ impl Fraud {
                     hit: CounterHit {
                         bucket: format!("{key_type}:{}:{key}", window.label()),
                         window_ms: window.window_ms,
+                        count: 1,
                     },
                     limit: window.limit,
                     key_type,
@@ -313,21 +422,42 @@ impl Fraud {
             return Ok(verdict);
         }
 
-        let mut hits: Vec<CounterHit> = limits.iter().map(|l| l.hit.clone()).collect();
+        // Counters every start of a brand (or of a busy prefix) shares are hot rows: counted
+        // here and written together every HOT_FLUSH_MS in the same statement as a start's own
+        // counters, so starts never queue on one row's lock. Decisions read the last written
+        // state plus what this instance counted since.
         let window_ms = Millis::from(pumping.window_seconds) * 1000;
+        let mut hot: Vec<CounterHit> = limits
+            .iter()
+            .filter(|limit| limit.key_type == "brand")
+            .map(|limit| limit.hit.clone())
+            .collect();
         if guard_prefix {
-            hits.push(CounterHit {
+            hot.push(CounterHit {
                 bucket: prefix_bucket.clone(),
                 window_ms,
+                count: 1,
             });
         }
         if brand_guard {
-            hits.push(CounterHit {
+            hot.push(CounterHit {
                 bucket: BRAND_STARTS.to_owned(),
                 window_ms,
+                count: 1,
             });
         }
-        let states = self.store.hit_counters(&brand.id, &hits, now).await?;
+        let mut hits: Vec<CounterHit> = limits
+            .iter()
+            .filter(|limit| limit.key_type != "brand")
+            .map(|limit| limit.hit.clone())
+            .collect();
+        let (due, mut local) = self.count_hot(brand_id, &hot, now);
+        hits.extend(due.iter().cloned());
+        let written = self.store.hit_counters(&brand.id, &hits, now).await;
+        self.written_hot(brand_id, written.as_deref().unwrap_or_default(), &due);
+        let written = written?;
+        local.retain(|state| !written.iter().any(|w| w.bucket == state.bucket));
+        let states: Vec<CounterState> = written.into_iter().chain(local).collect();
         self.decide(brand, facts, &limits, &states, now, &mut verdict)
             .await?;
         if verdict.refusal.is_some() {
@@ -340,13 +470,17 @@ impl Fraud {
                 .iter()
                 .map(|limit| limit.hit.bucket.clone())
                 .collect();
+            refunds.retain(|bucket| !bucket.starts_with("brand:"));
             if brand_guard
                 && verdict
                     .refusal
                     .as_ref()
                     .is_some_and(|refusal| refusal.rule != "brand_conversion")
             {
-                refunds.push(BRAND_STARTS.to_owned());
+                self.uncount_hot(brand_id, BRAND_STARTS);
+            }
+            for limit in limits.iter().filter(|limit| limit.key_type == "brand") {
+                self.uncount_hot(brand_id, &limit.hit.bucket);
             }
             let signals = ApprovalSignals {
                 refunds,
@@ -402,7 +536,6 @@ impl Fraud {
                 }
             }
         }
-
         if let Some(counter) = state(&prefix_bucket) {
             let blocked_until = if counter.blocked_until > now {
                 Some(counter.blocked_until)
@@ -512,6 +645,7 @@ impl Fraud {
             let hit = CounterHit {
                 bucket: block.bucket.clone(),
                 window_ms: Millis::from(pumping.window_seconds) * 1000,
+                count: 0,
             };
             let again = self.store.hit_counters(&brand.id, &[hit], now).await?;
             Ok(again
@@ -647,7 +781,9 @@ impl Fraud {
 /// before: at the start of a window the latest starts still wait for their codes, and the
 /// window before (settled) keeps a converting prefix from looking like a pumped one.
 fn ratio_at_least(counter: &CounterState, ratio: f64) -> bool {
-    let starts = counter.hits + counter.prev_hits;
+    // The starts this instance counted since the last write are left out: their approvals
+    // are not in the written state yet either.
+    let starts = counter.hits - counter.pending + counter.prev_hits;
     let approvals = counter.approvals + counter.prev_approvals;
     approvals as f64 >= ratio * starts as f64
 }

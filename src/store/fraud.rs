@@ -33,6 +33,7 @@ fn state_from_row(row: &AnyRow) -> anyhow::Result<CounterState> {
         blocked_at: row.try_get("blocked_at")?,
         blocked_until: row.try_get("blocked_until")?,
         block_level: row.try_get("block_level")?,
+        pending: 0,
     })
 }
 
@@ -58,16 +59,17 @@ pub(super) async fn hit_counters(
         .iter()
         .map(|hit| {
             format!(
-                "({brand}, {}, {now}, {}, 1)",
+                "({brand}, {}, {now}, {}, {})",
                 batch.bind(hit.bucket.as_str()),
-                batch.bind(hit.window_ms)
+                batch.bind(hit.window_ms),
+                batch.bind(hit.count)
             )
         })
         .collect();
     batch.push(format!(
         "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits) VALUES {} \
          ON CONFLICT (brand_id, bucket) DO UPDATE SET \
-           hits = CASE WHEN {RESTARTS} THEN 1 ELSE fraud_counter.hits + 1 END, \
+           hits = CASE WHEN {RESTARTS} THEN excluded.hits ELSE fraud_counter.hits + excluded.hits END, \
            approvals = CASE WHEN {RESTARTS} THEN 0 ELSE fraud_counter.approvals END, \
            prev_hits = CASE WHEN {RESTARTS} THEN \
              (CASE WHEN fraud_counter.window_start + 2 * fraud_counter.window_ms > excluded.window_start \

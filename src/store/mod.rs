@@ -273,6 +273,8 @@ pub struct OutboxStats {
 pub struct CounterHit {
     pub bucket: String,
     pub window_ms: Millis,
+    /// Starts to add: 1 for one start, more for a batch an instance gathered, 0 to read.
+    pub count: i64,
 }
 
 /// A counter after a hit.
@@ -290,6 +292,8 @@ pub struct CounterState {
     /// 0 when never blocked; a block is in force while it is in the future.
     pub blocked_until: Millis,
     pub block_level: i64,
+    /// Starts an instance counted and has not written yet (included in `hits`).
+    pub pending: i64,
 }
 
 /// A prefix block to place, if the counter's block is still what was read (`seen_until`).

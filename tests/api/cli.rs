@@ -183,6 +183,13 @@ async fn production_mode_with_real_settings_serves_and_stops_on_sigterm() {
         .assert_problem(401, "unauthorized");
     let started = read(post(OTHER_KEY).await.expect("send")).await;
     assert_eq!(started.status, 201, "{started:#?}");
+    assert!(
+        started
+            .header("strict-transport-security")
+            .is_some_and(|hsts| hsts.starts_with("max-age=31536000")),
+        "production pins HTTPS: {started:#?}"
+    );
+    assert_eq!(started.header("cache-control"), Some("no-store"));
     let text = gateway.received.lock().expect("lock")[0].1["text"]
         .as_str()
         .expect("text")

@@ -16,6 +16,10 @@ both_backends!(
 async fn every_response_carries_a_request_id(backend: Backend) {
     let app = spawn_app(backend).await;
     let generated = app.get_public("/healthz").await;
+    assert!(
+        generated.header("strict-transport-security").is_none(),
+        "HSTS is for production (a dev service on http://localhost would pin itself)"
+    );
     let id = generated.header("x-request-id").expect("x-request-id");
     assert!(
         uuid::Uuid::parse_str(id).is_ok(),
