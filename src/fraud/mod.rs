@@ -143,6 +143,8 @@ struct Hot {
     pending: i64,
     /// Starts counted here whose write is under way.
     in_flight: i64,
+    /// Approvals seen here and not yet written.
+    pending_approvals: i64,
     /// As last written (by this instance's statement, which returns the shared total).
     state: Option<CounterState>,
     written_at: Millis,
@@ -204,6 +206,7 @@ impl Fraud {
                 .entry(format!("{brand}\0{}", hit.bucket))
                 .or_insert_with(|| Hot {
                     pending: 0,
+                    pending_approvals: 0,
                     in_flight: 0,
                     state: None,
                     written_at: Millis::MIN,
@@ -221,12 +224,20 @@ impl Fraud {
                     local.push(view);
                 }
                 _ => {
+                    // Approvals gathered for a window that has ended by now belong to it,
+                    // not to the window this write starts.
+                    let ended = counter
+                        .state
+                        .as_ref()
+                        .is_some_and(|state| state.window_start + state.window_ms <= now);
                     due.push(CounterHit {
                         count: counter.pending,
+                        approvals: if ended { 0 } else { counter.pending_approvals },
                         ..hit.clone()
                     });
                     counter.in_flight += counter.pending;
                     counter.pending = 0;
+                    counter.pending_approvals = 0;
                     // Written now: no other start of this instance writes it meanwhile.
                     counter.written_at = now;
                 }
@@ -265,6 +276,24 @@ impl Fraud {
             if newer {
                 counter.state = Some(state.clone());
             }
+        }
+    }
+
+    /// Counts an approval in the hot counters `buckets` of `brand`; written with their next
+    /// write, so approvals never queue on the brand's or a busy prefix's row either.
+    fn approve_hot(&self, brand: &str, buckets: &[String]) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        for bucket in buckets {
+            counters
+                .entry(format!("{brand}\0{bucket}"))
+                .or_insert_with(|| Hot {
+                    pending: 0,
+                    pending_approvals: 0,
+                    in_flight: 0,
+                    state: None,
+                    written_at: Millis::MIN,
+                })
+                .pending_approvals += 1;
         }
     }
 
@@ -323,6 +352,7 @@ impl Fraud {
                         bucket: format!("{key_type}:{}:{key}", window.label()),
                         window_ms: window.window_ms,
                         count: 1,
+                        approvals: 0,
                     },
                     limit: window.limit,
                     key_type,
@@ -437,6 +467,7 @@ impl Fraud {
                 bucket: prefix_bucket.clone(),
                 window_ms,
                 count: 1,
+                approvals: 0,
             });
         }
         if brand_guard {
@@ -444,6 +475,7 @@ impl Fraud {
                 bucket: BRAND_STARTS.to_owned(),
                 window_ms,
                 count: 1,
+                approvals: 0,
             });
         }
         let mut hits: Vec<CounterHit> = limits
@@ -646,6 +678,7 @@ impl Fraud {
                 bucket: block.bucket.clone(),
                 window_ms: Millis::from(pumping.window_seconds) * 1000,
                 count: 0,
+                approvals: 0,
             };
             let again = self.store.hit_counters(&brand.id, &[hit], now).await?;
             Ok(again
@@ -728,8 +761,12 @@ impl Fraud {
         if !record.customer_pseudonym.is_empty() {
             known_good.push(format!("customer:{}", record.customer_pseudonym));
         }
+        self.approve_hot(
+            brand.id.as_str(),
+            &[format!("prefix:{prefix}"), BRAND_STARTS.to_owned()],
+        );
         let signals = ApprovalSignals {
-            approved: vec![format!("prefix:{prefix}"), BRAND_STARTS.to_owned()],
+            approved: Vec::new(),
             refunds: self.refund_buckets(
                 &brand.fraud,
                 &record.ip_pseudonym,

@@ -59,18 +59,20 @@ pub(super) async fn hit_counters(
         .iter()
         .map(|hit| {
             format!(
-                "({brand}, {}, {now}, {}, {})",
+                "({brand}, {}, {now}, {}, {}, {})",
                 batch.bind(hit.bucket.as_str()),
                 batch.bind(hit.window_ms),
-                batch.bind(hit.count)
+                batch.bind(hit.count),
+                batch.bind(hit.approvals)
             )
         })
         .collect();
     batch.push(format!(
-        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits) VALUES {} \
+        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits, approvals) VALUES {} \
          ON CONFLICT (brand_id, bucket) DO UPDATE SET \
            hits = CASE WHEN {RESTARTS} THEN excluded.hits ELSE fraud_counter.hits + excluded.hits END, \
-           approvals = CASE WHEN {RESTARTS} THEN 0 ELSE fraud_counter.approvals END, \
+           approvals = CASE WHEN {RESTARTS} THEN excluded.approvals \
+             ELSE fraud_counter.approvals + excluded.approvals END, \
            prev_hits = CASE WHEN {RESTARTS} THEN \
              (CASE WHEN fraud_counter.window_start + 2 * fraud_counter.window_ms > excluded.window_start \
               THEN fraud_counter.hits ELSE 0 END) \

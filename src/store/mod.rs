@@ -275,6 +275,8 @@ pub struct CounterHit {
     pub window_ms: Millis,
     /// Starts to add: 1 for one start, more for a batch an instance gathered, 0 to read.
     pub count: i64,
+    /// Approvals to add (hot counters gather them too).
+    pub approvals: i64,
 }
 
 /// A counter after a hit.
