@@ -675,7 +675,15 @@ async fn pump(
         match task {
             Ok(Ok(201)) => report.sent += 1,
             Ok(Ok(403 | 429)) => report.refused += 1,
-            _ => report.errors += 1,
+            Ok(Ok(status)) => {
+                report.errors += 1;
+                context.recorder.error(format!("pump_start: {status}"));
+            }
+            Ok(Err(error)) => {
+                report.errors += 1;
+                context.recorder.error(format!("pump_start: {error}"));
+            }
+            Err(_) => report.errors += 1,
         }
     }
     report

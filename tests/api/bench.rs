@@ -169,14 +169,15 @@ async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
     let mut attack = options(&app, Model::Closed, 4);
     attack.flows = 0;
     attack.duration = 3;
-    attack.pump_rate = 100.0;
+    // Slow enough that a busy machine answers every start (the bench measures the rates).
+    attack.pump_rate = 20.0;
     let report = run_with(Flow::Attack, attack, sink.clone(), None)
         .await
         .expect("attack");
     assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
     assert_eq!(report.flows_completed, report.flows_started, "{report:#?}");
     let pump = report.pumping.as_ref().expect("pumping report");
-    assert_eq!(pump.starts, 300, "100/s for 3 s: {pump:?}");
+    assert_eq!(pump.starts, 60, "20/s for 3 s: {pump:?}");
     assert_eq!(pump.errors, 0, "{pump:?}");
     assert!(
         pump.sent < 20,
