@@ -813,7 +813,8 @@ async fn a_batch_shipped_twice_is_counted_once_by_the_exact_queries() {
 /// once only after a full batch, else once a period.
 async fn a_relay_that_keeps_up_claims_once_a_period(backend: Backend) {
     let app = crate::helpers::spawn_app_with(backend, |s| s.events.period_ms = 250).await;
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let began = std::time::Instant::now();
+    let until = began + std::time::Duration::from_millis(1500);
     let writer = || async {
         let mut written = 0;
         while std::time::Instant::now() < until {
@@ -841,8 +842,11 @@ async fn a_relay_that_keeps_up_claims_once_a_period(backend: Backend) {
         "every event shipped"
     );
     let batches = counter("event_batches_total");
+    // At most one claim a period (plus the first and the draining ones), however long a busy
+    // machine took to write and drain; a relay claiming in a tight loop made 36–39 here.
+    let periods = began.elapsed().as_millis() as u64 / 250;
     assert!(
-        (2..=15).contains(&batches),
-        "{batches} batches for {written} events over 1.5 s at a 250 ms period"
+        (1..=periods + 3).contains(&batches),
+        "{batches} batches for {written} events over {periods} periods of 250 ms"
     );
 }
