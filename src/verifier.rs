@@ -207,6 +207,27 @@ impl Verifier {
                         .to_owned(),
             }
                 })?;
+        // A refused start's event: what is known of the start, and which rule refused it.
+        let blocked_event = |rule: &str,
+                             key_type: &str,
+                             monitored: bool,
+                             phone: Option<&PhoneNumber>,
+                             country: Option<&str>| {
+            let context = BlockedStart {
+                rule,
+                key_type,
+                monitored,
+                phone,
+                country,
+                customer_reference: customer_reference.as_deref().unwrap_or_default(),
+                client_ip: client_ip.as_deref().unwrap_or_default(),
+                user_agent,
+                locale: locale.as_deref().unwrap_or_default(),
+                amount_minor: amount.minor(),
+                currency: amount.currency(),
+            };
+            self.events.blocked(brand.id.as_str(), &context, now)
+        };
         let phone = match PhoneNumber::parse(
             &phone_input,
             brand.default_country.as_deref(),
@@ -220,25 +241,13 @@ impl Verifier {
                         PhoneNumber::parse_valid(&phone_input, brand.default_country.as_deref())
                             .ok()
                             .map(|(number, _)| number);
-                    let blocked = BlockedStart {
-                        rule: error.kind(),
-                        key_type: "phone",
-                        monitored: false,
-                        phone: parsed.as_ref(),
-                        country: match &error {
-                            PhoneError::CountryNotAllowed(country) => Some(country.as_str()),
-                            _ => None,
-                        },
-                        customer_reference: customer_reference.as_deref().unwrap_or_default(),
-                        client_ip: client_ip.as_deref().unwrap_or_default(),
-                        user_agent,
-                        locale: locale.as_deref().unwrap_or_default(),
-                        amount_minor: amount.minor(),
-                        currency: amount.currency(),
+                    let country = match &error {
+                        PhoneError::CountryNotAllowed(country) => Some(country.as_str()),
+                        _ => None,
                     };
-                    self.store
-                        .append_events(&[self.events.blocked(brand.id.as_str(), &blocked, now)])
-                        .await?;
+                    let event =
+                        blocked_event(error.kind(), "phone", false, parsed.as_ref(), country);
+                    self.store.append_events(&[event]).await?;
                     tracing::info!(brand = %brand.id, rule = error.kind(), "verification blocked");
                 }
                 return Err(error.into());
@@ -255,20 +264,13 @@ impl Verifier {
         };
         let verdict = self.fraud.evaluate(brand, &facts, now).await?;
         let blocked = |refusal: &crate::fraud::Refusal, monitored: bool| {
-            let context = BlockedStart {
-                rule: refusal.rule,
-                key_type: refusal.key_type,
+            blocked_event(
+                refusal.rule,
+                refusal.key_type,
                 monitored,
-                phone: Some(&phone),
-                country: None,
-                customer_reference: customer_reference.as_deref().unwrap_or_default(),
-                client_ip: client_ip.as_deref().unwrap_or_default(),
-                user_agent,
-                locale: locale.as_deref().unwrap_or_default(),
-                amount_minor: amount.minor(),
-                currency: amount.currency(),
-            };
-            self.events.blocked(brand.id.as_str(), &context, now)
+                Some(&phone),
+                None,
+            )
         };
         let monitored: Vec<crate::events::Event> = verdict
             .monitored

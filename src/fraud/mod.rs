@@ -150,6 +150,19 @@ struct Hot {
     written_at: Millis,
 }
 
+impl Default for Hot {
+    /// Never written: its first start writes it.
+    fn default() -> Self {
+        Self {
+            pending: 0,
+            in_flight: 0,
+            pending_approvals: 0,
+            state: None,
+            written_at: Millis::MIN,
+        }
+    }
+}
+
 impl Fraud {
     pub fn new(
         store: Arc<dyn Store>,
@@ -204,13 +217,7 @@ impl Fraud {
         for hit in hot {
             let counter = counters
                 .entry(format!("{brand}\0{}", hit.bucket))
-                .or_insert_with(|| Hot {
-                    pending: 0,
-                    pending_approvals: 0,
-                    in_flight: 0,
-                    state: None,
-                    written_at: Millis::MIN,
-                });
+                .or_default();
             counter.pending += hit.count;
             match &counter.state {
                 Some(state)
@@ -286,13 +293,7 @@ impl Fraud {
         for bucket in buckets {
             counters
                 .entry(format!("{brand}\0{bucket}"))
-                .or_insert_with(|| Hot {
-                    pending: 0,
-                    pending_approvals: 0,
-                    in_flight: 0,
-                    state: None,
-                    written_at: Millis::MIN,
-                })
+                .or_default()
                 .pending_approvals += 1;
         }
     }
@@ -545,7 +546,6 @@ impl Fraud {
         let rate_mode = config.rate_limits.mode;
         let prefix = self.events.prefixes().prefix(facts.phone);
         let prefix_bucket = format!("prefix:{prefix}");
-        let brand_guard = !facts.resend && pumping.brand_min_starts > 0;
         let state = |bucket: &str| states.iter().find(|s| s.bucket == bucket);
 
         for limit in limits {
@@ -594,7 +594,7 @@ impl Fraud {
                 {
                     return Ok(());
                 }
-            } else if let (Some(all), true) = (state(BRAND_STARTS), brand_guard)
+            } else if let Some(all) = state(BRAND_STARTS)
                 && all.hits >= i64::from(pumping.brand_min_starts)
                 && judgeable(all, now)
                 && !ratio_at_least(all, pumping.brand_min_approval_ratio)

@@ -73,12 +73,7 @@ impl FromRequestParts<AppState> for FraudOperator {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
+        let token = super::extract::bearer_token(parts).ok_or(ApiError::Unauthorized)?;
         let (actor, scope) = state
             .operators
             .find(token.trim())

@@ -49,6 +49,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+pub(super) fn bearer_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
 /// The brand whose API key (`Authorization: Bearer <key>`) came with the request.
 pub struct AuthenticatedBrand(pub Arc<Brand>);
 
@@ -59,12 +68,7 @@ impl FromRequestParts<AppState> for AuthenticatedBrand {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
         let (brand, key_label) = state
             .brands
             .authenticate(key.trim())

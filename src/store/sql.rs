@@ -50,6 +50,27 @@ impl Backend {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// A PostgreSQL pool of `max_connections` (at least one). sqlx pings every connection it
+/// hands out: a round trip per transaction. Only a connection that sat idle (a restarted
+/// server may have dropped it) is tested; a busy one that broke fails its statement with a
+/// retryable 503 and is not given out again.
+async fn postgres_pool(url: &str, max_connections: u32) -> Result<sqlx::AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(max_connections.max(1))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > IDLE_BEFORE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect(url)
+        .await
+}
+
 /// Columns read back for a [`VerificationRecord`].
 const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, phone_country, \
     order_reference, amount_minor, currency, locale, code_length, max_checks, max_sends, \
@@ -91,23 +112,7 @@ impl SqlStore {
                 Source::Single(Arc::new(Mutex::new(Single::new(conn))))
             }
             Backend::Postgres => Source::Pool(
-                AnyPoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(5))
-                    .max_connections(max_connections.max(1))
-                    // sqlx pings every connection it hands out: a round trip per transaction.
-                    // Only a connection that sat idle (a restarted server may have dropped it)
-                    // is tested; a busy one that broke fails its statement with a retryable
-                    // 503 and is not given out again.
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for > IDLE_BEFORE_PING {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .connect(url)
+                postgres_pool(url, max_connections)
                     .await
                     .with_context(context)?,
             ),
@@ -121,22 +126,9 @@ impl SqlStore {
         let counters = match (&source, backend) {
             (Source::Pool(_), Backend::Postgres) => {
                 let separator = if url.contains('?') { '&' } else { '?' };
+                let url = format!("{url}{separator}options=-c%20synchronous_commit%3Doff");
                 Source::Pool(
-                    AnyPoolOptions::new()
-                        .acquire_timeout(Duration::from_secs(5))
-                        .max_connections((max_connections / 2).max(1))
-                        .test_before_acquire(false)
-                        .before_acquire(|conn, meta| {
-                            Box::pin(async move {
-                                if meta.idle_for > IDLE_BEFORE_PING {
-                                    conn.ping().await?;
-                                }
-                                Ok(true)
-                            })
-                        })
-                        .connect(&format!(
-                            "{url}{separator}options=-c%20synchronous_commit%3Doff"
-                        ))
+                    postgres_pool(&url, max_connections / 2)
                         .await
                         .with_context(context)?,
                 )

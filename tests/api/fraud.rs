@@ -88,6 +88,23 @@ async fn admin(app: &TestApp, method: reqwest::Method, path: &str, token: Option
     read(request.send().await.expect("admin request")).await
 }
 
+/// The blocks in force, as the fraud team's operator lists them.
+async fn list_blocks(app: &TestApp) -> Answer {
+    admin(
+        app,
+        reqwest::Method::GET,
+        "/v1/admin/blocks",
+        Some(OPERATOR_TOKEN),
+    )
+    .await
+}
+
+/// The fraud team's operator lifts nordwind's block on +49151.
+async fn lift_walked_prefix(app: &TestApp) -> Answer {
+    let path = "/v1/admin/blocks/nordwind/%2B49151";
+    admin(app, reqwest::Method::DELETE, path, Some(OPERATOR_TOKEN)).await
+}
+
 async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(backend: Backend) {
     let app = app_with_rules(
         backend,
@@ -264,13 +281,7 @@ async fn the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_
     )
     .await
     .assert_problem(403, "wrong_scope");
-    let blocks = admin(
-        &app,
-        reqwest::Method::GET,
-        "/v1/admin/blocks",
-        Some(OPERATOR_TOKEN),
-    )
-    .await;
+    let blocks = list_blocks(&app).await;
     assert_eq!(blocks.status, 200, "{blocks:#?}");
     let block = &blocks.body["blocks"][0];
     assert_eq!(
@@ -300,13 +311,7 @@ async fn the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_
     for n in 0..30 {
         app.start(&start_for(&number("+49151", 60_000 + n))).await;
     }
-    let blocks = admin(
-        &app,
-        reqwest::Method::GET,
-        "/v1/admin/blocks",
-        Some(OPERATOR_TOKEN),
-    )
-    .await;
+    let blocks = list_blocks(&app).await;
     assert_eq!(
         (
             &blocks.body["blocks"][0]["level"],
@@ -317,13 +322,7 @@ async fn the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_
     );
 
     // An operator lifts it: served at once, and the lift is an event naming the operator.
-    let lifted = admin(
-        &app,
-        reqwest::Method::DELETE,
-        "/v1/admin/blocks/nordwind/%2B49151",
-        Some(OPERATOR_TOKEN),
-    )
-    .await;
+    let lifted = lift_walked_prefix(&app).await;
     assert_eq!(lifted.status, 204, "{lifted:#?}");
     assert_eq!(
         app.start(&start_for(&number("+49151", 70_000)))
@@ -331,14 +330,9 @@ async fn the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_
             .status,
         201
     );
-    admin(
-        &app,
-        reqwest::Method::DELETE,
-        "/v1/admin/blocks/nordwind/%2B49151",
-        Some(OPERATOR_TOKEN),
-    )
-    .await
-    .assert_problem(404, "not_found");
+    lift_walked_prefix(&app)
+        .await
+        .assert_problem(404, "not_found");
     app.wait_for_outbox_drained(30).await;
     let text = std::fs::read_to_string(app.data_dir.join("events.jsonl")).unwrap_or_default();
     let events: Vec<Value> = text
