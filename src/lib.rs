@@ -20,6 +20,7 @@ pub mod signature;
 pub mod sms;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod sweeper;
 pub mod telemetry;
 pub mod verifier;

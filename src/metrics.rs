@@ -20,6 +20,7 @@ pub struct Metrics {
     events_dead_lettered: IntCounterVec,
     sms_receipts: IntCounterVec,
     brand_reloads: IntCounterVec,
+    worker_restarts: IntCounterVec,
     order_forwards: IntCounterVec,
     webhooks: IntCounterVec,
     fraud_refusals: IntCounterVec,
@@ -127,6 +128,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(brand_reloads.clone()))?;
+        let worker_restarts = IntCounterVec::new(
+            Opts::new(
+                "worker_restarts_total",
+                "Background workers restarted after dying (panic or early return), by worker",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_restarts.clone()))?;
         let order_forwards = IntCounterVec::new(
             Opts::new(
                 "order_forwards_total",
@@ -190,6 +199,7 @@ impl Metrics {
             events_dead_lettered,
             sms_receipts,
             brand_reloads,
+            worker_restarts,
             order_forwards,
             webhooks,
             fraud_refusals,
@@ -276,6 +286,10 @@ impl Metrics {
         self.sms_receipts
             .with_label_values(&[provider, result])
             .inc();
+    }
+
+    pub fn worker_restart(&self, worker: &str) {
+        self.worker_restarts.with_label_values(&[worker]).inc();
     }
 
     pub fn brand_reload(&self, result: &str) {

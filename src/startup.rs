@@ -34,9 +34,9 @@ pub struct Application {
     limits: HttpLimits,
     sweep_interval: Duration,
     brands_reload: Duration,
-    relay: Relay,
-    forwarder: Forwarder,
-    webhooks: WebhookSender,
+    relay: Arc<Relay>,
+    forwarder: Arc<Forwarder>,
+    webhooks: Arc<WebhookSender>,
 }
 
 /// The event sink the settings ask for: ClickHouse when `clickhouse.url` is set (its
@@ -212,6 +212,7 @@ impl Application {
             callbacks: settings.callback_policy(),
             fraud,
             operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
+            workers: Arc::new(crate::supervisor::WorkerHealth::default()),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
@@ -229,9 +230,9 @@ impl Application {
             limits,
             sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
             brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
-            forwarder,
-            webhooks,
-            relay,
+            forwarder: Arc::new(forwarder),
+            webhooks: Arc::new(webhooks),
+            relay: Arc::new(relay),
         })
     }
 
@@ -255,23 +256,39 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sweeper = tokio::spawn(crate::sweeper::run(
-            self.state.verifier.clone(),
-            self.sweep_interval,
-            stop_rx,
-        ));
-        let relay = tokio::spawn(self.relay.run(stop_tx.subscribe()));
-        let forwarder = tokio::spawn(self.forwarder.run(stop_tx.subscribe()));
-        let webhooks = tokio::spawn(self.webhooks.run(stop_tx.subscribe()));
-        let watcher = (!self.brands_reload.is_zero()).then(|| {
-            tokio::spawn(crate::brands::watch::run(
+        // Loaded before `/readyz` says ready, so no buyer's first start pays for it.
+        tokio::task::spawn_blocking(crate::domain::phone::load_metadata);
+        let mut workers = crate::supervisor::Supervisor::new(
+            self.state.workers.clone(),
+            self.state.metrics.clone(),
+        );
+        let (verifier, sweep_interval) = (self.state.verifier.clone(), self.sweep_interval);
+        workers.spawn("sweeper", move |stop| {
+            Box::pin(crate::sweeper::run(verifier.clone(), sweep_interval, stop))
+        });
+        let relay = self.relay.clone();
+        workers.spawn("relay", move |stop| Box::pin(relay.clone().run(stop)));
+        let forwarder = self.forwarder.clone();
+        workers.spawn("forwarder", move |stop| {
+            Box::pin(forwarder.clone().run(stop))
+        });
+        let webhooks = self.webhooks.clone();
+        workers.spawn("webhooks", move |stop| Box::pin(webhooks.clone().run(stop)));
+        if !self.brands_reload.is_zero() {
+            let (brands, metrics, every) = (
                 self.state.brands.clone(),
                 self.state.metrics.clone(),
                 self.brands_reload,
-                stop_tx.subscribe(),
-            ))
-        });
+            );
+            workers.spawn("brand_watcher", move |stop| {
+                Box::pin(crate::brands::watch::run(
+                    brands.clone(),
+                    metrics.clone(),
+                    every,
+                    stop,
+                ))
+            });
+        }
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -301,14 +318,7 @@ impl Application {
         }
         // Workers stop after the last request: its events are in the outbox, and the relay
         // ships what it has claimed before stopping (the rest waits for the next start).
-        let _ = stop_tx.send(true);
-        sweeper.await.context("sweeper task")?;
-        relay.await.context("relay task")?;
-        forwarder.await.context("forwarder task")?;
-        webhooks.await.context("webhook task")?;
-        if let Some(watcher) = watcher {
-            watcher.await.context("brand watcher task")?;
-        }
+        workers.shutdown().await;
         served.context("serving HTTP")
     }
 }

@@ -76,7 +76,11 @@ pub enum VerifyError {
     #[error("the SMS text cannot fit the brand's segment budget (sms.max_segments)")]
     SmsTextTooLong,
     #[error("the SMS could not be sent; try again with resend")]
-    SmsFailed { verification_id: VerificationId },
+    SmsFailed {
+        verification_id: VerificationId,
+        /// The held order, in gate mode: the shop fetches it and calls resend.
+        order_id: Option<crate::domain::OrderId>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -718,13 +722,17 @@ impl Verifier {
             status: status.to_owned(),
             sent_at: now,
         };
-        self.store.record_sms(&sms, &[event]).await?;
+        // A send no provider can have delivered (refused connections, 5xx, 429) does not use
+        // up the buyer's sends: an SMS outage must not leave them at `send_limit_reached`.
+        let refund_send = matches!(&result, Err(failed) if !failed.may_have_been_delivered);
+        self.store.record_sms(&sms, refund_send, &[event]).await?;
         match result {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(verification_id = %record.id, brand = %brand.id, %error, "sending the code failed");
                 Err(VerifyError::SmsFailed {
                     verification_id: record.id,
+                    order_id: None,
                 })
             }
         }

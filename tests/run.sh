@@ -58,8 +58,11 @@ if ! postgres_answers && ! start_installed_cluster && ! install_postgres; then
   exit 1
 fi
 log "PostgreSQL answers at ${ORDERGUARD_TEST_POSTGRES_URL%%@*}@…"
-# Each test makes its own database (og_test_…); drop those an earlier run left behind.
-for db in $(psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'og\_test\_%'"); do
+# Each test makes its own database, named after this checkout (og_test_<hash of its path>_…):
+# drop those this checkout's earlier runs left behind, never another concurrent run's.
+ORDERGUARD_TEST_DB_PREFIX="og_test_$(pwd -P | sha256sum | cut -c1-10)_"
+export ORDERGUARD_TEST_DB_PREFIX
+for db in $(psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE starts_with(datname, '$ORDERGUARD_TEST_DB_PREFIX')"); do
   psql "$ORDERGUARD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
 done
 
@@ -75,10 +78,6 @@ rm -rf test-output
 # The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.
 ORDERGUARD_TEST_PYTHON="$(bash tests/clickhouse/setup.sh)"
 export ORDERGUARD_TEST_PYTHON
-
-# Databases the previous runs created; each test makes its own.
-psql "$ORDERGUARD_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'og_test_%'" \
-  | while read -r name; do psql "$ORDERGUARD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null || true; done
 
 if cargo nextest --version >/dev/null 2>&1; then
   profile=default

@@ -141,6 +141,21 @@ impl PhoneNumber {
 }
 
 /// Masks any phone-like string, keeping the leading `+` and three digits and the last two.
+static METADATA_LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Loads the phone-number metadata (the `phonenumber` crate parses it on first use, which
+/// takes ≈ 0.1 s in release and up to a second in debug) so no buyer's first start pays it.
+/// Blocking: run it off the async threads.
+pub fn load_metadata() {
+    let _ = phonenumber::parse(None, "+4915123456789");
+    METADATA_LOADED.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Whether [`load_metadata`] has finished; `/readyz` waits for it.
+pub fn metadata_loaded() -> bool {
+    METADATA_LOADED.load(std::sync::atomic::Ordering::Acquire)
+}
+
 pub fn mask(number: &str) -> String {
     let chars: Vec<char> = number.chars().collect();
     let keep_head = 4.min(chars.len());

@@ -90,7 +90,7 @@ impl Relay {
     }
 
     /// Ships until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failures: u32 = 0;
         let mut stats_at = Instant::now() - Duration::from_secs(60);
         loop {

@@ -16,7 +16,7 @@ use crate::domain::now_millis;
 use crate::events::{EventFactory, EventType};
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
-use crate::store::{ForwardOutcome, OrderRecord, Store};
+use crate::store::{ForwardOutcome, LeasedWork, OrderRecord, Store};
 
 pub struct Forwarder {
     pub store: Arc<dyn Store>,
@@ -34,7 +34,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Forwards due orders until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         loop {
             let worked = match self.forward_due().await {
@@ -75,7 +75,15 @@ impl Forwarder {
     }
 
     async fn forward(&self, order: OrderRecord) -> anyhow::Result<()> {
-        let outcome = self.attempt(&order).await;
+        let lease = Duration::from_millis(self.settings.lease_ms);
+        let attempt = self.attempt(&order);
+        let leased = LeasedWork::Forward(&order.id);
+        let Some(outcome) =
+            super::while_leased(&*self.store, leased, &self.owner, lease, attempt).await?
+        else {
+            tracing::warn!(order_id = %order.id, "lost the order's lease before sending; another instance has it");
+            return Ok(());
+        };
         let now = now_millis();
         let record = self.store.find_verification(&order.verification_id).await?;
         let (kind, result, reason) = match &outcome {

@@ -10,7 +10,44 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::domain::now_millis;
 use crate::settings::GateSettings;
+use crate::store::{LeasedWork, Store};
+
+/// Runs `work` while keeping `owner`'s lease on it alive: first checks that the lease is still
+/// held (`None` if not: the work must not be done), then renews it every third of `lease`
+/// until `work` ends, however long a slow peer keeps it. A crashed holder stops renewing, so
+/// its work is resumed once the last renewal runs out.
+pub async fn while_leased<T>(
+    store: &dyn Store,
+    work: LeasedWork<'_>,
+    owner: &str,
+    lease: Duration,
+    task: impl Future<Output = T>,
+) -> anyhow::Result<Option<T>> {
+    let lease_ms = lease.as_millis() as i64;
+    if !store
+        .renew_lease(work, owner, now_millis() + lease_ms)
+        .await?
+    {
+        return Ok(None);
+    }
+    let mut task = std::pin::pin!(task);
+    let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut task => return Ok(Some(output)),
+            _ = ticks.tick() => {
+                // A failed renewal is not fatal: the attempt finishes, and its record is
+                // refused if another instance took the work over meanwhile.
+                if let Err(error) = store.renew_lease(work, owner, now_millis() + lease_ms).await {
+                    tracing::warn!(error = %format!("{error:#}"), "renewing a lease failed");
+                }
+            }
+        }
+    }
+}
 
 /// Capped exponential backoff with jitter for attempt `attempts` (1 = the first retry).
 pub fn backoff(settings: &GateSettings, attempts: u32) -> Duration {

@@ -14,7 +14,7 @@ use crate::directory::BrandSecrets;
 use crate::domain::now_millis;
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
-use crate::store::{OrderRecord, Store, WebhookJob, WebhookOutcome};
+use crate::store::{LeasedWork, OrderRecord, Store, WebhookJob, WebhookOutcome};
 
 pub struct WebhookSender {
     pub store: Arc<dyn Store>,
@@ -43,7 +43,7 @@ pub fn body(order: &OrderRecord, occurred_at: &str) -> serde_json::Value {
 }
 
 impl WebhookSender {
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         loop {
             let worked = match self.send_due().await {
@@ -71,20 +71,35 @@ impl WebhookSender {
             .claim_webhooks(&self.owner, now, now + self.settings.lease_ms as i64, 16)
             .await?;
         let count = jobs.len();
-        for job in jobs {
-            let outcome = self.deliver(&job).await;
-            let result = match &outcome {
-                WebhookOutcome::Delivered => "delivered",
-                WebhookOutcome::Retry { .. } => "retry",
-                WebhookOutcome::Failed { .. } => "failed",
-            };
-            self.metrics.webhook(&job.order.brand, result);
-            tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
-            self.store
-                .complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis())
-                .await?;
+        // A batch is sent concurrently, each under its own renewed lease: a slow receiver
+        // neither holds the rest back nor lets another instance send them again.
+        let sends = jobs.iter().map(|job| self.send(job));
+        for result in futures_util::future::join_all(sends).await {
+            result?;
         }
         Ok(count)
+    }
+
+    async fn send(&self, job: &WebhookJob) -> anyhow::Result<()> {
+        let lease = Duration::from_millis(self.settings.lease_ms);
+        let leased = LeasedWork::Webhook(job.webhook_id);
+        let delivery = self.deliver(job);
+        let Some(outcome) =
+            super::while_leased(&*self.store, leased, &self.owner, lease, delivery).await?
+        else {
+            tracing::warn!(order_id = %job.order.id, "lost a webhook's lease before sending; another instance has it");
+            return Ok(());
+        };
+        let result = match &outcome {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retry { .. } => "retry",
+            WebhookOutcome::Failed { .. } => "failed",
+        };
+        self.metrics.webhook(&job.order.brand, result);
+        tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
+        self.store
+            .complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis())
+            .await
     }
 
     async fn deliver(&self, job: &WebhookJob) -> WebhookOutcome {

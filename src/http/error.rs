@@ -130,8 +130,14 @@ impl ApiError {
                     "sms_text_too_long",
                     "SMS text too long",
                 ),
-                VerifyError::SmsFailed { verification_id } => {
+                VerifyError::SmsFailed {
+                    verification_id,
+                    order_id,
+                } => {
                     extra.insert("verification_id".into(), json!(verification_id));
+                    if let Some(order_id) = order_id {
+                        extra.insert("order_id".into(), json!(order_id));
+                    }
                     (
                         S::BAD_GATEWAY,
                         "sms_delivery_failed",

@@ -61,6 +61,8 @@ pub struct AppState {
     pub fraud: Arc<crate::fraud::Fraud>,
     /// Who may use the admin routes.
     pub operators: Arc<Operators>,
+    /// Which background workers are down (`/readyz` reports them).
+    pub workers: Arc<crate::supervisor::WorkerHealth>,
 }
 
 #[derive(OpenApi)]

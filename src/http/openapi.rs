@@ -79,7 +79,7 @@ fn problem_schema() -> Value {
         .collect();
     json!({
         "type": "object",
-        "description": "An RFC 9457 problem. `type` is `urn:orderguard:problem:<cause>`; the cause names are stable. Some causes add members: `field` (invalid_request), `attempts_remaining` (invalid_code), `resend_available_at` (resend_cooldown), `verification_id` (sms_delivery_failed), `country` (country_not_allowed).",
+        "description": "An RFC 9457 problem. `type` is `urn:orderguard:problem:<cause>`; the cause names are stable. Some causes add members: `field` (invalid_request), `attempts_remaining` (invalid_code), `resend_available_at` (resend_cooldown), `verification_id` and, for an order, `order_id` (sms_delivery_failed), `country` (country_not_allowed).",
         "required": ["type", "title", "status"],
         "properties": {
             "type": {"type": "string", "enum": types},

@@ -1,5 +1,7 @@
 //! Operations: liveness, readiness, metrics and the API description.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,21 +25,28 @@ pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// Readiness: the database answers and brands are loaded.
+/// Readiness: the database answers (within a second), brands and the phone-number metadata
+/// are loaded, and no background worker is down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready"),
     (status = 503, description = "Not ready; the body says which check failed"),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let database = match state.store.ping().await {
-        Ok(()) => "ok".to_owned(),
-        Err(error) => {
+    let database = match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(error)) => {
             tracing::warn!(error = %format!("{error:#}"), "readiness: database unreachable");
+            "unreachable".to_owned()
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer within 1 s");
             "unreachable".to_owned()
         }
     };
     let brands = state.brands.len();
-    let ready = database == "ok" && brands > 0;
+    let phone_metadata = crate::domain::phone::metadata_loaded();
+    let workers_down = state.workers.down();
+    let ready = database == "ok" && brands > 0 && phone_metadata && workers_down.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -48,6 +57,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "database": database,
         "backend": state.store.backend().as_str(),
         "brands_loaded": brands,
+        "phone_metadata": if phone_metadata { "loaded" } else { "loading" },
+        "workers_down": workers_down,
     });
     (status, axum::Json(body)).into_response()
 }

@@ -225,7 +225,21 @@ async fn hold(
             callback_url: body.callback_url,
         }),
     };
-    state.verifier.start(brand, request).await?;
+    // The order exists even when its SMS failed: the problem names it, so the shop can read
+    // it and call resend.
+    state
+        .verifier
+        .start(brand, request)
+        .await
+        .map_err(|error| match error {
+            VerifyError::SmsFailed {
+                verification_id, ..
+            } => VerifyError::SmsFailed {
+                verification_id,
+                order_id: Some(order_id),
+            },
+            other => other,
+        })?;
     let order = state
         .store
         .get_order(&brand.id, &order_id)

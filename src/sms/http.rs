@@ -109,9 +109,11 @@ impl SmsProvider for HttpProvider {
         // Errors are described without the URL's query or the body: both may carry secrets.
         let response = request.send().await.map_err(|error| {
             if error.is_timeout() {
-                SendError::Retryable("timed out".to_owned())
+                SendError::TimedOut
+            } else if error.is_connect() {
+                SendError::Unavailable(format!("connection failed: {}", error.without_url()))
             } else {
-                SendError::Retryable(format!("transport error: {}", error.without_url()))
+                SendError::Broken(format!("transport error: {}", error.without_url()))
             }
         })?;
         let status = response.status();
@@ -123,7 +125,7 @@ impl SmsProvider for HttpProvider {
                 .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_owned)));
             Ok(reference)
         } else if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(SendError::Retryable(format!("gateway answered {status}")))
+            Err(SendError::Unavailable(format!("gateway answered {status}")))
         } else {
             Err(SendError::Refused(format!("gateway refused with {status}")))
         }

@@ -126,12 +126,19 @@ impl std::fmt::Debug for SmsMessage {
     }
 }
 
-/// Why a provider did not take a message.
+/// Why a provider did not take a message. Whether the message may still have reached the
+/// phone decides whether the attempt uses up one of the buyer's sends.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth trying the next provider: timeout, connection failure, 5xx, 429.
+    /// Not taken, worth trying the next provider: connection refused, 5xx, 429.
     #[error("{0}")]
-    Retryable(String),
+    Unavailable(String),
+    /// No answer in time: the message may have been delivered. The next provider is tried.
+    #[error("timed out")]
+    TimedOut,
+    /// The connection broke after the request went out: it may have been delivered.
+    #[error("{0}")]
+    Broken(String),
     /// The provider refused the message itself (4xx); another provider is not tried.
     #[error("{0}")]
     Refused(String),
@@ -140,10 +147,15 @@ pub enum SendError {
 impl SendError {
     fn result_label(&self) -> &'static str {
         match self {
-            Self::Retryable(reason) if reason.contains("timed out") => "timeout",
-            Self::Retryable(_) => "error",
+            Self::TimedOut => "timeout",
+            Self::Unavailable(_) | Self::Broken(_) => "error",
             Self::Refused(_) => "refused",
         }
+    }
+
+    /// Whether the message may have reached the phone despite the error.
+    fn may_have_been_delivered(&self) -> bool {
+        matches!(self, Self::TimedOut | Self::Broken(_))
     }
 }
 
@@ -169,6 +181,9 @@ pub struct SendFailed {
     pub failures: Vec<String>,
     /// The provider tried last.
     pub last_provider: String,
+    /// Whether any provider may have delivered it after all (a timeout, a broken
+    /// connection): only then does the attempt use up one of the buyer's sends.
+    pub may_have_been_delivered: bool,
 }
 
 impl SendFailed {
@@ -210,6 +225,7 @@ impl SmsSender {
     pub async fn send(&self, message: &SmsMessage) -> Result<Delivery, SendFailed> {
         let mut failures = Vec::new();
         let mut last_provider = String::new();
+        let mut may_have_been_delivered = false;
         for provider in &self.providers {
             last_provider = provider.name().to_owned();
             match provider.send(message).await {
@@ -225,6 +241,7 @@ impl SmsSender {
                     self.metrics.sms_sent(provider.name(), error.result_label());
                     tracing::warn!(provider = provider.name(), to = %message.to, %error, "SMS provider failed");
                     let refused = matches!(error, SendError::Refused(_));
+                    may_have_been_delivered |= error.may_have_been_delivered();
                     failures.push(format!("{}: {error}", provider.name()));
                     if refused {
                         break;
@@ -235,6 +252,7 @@ impl SmsSender {
         Err(SendFailed {
             failures,
             last_provider,
+            may_have_been_delivered,
         })
     }
 }

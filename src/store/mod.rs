@@ -217,6 +217,13 @@ pub enum SendReservation {
     NotFound,
 }
 
+/// A piece of leased gate work.
+#[derive(Debug, Clone, Copy)]
+pub enum LeasedWork<'a> {
+    Forward(&'a OrderId),
+    Webhook(i64),
+}
+
 /// The result of claiming an idempotency key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -452,8 +459,15 @@ pub trait Store: Send + Sync + 'static {
         events: EventsFor<'_>,
     ) -> anyhow::Result<Vec<VerificationRecord>>;
 
-    /// Records an SMS hand-over (or failure) with its events.
-    async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()>;
+    /// Records an SMS hand-over (or failure) with its events. `refund_send` gives the send
+    /// back to the verification (a failure that cannot have reached the phone), in the same
+    /// write.
+    async fn record_sms(
+        &self,
+        sms: &SmsRecord,
+        refund_send: bool,
+        events: &[Event],
+    ) -> anyhow::Result<()>;
 
     /// Applies a delivery receipt for the message with our id or the provider's reference.
     async fn sms_receipt(
@@ -518,6 +532,16 @@ pub trait Store: Send + Sync + 'static {
         outcome: &ForwardOutcome,
         now: Millis,
         events: &[Event],
+    ) -> anyhow::Result<bool>;
+
+    /// Extends `owner`'s lease on a claimed forward or webhook to `lease_until`, so work that
+    /// outlasts the lease (a slow upstream or receiver) is not claimed again by anyone.
+    /// `false` if `owner` no longer holds it: then it must not be sent.
+    async fn renew_lease(
+        &self,
+        work: LeasedWork<'_>,
+        owner: &str,
+        lease_until: Millis,
     ) -> anyhow::Result<bool>;
 
     /// Leases up to `limit` due webhooks to `owner`.

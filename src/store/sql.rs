@@ -13,9 +13,9 @@ use tokio::sync::Mutex;
 use super::batch::Batch;
 use super::conn::{Combiner, Single, Source};
 use super::{
-    CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, NewVerification,
-    OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome, SendReservation, SmsRecord,
-    Store, VerificationRecord, WebhookJob, WebhookOutcome,
+    CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, LeasedWork,
+    NewVerification, OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome,
+    SendReservation, SmsRecord, Store, VerificationRecord, WebhookJob, WebhookOutcome,
 };
 use crate::brands::BrandId;
 use crate::domain::{Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
@@ -765,7 +765,12 @@ impl Store for SqlStore {
         Ok(records)
     }
 
-    async fn record_sms(&self, sms: &SmsRecord, events: &[Event]) -> anyhow::Result<()> {
+    async fn record_sms(
+        &self,
+        sms: &SmsRecord,
+        refund_send: bool,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
         let mut batch = Batch::new(self.backend);
         let sent_at = batch.bind(sms.sent_at);
         let values = [
@@ -784,6 +789,12 @@ impl Store for SqlStore {
              segments, status, sent_at, updated_at) VALUES ({})",
             values.join(", ")
         ));
+        if refund_send {
+            let id = batch.bind(sms.verification_id.to_string());
+            batch.push(format!(
+                "UPDATE verification SET sends = sends - 1 WHERE verification_id = {id} AND sends > 0"
+            ));
+        }
         batch.events(events)?;
         self.combiner
             .write(batch)
@@ -1063,6 +1074,33 @@ impl Store for SqlStore {
         insert_events(tx.conn().await?, self.backend, events).await?;
         tx.commit().await.context("committing a forward attempt")?;
         Ok(true)
+    }
+
+    async fn renew_lease(
+        &self,
+        work: LeasedWork<'_>,
+        owner: &str,
+        lease_until: Millis,
+    ) -> anyhow::Result<bool> {
+        let query = match work {
+            LeasedWork::Forward(id) => sqlx::query(
+                "UPDATE held_order SET lease_until = $3 \
+                 WHERE order_id = $1 AND lease_owner = $2 AND status = 'forwarding'",
+            )
+            .bind(id.to_string()),
+            LeasedWork::Webhook(id) => sqlx::query(
+                "UPDATE webhook_delivery SET lease_until = $3 \
+                 WHERE webhook_id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(id),
+        };
+        let renewed = query
+            .bind(owner)
+            .bind(lease_until)
+            .execute(&mut *self.source.acquire().await?)
+            .await
+            .context("renewing a lease")?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn claim_webhooks(

@@ -42,7 +42,7 @@ impl Shop {
             axum::response::Html(format!(
                 r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Example shop</title>
 <style>body{{font-family:sans-serif;margin:0;padding:16px;background:#fafafa}}iframe{{width:480px;height:660px;border:1px solid #bbb}}</style></head>
-<body><h1>Example shop: checkout</h1><iframe id="og" src="{src}" title="Confirm your purchase"></iframe><ol id="events"></ol>
+<body><h1>Example shop: checkout</h1><iframe id="og" src="{src}" title="Confirm your purchase" onload="document.body.dataset.frame='loaded'"></iframe><ol id="events"></ol>
 <script>
 window.addEventListener("message", function (event) {{
   if (event.origin !== "{service}") return;
@@ -314,10 +314,12 @@ async fn a_shop_on_an_origin_not_allowed_cannot_frame_the_page() {
     browser
         .goto(&intruder.checkout(&widget, &service_origin(&widget)))
         .await;
+    // The frame's navigation has ended (its load event fires for the error page Chromium
+    // shows in place of a refused frame): only then is "no code field" a finding.
+    browser.wait_for("body[data-frame=loaded]").await;
     browser
         .enter_frame(&browser.wait_for("iframe#og").await)
         .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(
         browser.find("#og-code").await.is_none(),
         "the code page must not render in a foreign frame"

@@ -39,7 +39,8 @@ fn free_port() -> u16 {
 }
 
 async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + crate::helpers::patience(20);
+    while std::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             let mut stderr = String::new();
             if let Some(mut pipe) = child.stderr.take() {
@@ -49,12 +50,20 @@ async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Chil
         }
         if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
             if response.status() == 200 {
+                // Ready means the phone-number metadata is loaded: no buyer's first start
+                // pays for parsing it.
+                let body: serde_json::Value = response.json().await.expect("readyz body");
+                assert_eq!(body["phone_metadata"], "loaded", "{body}");
+                assert_eq!(body["workers_down"], serde_json::json!([]), "{body}");
                 return;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("orderguard did not become ready within 20 s");
+    panic!(
+        "orderguard did not become ready within {:?}",
+        crate::helpers::patience(20)
+    );
 }
 
 /// Checks `code` for verification `id` through the API of the running binary.
@@ -85,13 +94,17 @@ async fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
         .status()
         .expect("kill");
     assert!(sent.success());
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + crate::helpers::patience(10);
+    while std::time::Instant::now() < deadline {
         if let Some(status) = running.0.try_wait().expect("wait") {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("orderguard did not stop within 10 s of SIG{signal}");
+    panic!(
+        "orderguard did not stop within {:?} of SIG{signal}",
+        crate::helpers::patience(10)
+    );
 }
 
 #[test]

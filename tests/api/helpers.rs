@@ -147,7 +147,13 @@ pub async fn fresh_postgres_database() -> String {
     let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is required for the tests and did not answer at {admin}: {e}. Run the README's test command, which starts it.")
     });
-    let name = format!("og_test_{}", uuid::Uuid::new_v4().simple());
+    // The prefix names this checkout (tests/run.sh sets it), so a run drops only the databases
+    // its own earlier runs left, never those of a run going on beside it.
+    let prefix = std::env::var("ORDERGUARD_TEST_DB_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .unwrap_or_else(|| "og_test_".to_owned());
+    let name = format!("{prefix}{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut connection)
         .await
@@ -276,6 +282,16 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
             .await
             .expect("server runs");
     });
+    // Traffic waits for readiness, as behind a load balancer.
+    let client = reqwest::Client::new();
+    eventually("the app is ready", 20, async || {
+        client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     must_not_be_logged(PHONE);
     must_not_be_logged(PHONE.trim_start_matches("+49"));
     // The order reference of `start_body`: page models carry it, and handlebars logs helper
@@ -285,7 +301,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         address,
         data_dir,
         brands_dir,
-        client: reqwest::Client::new(),
+        client,
         database_url,
         clock,
         admin_address,
@@ -746,7 +762,8 @@ impl TestClickHouse {
     /// Starts the server again on the same port with the same data.
     pub async fn restart(&mut self) {
         self.stop();
-        for _ in 0..50 {
+        let deadline = std::time::Instant::now() + patience(5);
+        while std::time::Instant::now() < deadline {
             if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
                 break;
             }
@@ -872,7 +889,7 @@ impl TestApp {
 
     /// Waits until the relay has emptied the outbox (at most `seconds`).
     pub async fn wait_for_outbox_drained(&self, seconds: u64) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+        let deadline = std::time::Instant::now() + patience(seconds);
         loop {
             let pending = self.outbox_len().await;
             if pending == 0 {
@@ -905,6 +922,11 @@ type Recorded = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
 pub struct ScriptedServer {
     pub url: String,
     requests: Recorded,
+    /// Requests being answered right now, and the most there ever were at once.
+    in_flight: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -921,13 +943,21 @@ impl ScriptedServer {
 
     /// Starts on `address` (a fixed port lets a restarted service find it again).
     pub async fn start_on(address: &str, script: Vec<Reply>, fallback: Reply) -> Self {
+        use std::sync::atomic::Ordering;
         let requests: Recorded = Arc::default();
+        let in_flight: Arc<(
+            std::sync::atomic::AtomicUsize,
+            std::sync::atomic::AtomicUsize,
+        )> = Arc::default();
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
         let log = requests.clone();
+        let gauge = in_flight.clone();
         let handler = move |headers: axum::http::HeaderMap, body: String| {
-            let (log, script) = (log.clone(), script.clone());
+            let (log, script, gauge) = (log.clone(), script.clone(), gauge.clone());
             async move {
                 log.lock().expect("lock").push((headers, body));
+                let now = gauge.0.fetch_add(1, Ordering::SeqCst) + 1;
+                gauge.1.fetch_max(now, Ordering::SeqCst);
                 let reply = script.lock().expect("lock").pop_front().unwrap_or(fallback);
                 let status = match reply {
                     Reply::Status(status) => status,
@@ -936,6 +966,7 @@ impl ScriptedServer {
                         201
                     }
                 };
+                gauge.0.fetch_sub(1, Ordering::SeqCst);
                 let status = axum::http::StatusCode::from_u16(status).expect("status");
                 (
                     status,
@@ -956,8 +987,14 @@ impl ScriptedServer {
         Self {
             url,
             requests,
+            in_flight,
             task,
         }
+    }
+
+    /// The most requests this server was answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<(axum::http::HeaderMap, String)> {
@@ -983,8 +1020,15 @@ impl ScriptedServer {
 }
 
 /// Polls `ready` every 50 ms until it holds; fails after `seconds`.
+/// How long a test waits for a condition that takes `seconds` on a quiet machine: five times
+/// as long, so two busy cores never fail a test that is merely slow. Only a test that fails
+/// waits that long; the others go on as soon as the condition holds.
+pub fn patience(seconds: u64) -> Duration {
+    Duration::from_secs(seconds * 5)
+}
+
 pub async fn eventually(what: &str, seconds: u64, mut ready: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let deadline = std::time::Instant::now() + patience(seconds);
     loop {
         if ready().await {
             return;

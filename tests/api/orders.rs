@@ -2,7 +2,6 @@
 //! and the customer directory.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +23,7 @@ both_backends!(
     aborted_locked_and_expired_orders_are_never_forwarded,
     a_webhook_receiver_that_is_down_is_retried,
     the_customer_directory_gives_the_number_on_file,
+    an_order_whose_sms_failed_is_named_by_the_problem_and_can_be_resent,
 );
 
 /// Appends gate configuration to the test copy of Nordwind's brand.toml.
@@ -243,7 +243,7 @@ async fn an_approved_order_reaches_upstream_once_with_its_key_and_a_verifiable_t
         (&hook["type"], &hook["order_id"], &hook["upstream_status"]),
         (&json!("order.forwarded"), &json!(id), &json!(201))
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The order is final (forwarded): nothing can claim it again.
     assert_eq!(upstream.count(), 1, "still once");
     assert_eq!(
         order_events(&app, &id).await,
@@ -278,7 +278,7 @@ async fn an_upstream_400_is_final_and_never_retried(backend: Backend) {
     approve(&app, &verification).await;
     let rejected = wait_for_status(&app, &id, "rejected_upstream").await;
     assert_eq!(rejected["upstream_status"], 400);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // rejected_upstream is final: nothing can claim it again.
     assert_eq!(upstream.count(), 1, "a 4xx is final");
     eventually("the webhook", 10, async || receiver.count() == 1).await;
     assert!(receiver.requests()[0].1.contains("order.rejected_upstream"));
@@ -334,7 +334,7 @@ async fn aborted_locked_and_expired_orders_are_never_forwarded(backend: Backend)
         types.into_iter().collect::<Vec<_>>(),
         ["order.aborted", "order.expired", "order.locked"]
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All three are final and were never approved: nothing can ever claim them.
     assert_eq!(upstream.count(), 0, "the upstream sees nothing");
 }
 
@@ -356,7 +356,12 @@ async fn a_webhook_receiver_that_is_down_is_retried(backend: Backend) {
     for (headers, body) in receiver.requests() {
         verify_webhook(&headers, &body);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the delivery recorded", 10, async || {
+        app.db_number("SELECT COUNT(*) FROM webhook_delivery WHERE status = 'delivered'")
+            .await
+            == 1
+    })
+    .await;
     assert_eq!(receiver.count(), 3, "delivered: no more attempts");
     let metrics = app.metrics().await;
     assert!(
@@ -486,7 +491,8 @@ async fn two_instances_racing_the_approval_forward_once() {
     let approvals = [a.status, b.status].iter().filter(|s| **s == 200).count();
     assert_eq!(approvals, 1, "{a:#?} {b:#?}");
     wait_for_status(&first, &id, "forwarded").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Forwarded is final, and a lease is renewed while its attempt runs: no other attempt
+    // can be in flight.
     assert_eq!(upstream.count(), 1, "one forward between the two instances");
 }
 
@@ -728,4 +734,124 @@ fn run_relying_party(app: &TestApp, cases: &Value) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("results")
+}
+
+/// The SMS failed, but the order and its verification exist: the 502 names both, the shop reads
+/// the order and resends once the gateway is back.
+async fn an_order_whose_sms_failed_is_named_by_the_problem_and_can_be_resent(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let gateway = ScriptedServer::start(vec![Reply::Status(503)], Reply::Status(200)).await;
+    let (url, sms) = (upstream.url.clone(), gateway.url.clone());
+    let app = spawn_app_with(backend, move |s| {
+        configure_gate(s, &url, None);
+        s.sms.providers = vec![orderguard::settings::ProviderSettings::Http {
+            name: "gateway".to_owned(),
+            url: format!("{sms}/send"),
+            timeout_ms: 2_000,
+            auth_header: None,
+            auth_value: None,
+            body_template: None,
+        }];
+    })
+    .await;
+    let failed = app.post("/v1/orders", DEV_KEY, &order_body(None)).await;
+    failed.assert_problem(502, "sms_delivery_failed");
+    let id = failed.body["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_owned();
+    let verification = failed.body["verification_id"]
+        .as_str()
+        .expect("verification_id")
+        .to_owned();
+    let held = order(&app, &id).await;
+    assert_eq!(
+        (&held["status"], &held["verification_id"]),
+        (&json!("awaiting_verification"), &json!(verification))
+    );
+    app.travel(&verification, 31_000).await;
+    let resent = app.resend(&verification).await;
+    assert_eq!(resent.status, 200, "{resent:#?}");
+    assert_eq!(gateway.count(), 2);
+}
+
+/// An upstream slower than the lease, and a second instance polling: the holder renews its
+/// lease while the attempt runs, so the other instance never claims the order and sends it
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_slower_than_its_lease_is_sent_once_between_two_instances() {
+    let upstream = ScriptedServer::start(vec![], Reply::Hang(2_500)).await;
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = |s: &mut orderguard::settings::Settings| {
+        configure_gate(s, &upstream.url, None);
+        s.database.url = Some(database.clone());
+        s.gate.lease_ms = 300;
+        let path = s.brands_dir.join("nordwind/brand.toml");
+        let text = std::fs::read_to_string(&path).expect("brand.toml");
+        std::fs::write(
+            &path,
+            text.replace(
+                "timeout_ms = 500\n\n[webhooks]",
+                "timeout_ms = 60000\n\n[webhooks]",
+            ),
+        )
+        .expect("write brand.toml");
+    };
+    let first = spawn_app_with(Backend::Postgres, configure).await;
+    let second = spawn_app_with(Backend::Postgres, configure).await;
+    let (id, verification) = hold(&first, None).await;
+    approve(&first, &verification).await;
+    let forwarded = wait_for_status(&second, &id, "forwarded").await;
+    assert_eq!(forwarded["forward_attempts"], 1, "{forwarded:#}");
+    assert_eq!(upstream.count(), 1, "sent once in eight leases");
+}
+
+/// A slow webhook receiver and two instances: a claimed batch is sent concurrently, each under
+/// a renewed lease, so none is sent twice and the batch does not take the sum of the waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_webhook_receiver_gets_each_webhook_once_from_two_instances() {
+    let upstream = ScriptedServer::start(vec![], Reply::Status(201)).await;
+    let receiver = ScriptedServer::start(vec![], Reply::Hang(2_000)).await;
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = |s: &mut orderguard::settings::Settings| {
+        configure_gate(s, &upstream.url, None);
+        s.database.url = Some(database.clone());
+        s.gate.lease_ms = 500;
+    };
+    let first = spawn_app_with(Backend::Postgres, configure).await;
+    let second = spawn_app_with(Backend::Postgres, configure).await;
+    const ORDERS: i64 = 6;
+    let mut held = Vec::new();
+    for _ in 0..ORDERS {
+        let (id, verification) = hold(&first, Some(&receiver.url)).await;
+        held.push((id, verification));
+    }
+    for (_, verification) in &held {
+        approve(&first, verification).await;
+    }
+    eventually("every webhook delivered", 15, async || {
+        first
+            .db_number("SELECT COUNT(*) FROM webhook_delivery WHERE status = 'delivered'")
+            .await
+            == ORDERS
+    })
+    .await;
+    let ids: std::collections::BTreeSet<String> = receiver
+        .requests()
+        .iter()
+        .filter_map(|(headers, _)| {
+            headers
+                .get("orderguard-webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(ids.len() as i64, ORDERS);
+    assert_eq!(receiver.count() as i64, ORDERS, "each webhook once");
+    assert!(
+        receiver.max_in_flight() > 1,
+        "webhooks are sent concurrently (at most {} at once)",
+        receiver.max_in_flight()
+    );
+    drop(second);
 }

@@ -12,6 +12,8 @@ both_backends!(
     a_refusing_gateway_does_not_fail_over_and_the_start_says_so,
     a_custom_body_template_shapes_the_gateway_request,
     a_request_slower_than_the_limit_gets_a_timeout_problem,
+    an_sms_outage_does_not_use_up_the_buyers_sends,
+    a_timed_out_send_uses_up_a_send,
 );
 
 async fn the_http_provider_posts_the_message_with_its_credential(backend: Backend) {
@@ -78,7 +80,7 @@ async fn a_hanging_gateway_times_out_and_fails_over(backend: Backend) {
     ];
     let app = spawn_app_with(backend, move |s| s.sms.providers = providers).await;
 
-    let started = tokio::time::timeout(Duration::from_secs(10), app.start_ok())
+    let started = tokio::time::timeout(Duration::from_secs(25), app.start_ok())
         .await
         .expect("start returns");
     assert_eq!(working.count(), 1);
@@ -152,4 +154,55 @@ async fn a_request_slower_than_the_limit_gets_a_timeout_problem(backend: Backend
     app.start(&crate::helpers::start_body())
         .await
         .assert_problem(408, "request_timeout");
+}
+
+/// Every provider refusing outright (here 503) cannot have delivered the code: the buyer may
+/// resend as often as the cooldown allows, and the sends are still all there afterwards.
+async fn an_sms_outage_does_not_use_up_the_buyers_sends(backend: Backend) {
+    let down = SmsGateway::start(GatewayBehaviour::Status(503)).await;
+    let provider = down.provider("gateway", 2_000);
+    let app = spawn_app_with(backend, move |s| s.sms.providers = vec![provider]).await;
+
+    let started = app.start(&crate::helpers::start_body()).await;
+    started.assert_problem(502, "sms_delivery_failed");
+    let id = started.body["verification_id"]
+        .as_str()
+        .expect("verification_id")
+        .to_owned();
+    // Twice the send limit (3), each after the cooldown: never send_limit_reached.
+    for _ in 0..6 {
+        app.travel(&id, 31_000).await;
+        app.resend(&id)
+            .await
+            .assert_problem(502, "sms_delivery_failed");
+    }
+    assert_eq!(down.count(), 7, "every send reached the gateway");
+    let status = app.status(&id).await;
+    assert_eq!(status.body["sends_remaining"], 3, "{status:#?}");
+    assert_eq!(status.body["status"], "pending");
+}
+
+/// A send that timed out may have reached the phone: it counts.
+async fn a_timed_out_send_uses_up_a_send(backend: Backend) {
+    let hanging = SmsGateway::start(GatewayBehaviour::Hang).await;
+    let provider = hanging.provider("gateway", 200);
+    let app = spawn_app_with(backend, move |s| s.sms.providers = vec![provider]).await;
+
+    let started = app.start(&crate::helpers::start_body()).await;
+    started.assert_problem(502, "sms_delivery_failed");
+    let id = started.body["verification_id"]
+        .as_str()
+        .expect("verification_id")
+        .to_owned();
+    for _ in 0..2 {
+        app.travel(&id, 31_000).await;
+        app.resend(&id)
+            .await
+            .assert_problem(502, "sms_delivery_failed");
+    }
+    app.travel(&id, 31_000).await;
+    app.resend(&id)
+        .await
+        .assert_problem(409, "send_limit_reached");
+    assert_eq!(hanging.count(), 3);
 }

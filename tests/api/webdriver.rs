@@ -62,7 +62,7 @@ impl Browser {
             .expect("start chromedriver");
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::helpers::patience(20);
         while client.get(format!("{base}/status")).send().await.is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -138,14 +138,18 @@ impl Browser {
         value[ELEMENT].as_str().map(str::to_owned)
     }
 
-    /// Waits (up to 10 s) for an element matching `css`.
+    /// Waits (up to `patience(10)`) for an element matching `css`.
     pub async fn wait_for(&self, css: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::helpers::patience(10);
         loop {
             if let Some(element) = self.find(css).await {
                 return element;
             }
-            assert!(Instant::now() < deadline, "no element {css} within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} within {:?}",
+                crate::helpers::patience(10)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -180,9 +184,9 @@ impl Browser {
         self.post("/frame/parent", json!({})).await;
     }
 
-    /// Waits (up to 10 s) until the text of `css` contains `needle`.
+    /// Waits (up to `patience(10)`) until the text of `css` contains `needle`.
     pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::helpers::patience(10);
         loop {
             if let Some(element) = self.find(css).await {
                 let text = self.text(&element).await;
@@ -194,7 +198,11 @@ impl Browser {
                     "{css} shows {text:?}, not {needle:?}, after 10 s"
                 );
             } else {
-                assert!(Instant::now() < deadline, "no element {css} within 10 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "no element {css} within {:?}",
+                    crate::helpers::patience(10)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
