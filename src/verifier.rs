@@ -81,6 +81,9 @@ pub enum VerifyError {
         /// The held order, in gate mode: the shop fetches it and calls resend.
         order_id: Option<crate::domain::OrderId>,
     },
+    /// The store failed; its kind says whether a retry can succeed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -706,7 +706,7 @@ impl Fraud {
             ));
         }
         let since = now - Millis::from(brand.fraud.known_good_days) * 86_400_000;
-        self.store.known_good(&brand.id, &subjects, since).await
+        Ok(self.store.known_good(&brand.id, &subjects, since).await?)
     }
 
     async fn check_sim_swap(&self, brand: &Brand, facts: &StartFacts<'_>, verdict: &mut Verdict) {

@@ -99,7 +99,8 @@ impl WebhookSender {
         tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
         self.store
             .complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis())
-            .await
+            .await?;
+        Ok(())
     }
 
     async fn deliver(&self, job: &WebhookJob) -> WebhookOutcome {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::domain::{PhoneError, now_millis};
+use crate::store::{StoreError, StoreErrorKind};
 use crate::verifier::VerifyError;
 
 /// Prefix of every problem `type`; the part after it is the stable cause name.
@@ -37,6 +38,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Verify(VerifyError::Store(error))
+    }
 }
 
 impl ApiError {
@@ -144,7 +151,17 @@ impl ApiError {
                         "SMS could not be sent",
                     )
                 }
-                VerifyError::Internal(_) => {
+                VerifyError::Store(error) if error.kind() != StoreErrorKind::Other => (
+                    S::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "Temporarily unavailable",
+                ),
+                VerifyError::Internal(error) if StoreError::is_unavailable_cause(error) => (
+                    S::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "Temporarily unavailable",
+                ),
+                VerifyError::Store(_) | VerifyError::Internal(_) => {
                     (S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
                 }
             },
@@ -167,7 +184,7 @@ impl ApiError {
                 "method_not_allowed",
                 "Method not allowed",
             ),
-            Self::Internal(error) if is_capacity(error) => (
+            Self::Internal(error) if StoreError::is_unavailable_cause(error) => (
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 "Temporarily unavailable",
@@ -187,8 +204,11 @@ impl ApiError {
             ),
             Self::IdempotencyInProgress | Self::Overloaded => Some(1),
             Self::Internal(error) | Self::Verify(VerifyError::Internal(error))
-                if is_capacity(error) =>
+                if StoreError::is_unavailable_cause(error) =>
             {
+                Some(1)
+            }
+            Self::Verify(VerifyError::Store(error)) if error.kind() != StoreErrorKind::Other => {
                 Some(1)
             }
             Self::Verify(VerifyError::DirectoryUnavailable) => Some(5),
@@ -210,18 +230,6 @@ fn phone_title(error: &PhoneError) -> &'static str {
         PhoneError::FixedLine => "Fixed-line number",
         PhoneError::NotMobile(_) => "Not a mobile number",
     }
-}
-
-/// Whether an internal error is the database being out of reach for now: its pool exhausted, or
-/// its connection lost (a restart). A capacity problem worth a retry (503), not a bug (500);
-/// nothing was committed.
-fn is_capacity(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed)
-        )
-    })
 }
 
 impl IntoResponse for ApiError {

@@ -398,6 +398,7 @@ fn refusal_outcome(error: &VerifyError) -> Outcome {
         VerifyError::NotFound => Outcome::InvalidLink,
         VerifyError::Phone(_)
         | VerifyError::Internal(_)
+        | VerifyError::Store(_)
         | VerifyError::CustomerUnknown
         | VerifyError::CustomerHasNoPhone
         | VerifyError::DirectoryUnavailable => {

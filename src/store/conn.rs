@@ -338,52 +338,30 @@ fn refused_by_database(error: &anyhow::Error) -> bool {
     })
 }
 
-/// A group's failure for one of its callers, with the kinds the API answers with a retryable
-/// 503 kept (`anyhow::Error` cannot be cloned).
+/// A group's failure for one of its callers: the same store error, kind included
+/// (`anyhow::Error` cannot be cloned; a `StoreError` can).
 fn for_each_caller(error: &anyhow::Error) -> anyhow::Error {
-    let kind = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
-        .and_then(|cause| match cause {
-            sqlx::Error::PoolTimedOut => Some(sqlx::Error::PoolTimedOut),
-            sqlx::Error::WorkerCrashed => Some(sqlx::Error::WorkerCrashed),
-            sqlx::Error::Io(io) => Some(sqlx::Error::Io(std::io::Error::new(
-                io.kind(),
-                io.to_string(),
-            ))),
-            _ => None,
-        });
-    let message = format!("writing a group of changes: {error:#}");
-    match kind {
-        Some(kind) => anyhow::Error::from(kind).context(message),
-        None => anyhow::anyhow!(message),
-    }
+    anyhow::Error::from(super::StoreError::of(error)).context("writing a group of changes")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sqlx_cause(error: &anyhow::Error) -> Option<&sqlx::Error> {
-        error
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
-    }
+    use crate::store::{StoreError, StoreErrorKind};
 
     #[test]
     fn each_caller_of_a_failed_group_gets_the_failure_with_its_kind() {
         let timed_out = anyhow::Error::from(sqlx::Error::PoolTimedOut).context("taking it");
         let shared = for_each_caller(&timed_out);
-        assert!(matches!(
-            sqlx_cause(&shared),
-            Some(sqlx::Error::PoolTimedOut)
-        ));
+        assert_eq!(StoreError::of(&shared).kind(), StoreErrorKind::Unavailable);
         assert!(format!("{shared:#}").contains("taking it"));
         assert!(!refused_by_database(&timed_out));
         let lost = anyhow::Error::from(sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()));
-        assert!(matches!(
-            sqlx_cause(&for_each_caller(&lost)),
-            Some(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe
-        ));
+        assert!(StoreError::is_unavailable_cause(&for_each_caller(&lost)));
+        let bug = anyhow::anyhow!("no such table");
+        assert_eq!(
+            StoreError::of(&for_each_caller(&bug)).kind(),
+            StoreErrorKind::Other
+        );
     }
 }

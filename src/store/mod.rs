@@ -6,9 +6,11 @@
 
 mod batch;
 mod conn;
+mod error;
 mod fraud;
 mod sql;
 
+pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use sql::{Backend, SqlStore};
 
 use async_trait::async_trait;
@@ -356,7 +358,7 @@ pub trait Store: Send + Sync + 'static {
         brand: &BrandId,
         hits: &[CounterHit],
         now: Millis,
-    ) -> anyhow::Result<Vec<CounterState>>;
+    ) -> StoreResult<Vec<CounterState>>;
 
     /// Places a prefix block with its events, unless another instance changed the block since
     /// it was read; whether this call placed it.
@@ -365,7 +367,7 @@ pub trait Store: Send + Sync + 'static {
         brand: &BrandId,
         block: &NewBlock,
         events: &[Event],
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Ends a block in force now, with its events; false when none was in force.
     async fn lift_block(
@@ -374,17 +376,13 @@ pub trait Store: Send + Sync + 'static {
         bucket: &str,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Every prefix block in force at `now`.
-    async fn active_blocks(&self, now: Millis) -> anyhow::Result<Vec<BlockRecord>>;
+    async fn active_blocks(&self, now: Millis) -> StoreResult<Vec<BlockRecord>>;
 
     /// Records what an approval tells the fraud rules.
-    async fn record_approval(
-        &self,
-        brand: &BrandId,
-        signals: &ApprovalSignals,
-    ) -> anyhow::Result<()>;
+    async fn record_approval(&self, brand: &BrandId, signals: &ApprovalSignals) -> StoreResult<()>;
 
     /// Whether any of `subjects` (pseudonyms) had an approval since `since`.
     async fn known_good(
@@ -392,30 +390,27 @@ pub trait Store: Send + Sync + 'static {
         brand: &BrandId,
         subjects: &[String],
         since: Millis,
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Checks the database answers.
-    async fn ping(&self) -> anyhow::Result<()>;
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Stores a new pending verification (its first send counted) and its events.
-    async fn insert_verification(
-        &self,
-        new: &NewVerification,
-        events: &[Event],
-    ) -> anyhow::Result<()>;
+    async fn insert_verification(&self, new: &NewVerification, events: &[Event])
+    -> StoreResult<()>;
 
     /// A brand's verification; another brand's id is `None`, as is an unknown id.
     async fn get_verification(
         &self,
         brand: &BrandId,
         id: &VerificationId,
-    ) -> anyhow::Result<Option<VerificationRecord>>;
+    ) -> StoreResult<Option<VerificationRecord>>;
 
     /// A verification by id alone (the code page, authorized by its signed link).
     async fn find_verification(
         &self,
         id: &VerificationId,
-    ) -> anyhow::Result<Option<VerificationRecord>>;
+    ) -> StoreResult<Option<VerificationRecord>>;
 
     /// In one transaction: raises the check counter if the verification is pending, unexpired
     /// and under its limit (so parallel checks can never count more than `max_checks`), lets
@@ -426,7 +421,7 @@ pub trait Store: Send + Sync + 'static {
         id: &VerificationId,
         now: Millis,
         decide: DecideCheck<'_>,
-    ) -> anyhow::Result<CheckCount>;
+    ) -> StoreResult<CheckCount>;
 
     /// Moves a pending verification to a final status with its events. `false` (and no
     /// events) if it was no longer pending.
@@ -436,7 +431,7 @@ pub trait Store: Send + Sync + 'static {
         to: Status,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Atomically counts a resend and swaps in the new code hash, if the verification is
     /// pending, unexpired, under its send limit and past its cooldown; with its events.
@@ -448,7 +443,7 @@ pub trait Store: Send + Sync + 'static {
         code_length: u8,
         now: Millis,
         events: EventsFor<'_>,
-    ) -> anyhow::Result<SendReservation>;
+    ) -> StoreResult<SendReservation>;
 
     /// Marks pending verifications past their expiry as expired (at most `limit`), each with
     /// its events, and returns them. Safe to run on several instances at once.
@@ -457,7 +452,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         limit: i64,
         events: EventsFor<'_>,
-    ) -> anyhow::Result<Vec<VerificationRecord>>;
+    ) -> StoreResult<Vec<VerificationRecord>>;
 
     /// Records an SMS hand-over (or failure) with its events. `refund_send` gives the send
     /// back to the verification (a failure that cannot have reached the phone), in the same
@@ -467,7 +462,7 @@ pub trait Store: Send + Sync + 'static {
         sms: &SmsRecord,
         refund_send: bool,
         events: &[Event],
-    ) -> anyhow::Result<()>;
+    ) -> StoreResult<()>;
 
     /// Applies a delivery receipt for the message with our id or the provider's reference.
     async fn sms_receipt(
@@ -476,10 +471,10 @@ pub trait Store: Send + Sync + 'static {
         delivered: bool,
         now: Millis,
         events: ReceiptEvents<'_>,
-    ) -> anyhow::Result<ReceiptOutcome>;
+    ) -> StoreResult<ReceiptOutcome>;
 
     /// Appends events that come with no other change (refused starts).
-    async fn append_events(&self, events: &[Event]) -> anyhow::Result<()>;
+    async fn append_events(&self, events: &[Event]) -> StoreResult<()>;
 
     /// Leases up to `limit` unclaimed (or lease-expired) outbox rows to `owner` until
     /// `lease_until`, oldest first. Several instances never get the same row at once.
@@ -489,29 +484,25 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         now: Millis,
         lease_until: Millis,
-    ) -> anyhow::Result<Vec<OutboxRow>>;
+    ) -> StoreResult<Vec<OutboxRow>>;
 
     /// Deletes rows the sink acknowledged.
-    async fn ack_outbox(&self, ids: &[i64]) -> anyhow::Result<()>;
+    async fn ack_outbox(&self, ids: &[i64]) -> StoreResult<()>;
 
     /// Gives leased rows back for an immediate retry.
-    async fn release_outbox(&self, ids: &[i64]) -> anyhow::Result<()>;
+    async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()>;
 
     /// Moves rows the sink refused as bad data to the dead-letter table, with the refusal.
-    async fn dead_letter(&self, rows: &[OutboxRow], error: &str, now: Millis)
-    -> anyhow::Result<()>;
+    async fn dead_letter(&self, rows: &[OutboxRow], error: &str, now: Millis) -> StoreResult<()>;
 
-    async fn outbox_stats(&self) -> anyhow::Result<OutboxStats>;
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
 
     /// A brand's held order; another brand's id is `None`.
-    async fn get_order(&self, brand: &BrandId, id: &OrderId)
-    -> anyhow::Result<Option<OrderRecord>>;
+    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> StoreResult<Option<OrderRecord>>;
 
     /// The order held with a verification, if any.
-    async fn order_for_verification(
-        &self,
-        id: &VerificationId,
-    ) -> anyhow::Result<Option<OrderRecord>>;
+    async fn order_for_verification(&self, id: &VerificationId)
+    -> StoreResult<Option<OrderRecord>>;
 
     /// Leases up to `limit` orders due for a forward attempt to `owner` until `lease_until`.
     /// An order whose holder died mid-forward is due again once its lease has run out.
@@ -521,7 +512,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         lease_until: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<OrderRecord>>;
+    ) -> StoreResult<Vec<OrderRecord>>;
 
     /// Records a forward attempt by the lease holder, with its events and (when final) the
     /// webhook, in one transaction. `false` if `owner` no longer holds the order.
@@ -532,7 +523,7 @@ pub trait Store: Send + Sync + 'static {
         outcome: &ForwardOutcome,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Extends `owner`'s lease on a claimed forward or webhook to `lease_until`, so work that
     /// outlasts the lease (a slow upstream or receiver) is not claimed again by anyone.
@@ -542,7 +533,7 @@ pub trait Store: Send + Sync + 'static {
         work: LeasedWork<'_>,
         owner: &str,
         lease_until: Millis,
-    ) -> anyhow::Result<bool>;
+    ) -> StoreResult<bool>;
 
     /// Leases up to `limit` due webhooks to `owner`.
     async fn claim_webhooks(
@@ -551,7 +542,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         lease_until: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<WebhookJob>>;
+    ) -> StoreResult<Vec<WebhookJob>>;
 
     /// Records a webhook attempt by the lease holder.
     async fn complete_webhook(
@@ -560,7 +551,7 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         outcome: &WebhookOutcome,
         now: Millis,
-    ) -> anyhow::Result<()>;
+    ) -> StoreResult<()>;
 
     /// Claims `key` for a request whose body hashes to `request_hash`.
     async fn idempotency_claim(
@@ -569,7 +560,7 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         request_hash: &[u8],
         now: Millis,
-    ) -> anyhow::Result<IdempotencyClaim>;
+    ) -> StoreResult<IdempotencyClaim>;
 
     /// Stores the response to replay for a claimed key.
     async fn idempotency_complete(
@@ -578,8 +569,8 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         status: u16,
         body: &str,
-    ) -> anyhow::Result<()>;
+    ) -> StoreResult<()>;
 
     /// Gives a claimed key up (the request failed in a way worth retrying).
-    async fn idempotency_release(&self, brand: &BrandId, key: &str) -> anyhow::Result<()>;
+    async fn idempotency_release(&self, brand: &BrandId, key: &str) -> StoreResult<()>;
 }

@@ -10,12 +10,21 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, Connection, Executor, Row};
 use tokio::sync::Mutex;
 
+/// `anyhow::ensure!` for functions returning a store error.
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err(anyhow::anyhow!($($message)+).into());
+        }
+    };
+}
+
 use super::batch::Batch;
 use super::conn::{Combiner, Single, Source};
 use super::{
     CheckCount, DecideCheck, EventsFor, ForwardOutcome, IdempotencyClaim, LeasedWork,
     NewVerification, OrderRecord, OutboxRow, OutboxStats, ReceiptEvents, ReceiptOutcome,
-    SendReservation, SmsRecord, Store, VerificationRecord, WebhookJob, WebhookOutcome,
+    SendReservation, SmsRecord, Store, StoreResult, VerificationRecord, WebhookJob, WebhookOutcome,
 };
 use crate::brands::BrandId;
 use crate::domain::{Millis, Money, OrderId, OrderStatus, PhoneNumber, Status, VerificationId};
@@ -467,8 +476,8 @@ impl Store for SqlStore {
         brand: &BrandId,
         hits: &[super::CounterHit],
         now: Millis,
-    ) -> anyhow::Result<Vec<super::CounterState>> {
-        super::fraud::hit_counters(&self.counters, self.backend, brand, hits, now).await
+    ) -> StoreResult<Vec<super::CounterState>> {
+        Ok(super::fraud::hit_counters(&self.counters, self.backend, brand, hits, now).await?)
     }
 
     async fn place_block(
@@ -476,8 +485,8 @@ impl Store for SqlStore {
         brand: &BrandId,
         block: &super::NewBlock,
         events: &[Event],
-    ) -> anyhow::Result<bool> {
-        super::fraud::place_block(&self.source, self.backend, brand, block, events).await
+    ) -> StoreResult<bool> {
+        Ok(super::fraud::place_block(&self.source, self.backend, brand, block, events).await?)
     }
 
     async fn lift_block(
@@ -486,20 +495,23 @@ impl Store for SqlStore {
         bucket: &str,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool> {
-        super::fraud::lift_block(&self.source, self.backend, brand, bucket, now, events).await
+    ) -> StoreResult<bool> {
+        Ok(
+            super::fraud::lift_block(&self.source, self.backend, brand, bucket, now, events)
+                .await?,
+        )
     }
 
-    async fn active_blocks(&self, now: Millis) -> anyhow::Result<Vec<super::BlockRecord>> {
-        super::fraud::active_blocks(&self.source, self.backend, now).await
+    async fn active_blocks(&self, now: Millis) -> StoreResult<Vec<super::BlockRecord>> {
+        Ok(super::fraud::active_blocks(&self.source, self.backend, now).await?)
     }
 
     async fn record_approval(
         &self,
         brand: &BrandId,
         signals: &super::ApprovalSignals,
-    ) -> anyhow::Result<()> {
-        super::fraud::record_approval(&self.counters, self.backend, brand, signals).await
+    ) -> StoreResult<()> {
+        Ok(super::fraud::record_approval(&self.counters, self.backend, brand, signals).await?)
     }
 
     async fn known_good(
@@ -507,11 +519,11 @@ impl Store for SqlStore {
         brand: &BrandId,
         subjects: &[String],
         since: Millis,
-    ) -> anyhow::Result<bool> {
-        super::fraud::known_good(&self.counters, self.backend, brand, subjects, since).await
+    ) -> StoreResult<bool> {
+        Ok(super::fraud::known_good(&self.counters, self.backend, brand, subjects, since).await?)
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&mut *self.source.acquire().await?)
             .await?;
@@ -522,7 +534,7 @@ impl Store for SqlStore {
         &self,
         new: &NewVerification,
         events: &[Event],
-    ) -> anyhow::Result<()> {
+    ) -> StoreResult<()> {
         let limits = &new.limits;
         let mut batch = Batch::new(self.backend);
         let id = batch.bind(new.id.to_string());
@@ -597,17 +609,17 @@ impl Store for SqlStore {
         &self,
         brand: &BrandId,
         id: &VerificationId,
-    ) -> anyhow::Result<Option<VerificationRecord>> {
+    ) -> StoreResult<Option<VerificationRecord>> {
         let mut conn = self.source.acquire().await?;
-        fetch_brand_record(&mut conn, brand, id).await
+        Ok(fetch_brand_record(&mut conn, brand, id).await?)
     }
 
     async fn find_verification(
         &self,
         id: &VerificationId,
-    ) -> anyhow::Result<Option<VerificationRecord>> {
+    ) -> StoreResult<Option<VerificationRecord>> {
         let mut conn = self.source.acquire().await?;
-        fetch_record(&mut conn, id).await
+        Ok(fetch_record(&mut conn, id).await?)
     }
 
     async fn check_code(
@@ -616,7 +628,7 @@ impl Store for SqlStore {
         id: &VerificationId,
         now: Millis,
         decide: DecideCheck<'_>,
-    ) -> anyhow::Result<CheckCount> {
+    ) -> StoreResult<CheckCount> {
         let mut tx = self.source.begin().await?;
         // The counter is raised in the same statement that tests the limit, and the row stays
         // locked until commit, so concurrent checks serialise and no more than max_checks can
@@ -648,14 +660,14 @@ impl Store for SqlStore {
             Some(status) if !record.has_order => {
                 let finish = finish_batch(self.backend, id, status, now, &decision.events)?;
                 let finished = tx.commit_with(finish).await.context("committing a check")?;
-                anyhow::ensure!(
+                ensure!(
                     !finished.is_empty(),
                     "verification {id} changed under its lock"
                 );
             }
             Some(status) => {
                 let conn = tx.conn().await?;
-                anyhow::ensure!(
+                ensure!(
                     finish_in(conn, self.backend, id, status, now, &decision.events).await?,
                     "verification {id} changed under its lock"
                 );
@@ -680,7 +692,7 @@ impl Store for SqlStore {
         to: Status,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool> {
+    ) -> StoreResult<bool> {
         let mut tx = self.source.begin().await?;
         if !finish_in(tx.conn().await?, self.backend, id, to, now, events).await? {
             tx.rollback().await?;
@@ -698,7 +710,7 @@ impl Store for SqlStore {
         code_length: u8,
         now: Millis,
         events: EventsFor<'_>,
-    ) -> anyhow::Result<SendReservation> {
+    ) -> StoreResult<SendReservation> {
         let sql = format!(
             "UPDATE verification SET sends = sends + 1, last_sent_at = $4, updated_at = $4, code_hash = $3, \
                  code_length = $5 \
@@ -735,7 +747,7 @@ impl Store for SqlStore {
         now: Millis,
         limit: i64,
         events: EventsFor<'_>,
-    ) -> anyhow::Result<Vec<VerificationRecord>> {
+    ) -> StoreResult<Vec<VerificationRecord>> {
         // The outer status test re-checks each row under its lock, so two instances sweeping
         // at once expire each verification once.
         let sql = format!(
@@ -770,7 +782,7 @@ impl Store for SqlStore {
         sms: &SmsRecord,
         refund_send: bool,
         events: &[Event],
-    ) -> anyhow::Result<()> {
+    ) -> StoreResult<()> {
         let mut batch = Batch::new(self.backend);
         let sent_at = batch.bind(sms.sent_at);
         let values = [
@@ -809,7 +821,7 @@ impl Store for SqlStore {
         delivered: bool,
         now: Millis,
         events: ReceiptEvents<'_>,
-    ) -> anyhow::Result<ReceiptOutcome> {
+    ) -> StoreResult<ReceiptOutcome> {
         let status = if delivered {
             "delivered"
         } else {
@@ -851,7 +863,7 @@ impl Store for SqlStore {
         Ok(ReceiptOutcome::Recorded)
     }
 
-    async fn append_events(&self, events: &[Event]) -> anyhow::Result<()> {
+    async fn append_events(&self, events: &[Event]) -> StoreResult<()> {
         let mut batch = Batch::new(self.backend);
         batch.events(events)?;
         self.combiner.write(batch).await.context("writing events")?;
@@ -864,7 +876,7 @@ impl Store for SqlStore {
         limit: i64,
         now: Millis,
         lease_until: Millis,
-    ) -> anyhow::Result<Vec<OutboxRow>> {
+    ) -> StoreResult<Vec<OutboxRow>> {
         let lock = self.skip_locked();
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
@@ -888,28 +900,25 @@ impl Store for SqlStore {
                     payload: row.try_get("payload")?,
                 })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<StoreResult<Vec<_>>>()?;
         claimed.sort_by_key(|row| row.outbox_id);
         Ok(claimed)
     }
 
-    async fn ack_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
+    async fn ack_outbox(&self, ids: &[i64]) -> StoreResult<()> {
         self.for_outbox_ids("DELETE FROM outbox", ids, "deleting shipped outbox rows")
-            .await
+            .await?;
+        Ok(())
     }
 
-    async fn release_outbox(&self, ids: &[i64]) -> anyhow::Result<()> {
+    async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()> {
         let statement = "UPDATE outbox SET claimed_by = NULL, claimed_until = 0";
         self.for_outbox_ids(statement, ids, "releasing outbox rows")
-            .await
+            .await?;
+        Ok(())
     }
 
-    async fn dead_letter(
-        &self,
-        rows: &[OutboxRow],
-        error: &str,
-        now: Millis,
-    ) -> anyhow::Result<()> {
+    async fn dead_letter(&self, rows: &[OutboxRow], error: &str, now: Millis) -> StoreResult<()> {
         let mut tx = self.source.begin().await?;
         for row in rows {
             let event_id = serde_json::from_str::<serde_json::Value>(&row.payload)
@@ -932,10 +941,11 @@ impl Store for SqlStore {
                 .execute(tx.conn().await?)
                 .await?;
         }
-        tx.commit().await.context("committing dead letters")
+        tx.commit().await.context("committing dead letters")?;
+        Ok(())
     }
 
-    async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
         let row = sqlx::query("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox")
             .fetch_one(&mut *self.source.acquire().await?)
             .await
@@ -946,11 +956,7 @@ impl Store for SqlStore {
         })
     }
 
-    async fn get_order(
-        &self,
-        brand: &BrandId,
-        id: &OrderId,
-    ) -> anyhow::Result<Option<OrderRecord>> {
+    async fn get_order(&self, brand: &BrandId, id: &OrderId) -> StoreResult<Option<OrderRecord>> {
         let sql =
             format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE order_id = $1 AND brand_id = $2");
         let row = sqlx::query(&sql)
@@ -958,19 +964,19 @@ impl Store for SqlStore {
             .bind(brand.as_str())
             .fetch_optional(&mut *self.source.acquire().await?)
             .await?;
-        row.map(|row| order_from_row(&row)).transpose()
+        Ok(row.map(|row| order_from_row(&row)).transpose()?)
     }
 
     async fn order_for_verification(
         &self,
         id: &VerificationId,
-    ) -> anyhow::Result<Option<OrderRecord>> {
+    ) -> StoreResult<Option<OrderRecord>> {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM held_order WHERE verification_id = $1");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(&mut *self.source.acquire().await?)
             .await?;
-        row.map(|row| order_from_row(&row)).transpose()
+        Ok(row.map(|row| order_from_row(&row)).transpose()?)
     }
 
     async fn claim_forwards(
@@ -979,7 +985,7 @@ impl Store for SqlStore {
         now: Millis,
         lease_until: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<OrderRecord>> {
+    ) -> StoreResult<Vec<OrderRecord>> {
         let sql = self.lease_sql(
             "held_order",
             "order_id",
@@ -995,7 +1001,10 @@ impl Store for SqlStore {
             .fetch_all(&mut *self.source.acquire().await?)
             .await
             .context("claiming orders to forward")?;
-        rows.iter().map(order_from_row).collect()
+        Ok(rows
+            .iter()
+            .map(order_from_row)
+            .collect::<anyhow::Result<_>>()?)
     }
 
     async fn complete_forward(
@@ -1005,7 +1014,7 @@ impl Store for SqlStore {
         outcome: &ForwardOutcome,
         now: Millis,
         events: &[Event],
-    ) -> anyhow::Result<bool> {
+    ) -> StoreResult<bool> {
         let (status, upstream_status, body, error, next_attempt_at) = match outcome {
             ForwardOutcome::Forwarded { status, body } => (
                 OrderStatus::Forwarded,
@@ -1081,7 +1090,7 @@ impl Store for SqlStore {
         work: LeasedWork<'_>,
         owner: &str,
         lease_until: Millis,
-    ) -> anyhow::Result<bool> {
+    ) -> StoreResult<bool> {
         let query = match work {
             LeasedWork::Forward(id) => sqlx::query(
                 "UPDATE held_order SET lease_until = $3 \
@@ -1109,7 +1118,7 @@ impl Store for SqlStore {
         now: Millis,
         lease_until: Millis,
         limit: i64,
-    ) -> anyhow::Result<Vec<WebhookJob>> {
+    ) -> StoreResult<Vec<WebhookJob>> {
         let sql = self.lease_sql(
             "webhook_delivery",
             "webhook_id",
@@ -1149,7 +1158,7 @@ impl Store for SqlStore {
         owner: &str,
         outcome: &WebhookOutcome,
         now: Millis,
-    ) -> anyhow::Result<()> {
+    ) -> StoreResult<()> {
         let (status, error, next_attempt_at, delivered_at) = match outcome {
             WebhookOutcome::Delivered => ("delivered", None, now, Some(now)),
             WebhookOutcome::Retry {
@@ -1181,7 +1190,7 @@ impl Store for SqlStore {
         key: &str,
         request_hash: &[u8],
         now: Millis,
-    ) -> anyhow::Result<IdempotencyClaim> {
+    ) -> StoreResult<IdempotencyClaim> {
         let inserted = sqlx::query(
             "INSERT INTO idempotency (brand_id, idempotency_key, request_hash, created_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -1229,7 +1238,7 @@ impl Store for SqlStore {
         key: &str,
         status: u16,
         body: &str,
-    ) -> anyhow::Result<()> {
+    ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE idempotency SET response_status = $3, response_body = $4 \
              WHERE brand_id = $1 AND idempotency_key = $2",
@@ -1244,7 +1253,7 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn idempotency_release(&self, brand: &BrandId, key: &str) -> anyhow::Result<()> {
+    async fn idempotency_release(&self, brand: &BrandId, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM idempotency WHERE brand_id = $1 AND idempotency_key = $2")
             .bind(brand.as_str())
             .bind(key)

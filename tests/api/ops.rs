@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::both_backends;
-use crate::helpers::{Backend, DEV_KEY, read, spawn_app};
+use crate::helpers::{Backend, DEV_KEY, read, spawn_app, start_body};
 
 both_backends!(
     health_and_readiness_report_the_database_and_brands,
@@ -249,4 +249,90 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         .as_object()
         .expect("schemas");
     assert!(schemas.contains_key("StartVerification") && schemas.contains_key("Verification"));
+}
+
+/// The database cut off (through a proxy we stop) and its connections terminated by the
+/// server (SQLSTATE 57P01): every request answers, and none with a 500. Starts and checks get a
+/// retryable 503 `service_unavailable` with `Retry-After`, `/readyz` says so within its one
+/// second, and the service works again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_faults_answer_503_with_retry_after_never_500() {
+    use crate::helpers::{TcpProxy, eventually};
+    let database = crate::helpers::fresh_postgres_database().await;
+    let admin = crate::helpers::postgres_admin_url();
+    let host = admin
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port")
+        .to_owned();
+    let mut proxy = TcpProxy::to(&host).await;
+    let proxied = database.replacen(&host, &format!("127.0.0.1:{}", proxy.port), 1);
+    let url = proxied.clone();
+    let app = crate::helpers::spawn_app_with(Backend::Postgres, move |s| {
+        s.database.url = Some(url);
+    })
+    .await;
+    let pending = app.start_ok().await;
+    let wrong = app.wrong_code(&pending).await;
+    let no_500 = |answer: &crate::helpers::Answer| {
+        assert_ne!(answer.status, 500, "{answer:#?}");
+        if answer.status == 503 {
+            assert_eq!(answer.problem(), "service_unavailable", "{answer:#?}");
+            assert!(answer.header("retry-after").is_some(), "{answer:#?}");
+        }
+    };
+
+    // Cut off: connections refused.
+    proxy.stop();
+    let start = app.start(&start_body()).await;
+    start.assert_problem(503, "service_unavailable");
+    no_500(&start);
+    let check = app.check(&pending, &wrong).await;
+    check.assert_problem(503, "service_unavailable");
+    no_500(&check);
+    let ready = app.get_public("/readyz").await;
+    assert_eq!(
+        (ready.status, &ready.body["database"]),
+        (503, &serde_json::json!("unreachable"))
+    );
+
+    // Back: the service recovers by itself.
+    proxy.start().await;
+    eventually("starts succeed again", 20, async || {
+        app.start(&start_body()).await.status == 201
+    })
+    .await;
+
+    // Every connection of the service terminated by the server (a restart, an operator).
+    let name = database.rsplit('/').next().expect("name").to_owned();
+    let mut admin_connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("admin");
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) AS t",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin_connection)
+    .await
+    .expect("terminate");
+    assert!(terminated > 0, "the service had connections to terminate");
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..10 {
+        let start = app.start(&start_body()).await;
+        no_500(&start);
+        *statuses.entry(start.status).or_default() += 1;
+        let check = app.check(&pending, &wrong).await;
+        no_500(&check);
+        *statuses.entry(check.status).or_default() += 1;
+    }
+    assert!(
+        statuses.contains_key(&201),
+        "the service reconnects: {statuses:?}"
+    );
+    assert!(
+        statuses.contains_key(&503),
+        "a request met a terminated connection (57P01) and was told to retry: {statuses:?}"
+    );
 }
