@@ -213,6 +213,7 @@ impl Application {
             fraud,
             operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
             workers: Arc::new(crate::supervisor::WorkerHealth::default()),
+            request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,

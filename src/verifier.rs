@@ -22,6 +22,9 @@ use crate::store::{
 /// What a shop gives to start a verification (raw; validated by [`Verifier::start`]).
 #[derive(Debug, Clone)]
 pub struct StartRequest {
+    /// The new verification's id, chosen by the caller: an idempotent request stores it with
+    /// its key, so a retry after a crash finds what the first attempt created.
+    pub id: VerificationId,
     /// The number typed in the checkout; ignored when a customer reference is given and the
     /// brand has a customer directory (the number on file is used).
     pub phone: Option<String>,
@@ -292,7 +295,7 @@ impl Verifier {
             return Err(VerifyError::Refused(refusal));
         }
 
-        let id = VerificationId::new();
+        let id = request.id;
         let code = OtpCode::generate(brand.limits.code_length);
         let pseudonymizer = self.events.pseudonymizer();
         let new = NewVerification {
@@ -456,6 +459,29 @@ impl Verifier {
                 })
             }
         }
+    }
+
+    /// What an idempotent start that died mid-way (a crash, a dropped connection, its own
+    /// timeout) created: `None` if it never stored the verification, so the retry starts
+    /// afresh with the same id. A pending verification whose SMS was never recorded gets it
+    /// now, with a new code (the first one was never known outside the dead request).
+    pub async fn resume(
+        &self,
+        brand: &Brand,
+        id: &VerificationId,
+    ) -> Result<Option<VerificationRecord>, VerifyError> {
+        let Some(record) = self.store.get_verification(&brand.id, id).await? else {
+            return Ok(None);
+        };
+        if record.status == Status::Pending && !self.store.has_sms(id).await? {
+            let code = OtpCode::generate(brand.limits.code_length);
+            let hash = self.hasher.hash(id, &code);
+            if self.store.replace_code(id, &hash).await? {
+                tracing::info!(verification_id = %id, brand = %brand.id, "resumed start: sending its code");
+                self.send_code(brand, &record, &code).await?;
+            }
+        }
+        Ok(Some(record))
     }
 
     /// Sends a new code (the previous one stops working), within the send limit and cooldown.

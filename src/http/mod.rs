@@ -5,6 +5,7 @@ mod callbacks;
 mod dev;
 mod error;
 mod extract;
+mod idempotency;
 pub mod openapi;
 mod ops;
 mod orders;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub operators: Arc<Operators>,
     /// Which background workers are down (`/readyz` reports them).
     pub workers: Arc<crate::supervisor::WorkerHealth>,
+    /// `http.request_timeout_ms`: an idempotency claim outlives any request.
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(OpenApi)]

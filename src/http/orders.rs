@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::extract::{ApiJson, AuthenticatedBrand};
-use super::verifications::idempotent;
+use super::idempotency::{Claim, idempotent};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::{OrderId, OrderStatus, Status};
 use crate::store::{NewOrder, OrderRecord};
@@ -160,7 +160,11 @@ pub async fn hold_order(
         &headers,
         "orders",
         &request,
-        || async move { hold(state_ref, brand_ref, body).await.into_response() },
+        |claim| async move {
+            hold(state_ref, brand_ref, body, claim)
+                .await
+                .into_response()
+        },
     )
     .await
 }
@@ -169,6 +173,7 @@ async fn hold(
     state: &AppState,
     brand: &crate::brands::Brand,
     body: HoldOrder,
+    claim: Claim,
 ) -> Result<Response, ApiError> {
     if brand.upstream.is_none() {
         return Err(refuse(
@@ -209,42 +214,61 @@ async fn hold(
             ));
         }
     }
-    let order_id = OrderId::new();
-    let request = StartRequest {
-        phone: body.phone,
-        order_reference: body.order_reference,
-        amount: body.amount,
-        currency: body.currency,
-        locale: body.locale,
-        customer_reference: body.customer_reference,
-        client_ip: body.client_ip,
-        user_agent: body.user_agent,
-        order: Some(NewOrder {
-            id: order_id,
-            payload,
-            callback_url: body.callback_url,
-        }),
+    // A retry of a request that died mid-way: the order, if the first attempt stored it.
+    let resumed = if claim.resumed {
+        let order = state
+            .store
+            .order_for_verification(&claim.verification_id)
+            .await?;
+        match order {
+            Some(order) => {
+                state
+                    .verifier
+                    .resume(brand, &claim.verification_id)
+                    .await
+                    .map_err(|error| name_the_order(error, order.id))?;
+                Some(order)
+            }
+            None => None,
+        }
+    } else {
+        None
     };
-    // The order exists even when its SMS failed: the problem names it, so the shop can read
-    // it and call resend.
-    state
-        .verifier
-        .start(brand, request)
-        .await
-        .map_err(|error| match error {
-            VerifyError::SmsFailed {
-                verification_id, ..
-            } => VerifyError::SmsFailed {
-                verification_id,
-                order_id: Some(order_id),
-            },
-            other => other,
-        })?;
-    let order = state
-        .store
-        .get_order(&brand.id, &order_id)
-        .await?
-        .ok_or(VerifyError::NotFound)?;
+    let order = match resumed {
+        Some(order) => order,
+        None => {
+            let order_id = OrderId::new();
+            let request = StartRequest {
+                id: claim.verification_id,
+                phone: body.phone,
+                order_reference: body.order_reference,
+                amount: body.amount,
+                currency: body.currency,
+                locale: body.locale,
+                customer_reference: body.customer_reference,
+                client_ip: body.client_ip,
+                user_agent: body.user_agent,
+                order: Some(NewOrder {
+                    id: order_id,
+                    payload,
+                    callback_url: body.callback_url,
+                }),
+            };
+            // The order exists even when its SMS failed: the problem names it, so the shop
+            // can read it and call resend.
+            state
+                .verifier
+                .start(brand, request)
+                .await
+                .map_err(|error| name_the_order(error, order_id))?;
+            state
+                .store
+                .get_order(&brand.id, &order_id)
+                .await?
+                .ok_or(VerifyError::NotFound)?
+        }
+    };
+    let order_id = order.id;
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(order_view(state, &order).await?),
@@ -254,6 +278,19 @@ async fn hold(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// A failed SMS of a held order: the problem carries the order id too.
+fn name_the_order(error: VerifyError, order_id: OrderId) -> VerifyError {
+    match error {
+        VerifyError::SmsFailed {
+            verification_id, ..
+        } => VerifyError::SmsFailed {
+            verification_id,
+            order_id: Some(order_id),
+        },
+        other => other,
+    }
 }
 
 /// Read a held order of the calling brand: where it stands, and the upstream's answer.

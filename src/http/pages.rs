@@ -635,6 +635,7 @@ pub async fn demo_checkout(
         _ => "EUR",
     };
     let request = StartRequest {
+        id: crate::domain::VerificationId::new(),
         phone: Some(phone),
         order_reference: format!("DEMO-{}", now_millis() % 100_000),
         amount: "49.90".to_owned(),

@@ -4,14 +4,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::extract::{ApiJson, AuthenticatedBrand};
+use super::idempotency::{Claim, idempotent};
 use super::{ApiError, AppState, rfc3339};
-use crate::domain::{Status, VerificationId, now_millis};
-use crate::store::{IdempotencyClaim, VerificationRecord};
+use crate::domain::{Status, VerificationId};
+use crate::store::VerificationRecord;
 use crate::verifier::StartRequest;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -203,88 +203,46 @@ pub async fn start_verification(
         &headers,
         "verifications",
         &request,
-        || async move { start(state_ref, brand_ref, body).await.into_response() },
+        |claim| async move {
+            start(state_ref, brand_ref, body, claim)
+                .await
+                .into_response()
+        },
     )
     .await
-}
-
-/// Runs `create` at most once per `Idempotency-Key` (scoped to the brand and `scope`), and
-/// replays its response for a repeat with the same body. Without the header it just runs.
-pub(super) async fn idempotent<F, Fut>(
-    state: &AppState,
-    brand: &crate::brands::Brand,
-    headers: &HeaderMap,
-    scope: &str,
-    request: &[u8],
-    create: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
-    let Some(key) = headers.get("idempotency-key") else {
-        return Ok(create().await);
-    };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key must be 1–255 visible ASCII characters")
-        })?;
-    let key = format!("{scope}:{key}");
-    let request_hash = Sha256::digest(request).to_vec();
-    match state
-        .store
-        .idempotency_claim(&brand.id, &key, &request_hash, now_millis())
-        .await?
-    {
-        IdempotencyClaim::Claimed => {}
-        IdempotencyClaim::Replay { status, body } => {
-            let status = StatusCode::from_u16(status).map_err(anyhow::Error::from)?;
-            let content_type = if status.is_success() {
-                "application/json"
-            } else {
-                "application/problem+json"
-            };
-            let mut response = (status, body).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(response);
-        }
-        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
-        IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
-    }
-    let response = create().await;
-    let status = response.status();
-    if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
-        // Nothing was decided: let the client retry with the same key.
-        state.store.idempotency_release(&brand.id, &key).await?;
-        return Ok(response);
-    }
-    // Buffer the body to store it, then answer with the same bytes.
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| anyhow::anyhow!("buffering response: {e}"))?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    state
-        .store
-        .idempotency_complete(&brand.id, &key, status.as_u16(), &text)
-        .await?;
-    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 async fn start(
     state: &AppState,
     brand: &crate::brands::Brand,
     body: StartVerification,
+    claim: Claim,
 ) -> Result<Response, ApiError> {
-    let request = StartRequest {
+    // A retry of a request that died mid-way: answer with what it created, if it got that far.
+    let resumed = if claim.resumed {
+        state.verifier.resume(brand, &claim.verification_id).await?
+    } else {
+        None
+    };
+    let record = match resumed {
+        Some(record) => record,
+        None => {
+            state
+                .verifier
+                .start(brand, start_request(body, claim))
+                .await?
+        }
+    };
+    let mut response = verification_response(state, StatusCode::CREATED, &record).await;
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", record.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn start_request(body: StartVerification, claim: Claim) -> StartRequest {
+    StartRequest {
+        id: claim.verification_id,
         phone: body.phone,
         order_reference: body.order_reference,
         amount: body.amount,
@@ -294,13 +252,7 @@ async fn start(
         client_ip: body.client_ip,
         user_agent: body.user_agent,
         order: None,
-    };
-    let record = state.verifier.start(brand, request).await?;
-    let mut response = verification_response(state, StatusCode::CREATED, &record).await;
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/verifications/{}", record.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
 }
 
 /// Read a verification of the calling brand.

@@ -229,13 +229,15 @@ pub enum LeasedWork<'a> {
 /// The result of claiming an idempotency key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum IdempotencyClaim {
-    /// First use: go ahead, then [`Store::idempotency_complete`] or `_release`.
-    Claimed,
+    /// Go ahead, creating `resource` (the id stored with the key), then
+    /// [`Store::idempotency_complete`] or `_release`. `resumed`: an earlier attempt with this
+    /// key died before answering (its lease ran out); it may have created `resource` already.
+    Claimed { resource: String, resumed: bool },
     /// Seen before with the same request: replay this response.
     Replay { status: u16, body: String },
     /// Seen before with a different request.
     Mismatch,
-    /// The first request with this key is still being processed.
+    /// The first request with this key is still being processed (its lease runs).
     InProgress,
 }
 
@@ -464,6 +466,12 @@ pub trait Store: Send + Sync + 'static {
         events: &[Event],
     ) -> StoreResult<()>;
 
+    /// Whether any SMS (sent or failed) was recorded for verification `id`.
+    async fn has_sms(&self, id: &VerificationId) -> StoreResult<bool>;
+
+    /// Replaces a pending verification's code hash; `false` if it is no longer pending.
+    async fn replace_code(&self, id: &VerificationId, code_hash: &[u8]) -> StoreResult<bool>;
+
     /// Applies a delivery receipt for the message with our id or the provider's reference.
     async fn sms_receipt(
         &self,
@@ -553,13 +561,17 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
 
-    /// Claims `key` for a request whose body hashes to `request_hash`.
+    /// Claims `key` for a request whose body hashes to `request_hash`, until `lease_until`;
+    /// `resource` is the id the request will create, stored with the key. A key whose holder
+    /// died (lease over, no response stored) is claimed again, with its stored resource.
     async fn idempotency_claim(
         &self,
         brand: &BrandId,
         key: &str,
         request_hash: &[u8],
+        resource: &str,
         now: Millis,
+        lease_until: Millis,
     ) -> StoreResult<IdempotencyClaim>;
 
     /// Stores the response to replay for a claimed key.

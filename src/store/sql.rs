@@ -815,6 +815,28 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn has_sms(&self, id: &VerificationId) -> StoreResult<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sms_message WHERE verification_id = $1 LIMIT 1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *self.source.acquire().await?)
+                .await
+                .context("looking for a verification's SMS")?;
+        Ok(found.is_some())
+    }
+
+    async fn replace_code(&self, id: &VerificationId, code_hash: &[u8]) -> StoreResult<bool> {
+        let replaced = sqlx::query(
+            "UPDATE verification SET code_hash = $2 WHERE verification_id = $1 AND status = 'pending'",
+        )
+        .bind(id.to_string())
+        .bind(code_hash)
+        .execute(&mut *self.source.acquire().await?)
+        .await
+        .context("replacing a code")?;
+        Ok(replaced.rows_affected() == 1)
+    }
+
     async fn sms_receipt(
         &self,
         reference: &str,
@@ -1189,46 +1211,77 @@ impl Store for SqlStore {
         brand: &BrandId,
         key: &str,
         request_hash: &[u8],
+        resource: &str,
         now: Millis,
+        lease_until: Millis,
     ) -> StoreResult<IdempotencyClaim> {
         let inserted = sqlx::query(
-            "INSERT INTO idempotency (brand_id, idempotency_key, request_hash, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            "INSERT INTO idempotency (brand_id, idempotency_key, request_hash, created_at, \
+             lease_until, resource_id) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(brand.as_str())
         .bind(key)
         .bind(request_hash)
         .bind(now)
+        .bind(lease_until)
+        .bind(resource)
         .execute(&mut *self.source.acquire().await?)
         .await
         .context("claiming an idempotency key")?;
         if inserted.rows_affected() == 1 {
-            return Ok(IdempotencyClaim::Claimed);
+            return Ok(IdempotencyClaim::Claimed {
+                resource: resource.to_owned(),
+                resumed: false,
+            });
         }
         let row = sqlx::query(
-            "SELECT request_hash, response_status, response_body FROM idempotency \
-             WHERE brand_id = $1 AND idempotency_key = $2",
+            "SELECT request_hash, response_status, response_body, lease_until, resource_id \
+             FROM idempotency WHERE brand_id = $1 AND idempotency_key = $2",
         )
         .bind(brand.as_str())
         .bind(key)
         .fetch_optional(&mut *self.source.acquire().await?)
-        .await?;
+        .await
+        .context("reading an idempotency key")?;
         // Released between our insert and this read: the caller may simply retry.
         let Some(row) = row else {
             return Ok(IdempotencyClaim::InProgress);
         };
-        let stored_hash: Vec<u8> = row.try_get("request_hash")?;
+        let stored_hash: Vec<u8> = row.try_get("request_hash").context("request_hash")?;
         if stored_hash != request_hash {
             return Ok(IdempotencyClaim::Mismatch);
         }
-        let status: Option<i64> = row.try_get("response_status")?;
-        let body: Option<String> = row.try_get("response_body")?;
-        Ok(match (status, body) {
-            (Some(status), Some(body)) => IdempotencyClaim::Replay {
+        let status: Option<i64> = row.try_get("response_status").context("response_status")?;
+        let body: Option<String> = row.try_get("response_body").context("response_body")?;
+        if let (Some(status), Some(body)) = (status, body) {
+            return Ok(IdempotencyClaim::Replay {
                 status: u16::try_from(status).context("stored status")?,
                 body,
-            },
-            _ => IdempotencyClaim::InProgress,
+            });
+        }
+        let held_until: i64 = row.try_get("lease_until").context("lease_until")?;
+        if held_until > now {
+            return Ok(IdempotencyClaim::InProgress);
+        }
+        // The holder died without answering: take the key over (one retry wins).
+        let taken = sqlx::query(
+            "UPDATE idempotency SET lease_until = $3 WHERE brand_id = $1 AND idempotency_key = $2 \
+             AND response_status IS NULL AND lease_until = $4",
+        )
+        .bind(brand.as_str())
+        .bind(key)
+        .bind(lease_until)
+        .bind(held_until)
+        .execute(&mut *self.source.acquire().await?)
+        .await
+        .context("taking over an idempotency key")?;
+        if taken.rows_affected() != 1 {
+            return Ok(IdempotencyClaim::InProgress);
+        }
+        let stored: Option<String> = row.try_get("resource_id").context("resource_id")?;
+        Ok(IdempotencyClaim::Claimed {
+            resource: stored.unwrap_or_else(|| resource.to_owned()),
+            resumed: true,
         })
     }
 

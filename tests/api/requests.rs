@@ -10,6 +10,7 @@ both_backends!(
     the_same_idempotency_key_and_body_replays_the_first_response,
     the_same_idempotency_key_with_another_body_is_refused,
     idempotency_keys_of_different_brands_do_not_meet,
+    a_start_cut_off_by_its_timeout_is_resumed_by_a_retry_with_its_key,
     unknown_routes_and_methods_are_problems,
 );
 
@@ -223,4 +224,60 @@ async fn past_max_in_flight_requests_are_shed_with_a_retryable_503() {
     shed.assert_problem(503, "overloaded");
     assert_eq!(shed.header("retry-after"), Some("1"));
     first.abort();
+}
+
+/// The SMS gateway hangs, the service's own request timeout answers 408 and drops the request
+/// after the verification was stored: its key is not stuck. Once the claim's lease is over, a
+/// retry with the key answers with that same verification and sends its code (none was
+/// recorded), and later repeats replay that answer.
+async fn a_start_cut_off_by_its_timeout_is_resumed_by_a_retry_with_its_key(backend: Backend) {
+    use crate::helpers::{Reply, ScriptedServer, eventually};
+    let gateway = ScriptedServer::start(vec![Reply::Hang(60_000)], Reply::Status(200)).await;
+    let url = format!("{}/send", gateway.url);
+    let app = crate::helpers::spawn_app_with(backend, move |s| {
+        s.http.request_timeout_ms = 2_000;
+        s.sms.providers = vec![orderguard::settings::ProviderSettings::Http {
+            name: "gateway".to_owned(),
+            url,
+            timeout_ms: 50_000,
+            auth_header: None,
+            auth_value: None,
+            body_template: None,
+        }];
+    })
+    .await;
+    start_with_key(&app, DEV_KEY, "cut-1", &start_body())
+        .await
+        .assert_problem(408, "request_timeout");
+    assert_eq!(gateway.count(), 1, "the dead attempt reached the gateway");
+
+    let mut resumed = None;
+    eventually("the key is free again", 20, async || {
+        let answer = start_with_key(&app, DEV_KEY, "cut-1", &start_body()).await;
+        if answer.status == 409 {
+            answer.assert_problem(409, "idempotency_key_in_use");
+            return false;
+        }
+        resumed = Some(answer);
+        true
+    })
+    .await;
+    let resumed = resumed.expect("answer");
+    assert_eq!(resumed.status, 201, "{resumed:#?}");
+    let id = resumed.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        app.db_number("SELECT COUNT(*) FROM verification").await,
+        1,
+        "the retry answered with the verification the dead attempt stored"
+    );
+    assert_eq!(gateway.count(), 2, "its code sent once more");
+    let body: serde_json::Value = serde_json::from_str(&gateway.requests()[1].1).expect("sms json");
+    let text = body["text"].as_str().expect("text");
+    let code = text.rsplit_once(" #").expect("WebOTP line").1;
+    crate::helpers::must_not_be_logged(code);
+    assert_eq!(app.check(&id, code).await.status, 200);
+
+    let replay = start_with_key(&app, DEV_KEY, "cut-1", &start_body()).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body["id"], json!(id));
 }

@@ -9,7 +9,8 @@ use futures_util::future::join_all;
 use orderguard::brands::BrandId;
 use orderguard::domain::{Limits, Money, OrderId, PhoneNumber, VerificationId, now_millis};
 use orderguard::store::{
-    CheckCount, CheckDecision, NewOrder, NewVerification, SendReservation, SqlStore, Store,
+    CheckCount, CheckDecision, IdempotencyClaim, NewOrder, NewVerification, SendReservation,
+    SqlStore, Store,
 };
 
 use crate::both_backends;
@@ -21,6 +22,7 @@ both_backends!(
     two_sweepers_expire_each_verification_once,
     writes_broken_off_half_way_leave_nothing_behind,
     a_bad_write_among_many_at_once_fails_alone,
+    an_idempotency_key_is_held_for_its_lease_then_taken_over_once,
 );
 
 async fn database(backend: Backend, dir: &std::path::Path) -> String {
@@ -376,4 +378,72 @@ async fn lookups_by_key_use_primary_keys_on_tables_never_analyzed() {
             assert!(plan.contains(index), "{mode}: {lookup}\n{plan}");
         }
     }
+}
+
+/// A claim holds its key until its lease ends; then one retry (of eight racing) takes it over,
+/// with the resource the dead attempt stored, and a finished key is replayed, never taken.
+async fn an_idempotency_key_is_held_for_its_lease_then_taken_over_once(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&database(backend, dir.path()).await).await;
+    let (brand, hash) = (brand(), b"request".as_slice());
+    let claimed = store
+        .idempotency_claim(&brand, "k", hash, "first", 1_000, 2_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed,
+        IdempotencyClaim::Claimed {
+            resource: "first".to_owned(),
+            resumed: false
+        }
+    );
+    let during = store
+        .idempotency_claim(&brand, "k", hash, "second", 1_999, 3_000)
+        .await
+        .expect("claim");
+    assert_eq!(during, IdempotencyClaim::InProgress, "the lease still runs");
+    let other = store
+        .idempotency_claim(&brand, "k", b"other", "second", 2_500, 3_500)
+        .await
+        .expect("claim");
+    assert_eq!(other, IdempotencyClaim::Mismatch);
+
+    let retries = (0..8).map(|n| {
+        let store = store.clone();
+        let brand = brand.clone();
+        async move {
+            store
+                .idempotency_claim(&brand, "k", hash, &format!("retry-{n}"), 2_500, 9_000)
+                .await
+                .expect("claim")
+        }
+    });
+    let outcomes = join_all(retries).await;
+    let taken: Vec<_> = outcomes
+        .iter()
+        .filter(|claim| matches!(claim, IdempotencyClaim::Claimed { .. }))
+        .collect();
+    assert_eq!(
+        taken,
+        [&IdempotencyClaim::Claimed {
+            resource: "first".to_owned(),
+            resumed: true
+        }],
+        "{outcomes:?}"
+    );
+    store
+        .idempotency_complete(&brand, "k", 201, "{}")
+        .await
+        .expect("complete");
+    let after = store
+        .idempotency_claim(&brand, "k", hash, "late", 99_000, 100_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        after,
+        IdempotencyClaim::Replay {
+            status: 201,
+            body: "{}".to_owned()
+        }
+    );
 }
