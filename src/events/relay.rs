@@ -230,7 +230,9 @@ impl Relay {
                 }
                 Err(SinkError::Retryable(error)) => {
                     self.metrics.sink_error(self.sink.name(), "unavailable");
-                    self.store.release_outbox(&ids).await?;
+                    // The write may have been committed with its answer lost: retry exactly
+                    // these rows, never re-composed with newer ones.
+                    self.store.give_up_outbox(&ids).await?;
                     Err(anyhow::anyhow!(error))
                 }
                 Err(SinkError::Rejected(error)) => {

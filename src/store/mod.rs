@@ -485,7 +485,8 @@ pub trait Store: Send + Sync + 'static {
     async fn append_events(&self, events: &[Event]) -> StoreResult<()>;
 
     /// Leases up to `limit` unclaimed (or lease-expired) outbox rows to `owner` until
-    /// `lease_until`, oldest first. Several instances never get the same row at once.
+    /// `lease_until`, oldest first. Several instances never get the same row at once. A batch
+    /// given up or left by a dead relay is claimed again first, whole and alone.
     async fn claim_outbox(
         &self,
         owner: &str,
@@ -497,8 +498,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes rows the sink acknowledged.
     async fn ack_outbox(&self, ids: &[i64]) -> StoreResult<()>;
 
-    /// Gives leased rows back for an immediate retry.
+    /// Gives leased rows that were never written back, to be claimed in any batch.
     async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()>;
+
+    /// Gives back rows whose write failed without an answer: they may be in the sink. They
+    /// are claimed again as exactly this batch, so the retry carries the same deduplication
+    /// token.
+    async fn give_up_outbox(&self, ids: &[i64]) -> StoreResult<()>;
 
     /// Moves rows the sink refused as bad data to the dead-letter table, with the refusal.
     async fn dead_letter(&self, rows: &[OutboxRow], error: &str, now: Millis) -> StoreResult<()>;

@@ -899,21 +899,44 @@ impl Store for SqlStore {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<OutboxRow>> {
-        let lock = self.skip_locked();
-        let sql = format!(
+        // A batch given up half-way (its write may have reached the sink, its answer lost)
+        // or left by a dead relay is claimed again whole, exactly as it was: the same rows
+        // make the same deduplication token, so no table (the rollups included) counts a
+        // repeat. Only then are new rows taken, as a new batch.
+        let again = sqlx::query(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
-             WHERE outbox_id IN ( \
-                 SELECT outbox_id FROM outbox WHERE claimed_until < $3 ORDER BY outbox_id LIMIT $4 {lock}) \
-             RETURNING outbox_id, payload"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *self.source.acquire().await?)
-            .await
-            .context("claiming outbox rows")?;
+             WHERE claimed_until < $3 AND batch = ( \
+                 SELECT batch FROM outbox WHERE batch IS NOT NULL AND claimed_until < $3 \
+                 ORDER BY outbox_id LIMIT 1) \
+             RETURNING outbox_id, payload",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .fetch_all(&mut *self.source.acquire().await?)
+        .await
+        .context("claiming an earlier outbox batch again")?;
+        let rows = if again.is_empty() {
+            let lock = self.skip_locked();
+            let sql = format!(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = $2, batch = $5 \
+                 WHERE outbox_id IN ( \
+                     SELECT outbox_id FROM outbox WHERE claimed_until < $3 AND batch IS NULL \
+                     ORDER BY outbox_id LIMIT $4 {lock}) \
+                 RETURNING outbox_id, payload"
+            );
+            sqlx::query(&sql)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .bind(uuid::Uuid::now_v7().simple().to_string())
+                .fetch_all(&mut *self.source.acquire().await?)
+                .await
+                .context("claiming outbox rows")?
+        } else {
+            again
+        };
         let mut claimed = rows
             .iter()
             .map(|row| {
@@ -934,8 +957,19 @@ impl Store for SqlStore {
     }
 
     async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()> {
-        let statement = "UPDATE outbox SET claimed_by = NULL, claimed_until = 0";
+        let statement = "UPDATE outbox SET claimed_by = NULL, claimed_until = 0, batch = NULL";
         self.for_outbox_ids(statement, ids, "releasing outbox rows")
+            .await?;
+        Ok(())
+    }
+
+    async fn give_up_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        // One batch id for exactly these rows (a uuid: safe to write inline).
+        let statement = format!(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = 0, batch = '{}'",
+            uuid::Uuid::now_v7().simple()
+        );
+        self.for_outbox_ids(&statement, ids, "giving an outbox batch up")
             .await?;
         Ok(())
     }

@@ -779,6 +779,12 @@ impl TestClickHouse {
     }
 
     /// Makes the next `count` requests fail with `status`.
+    /// Lets the next `count` inserts commit, then cuts their connections unanswered.
+    pub async fn drop_next_acks(&self, count: u32) {
+        let url = format!("{}/__drop_ack?count={count}", self.url());
+        self.client.post(url).send().await.expect("fault hook");
+    }
+
     pub async fn fail_next(&self, status: u16, count: u32) {
         let url = format!("{}/__fail?status={status}&count={count}", self.url());
         self.client.post(url).send().await.expect("fault hook");

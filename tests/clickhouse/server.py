@@ -24,7 +24,8 @@ uses with its default settings (LZ4 and schema validation on):
 
 Test hooks (not part of ClickHouse): ``POST /__fail?status=503&count=N`` makes the next N
 requests fail with that status before reaching the engine; ``POST /__fail?delay_ms=D&count=N``
-makes them wait D ms first (a slow server).
+makes them wait D ms first (a slow server). ``POST /__drop_ack?count=N`` lets the next N
+INSERTs commit and then cuts the connection without an answer (a lost acknowledgement).
 
 Usage: ``server.py --data DIR [--port PORT]``; prints ``LISTENING <port>`` once ready.
 """
@@ -34,6 +35,7 @@ import email.parser
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -46,6 +48,7 @@ from clickhouse_cityhash.cityhash import CityHash128
 
 ENGINE_LOCK = threading.Lock()
 FAULTS = {"status": 0, "count": 0, "delay_ms": 0}
+DROP_ACKS = {"count": 0}
 NOT_SETTINGS = {
     "query", "database", "default_format", "decompress", "compress", "role", "session_id",
     "query_id", "user", "password", "enable_http_compression",
@@ -144,6 +147,10 @@ class Handler(BaseHTTPRequestHandler):
             FAULTS.update(status=int(args.get("status", 0 if "delay_ms" in args else 503)),
                           count=int(args.get("count", 1)), delay_ms=int(args.get("delay_ms", 0)))
             return self.reply(200, b"ok\n")
+        if url.path == "/__drop_ack":
+            args = dict(urllib.parse.parse_qsl(url.query))
+            DROP_ACKS.update(count=int(args.get("count", 1)))
+            return self.reply(200, b"ok\n")
         return self.handle_query(body)
 
     def handle_query(self, body: bytes):
@@ -188,6 +195,12 @@ class Handler(BaseHTTPRequestHandler):
                     self.insert_rows(conn, insert.group(1), insert.group(2), body)
                     result = b""
                     out_format = "RowBinary"
+                    if DROP_ACKS["count"] > 0:
+                        # Committed; the answer is lost with the connection.
+                        DROP_ACKS["count"] -= 1
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                 else:
                     match = FORMAT_RE.search(sql)
                     out_format = match.group(1) if match else args.get("default_format", "TabSeparated")

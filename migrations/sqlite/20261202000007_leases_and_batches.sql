@@ -6,3 +6,8 @@ ALTER TABLE idempotency ADD COLUMN resource_id TEXT;
 
 -- A resumed start asks whether its SMS was recorded.
 CREATE INDEX sms_message_verification ON sms_message (verification_id);
+
+-- The batch an outbox row was claimed in: a batch whose write may have reached ClickHouse is
+-- claimed again whole, so its retry carries the same deduplication token.
+ALTER TABLE outbox ADD COLUMN batch TEXT;
+CREATE INDEX outbox_batch ON outbox (batch, outbox_id) WHERE batch IS NOT NULL;
