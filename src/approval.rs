@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::domain::Millis;
-use crate::store::VerificationRecord;
+use crate::domain::VerificationRecord;
 
 /// The claims of an approval token.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -170,7 +170,7 @@ mod tests {
     use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
     fn record() -> VerificationRecord {
-        let new = crate::store::NewVerification {
+        let new = crate::domain::NewVerification {
             id: crate::domain::VerificationId::new(),
             brand: crate::brands::BrandId::parse("nordwind").expect("id"),
             phone: crate::domain::PhoneNumber::parse("+4915123456789", None, &[]).expect("phone"),
@@ -180,6 +180,8 @@ mod tests {
             code_hash: vec![],
             limits: crate::domain::Limits::default(),
             now: 1_700_000_000_000,
+            phone_pseudonym: String::new(),
+            number_prefix: String::new(),
             customer_pseudonym: String::new(),
             ip_pseudonym: String::new(),
             ip_range_pseudonym: String::new(),

@@ -15,6 +15,7 @@ pub mod gate;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod pseudonym;
 pub mod settings;
 pub mod signature;
 pub mod sms;

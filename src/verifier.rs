@@ -11,13 +11,11 @@ use crate::domain::{
     CodeHasher, Millis, Money, OtpCode, PhoneError, PhoneNumber, Status, VerificationId,
     money::MoneyError,
 };
+use crate::domain::{NewVerification, SmsRecord, VerificationRecord};
 use crate::events::{BlockedStart, EventFactory, EventType, user_agent_family};
 use crate::metrics::Metrics;
 use crate::sms::{SmsMessage, SmsSender, segments};
-use crate::store::{
-    CheckCount, CheckDecision, NewVerification, SendReservation, SmsRecord, Store,
-    VerificationRecord,
-};
+use crate::store::{CheckCount, CheckDecision, SendReservation, Store};
 
 /// What a shop gives to start a verification (raw; validated by [`Verifier::start`]).
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ pub struct StartRequest {
     /// The buyer's User-Agent; only its coarse family is kept.
     pub user_agent: Option<String>,
     /// Gate mode: the order to hold until the verification is approved.
-    pub order: Option<crate::store::NewOrder>,
+    pub order: Option<crate::domain::NewOrder>,
 }
 
 /// Why an operation was refused. Each variant has a stable problem type at the HTTP edge.
@@ -298,6 +296,8 @@ impl Verifier {
         let id = request.id;
         let code = OtpCode::generate(brand.limits.code_length);
         let pseudonymizer = self.events.pseudonymizer();
+        let phone_pseudonym = pseudonymizer.pseudonym("phone", phone.e164());
+        let number_prefix = self.events.prefixes().prefix(&phone);
         let new = NewVerification {
             id,
             brand: brand.id.clone(),
@@ -308,6 +308,8 @@ impl Verifier {
             code_hash: self.hasher.hash(&id, &code),
             limits: brand.limits,
             now,
+            phone_pseudonym,
+            number_prefix,
             customer_pseudonym: pseudonymizer.pseudonym(
                 "customer",
                 customer_reference.as_deref().unwrap_or_default(),

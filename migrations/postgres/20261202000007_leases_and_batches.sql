@@ -11,3 +11,8 @@ CREATE INDEX sms_message_verification ON sms_message (verification_id);
 -- claimed again whole, so its retry carries the same deduplication token.
 ALTER TABLE outbox ADD COLUMN batch TEXT;
 CREATE INDEX outbox_batch ON outbox (batch, outbox_id) WHERE batch IS NOT NULL;
+
+-- The number's pseudonym and prefix, computed once at start: events read them from the row, so
+-- they stay the same after a retention purge blanks the number.
+ALTER TABLE verification ADD COLUMN phone_pseudonym TEXT NOT NULL DEFAULT '';
+ALTER TABLE verification ADD COLUMN number_prefix TEXT NOT NULL DEFAULT '';

@@ -2,15 +2,19 @@
 //! Nothing here knows about HTTP or SQL.
 
 pub mod code;
+pub mod event;
 pub mod money;
 pub mod order;
 pub mod phone;
+pub mod records;
 pub mod verification;
 
 pub use code::{CodeHasher, OtpCode};
+pub use event::{Event, EventType};
 pub use money::Money;
 pub use order::{OrderId, OrderStatus};
 pub use phone::{PhoneError, PhoneNumber};
+pub use records::{NewOrder, NewVerification, OrderRecord, SmsRecord, VerificationRecord};
 pub use verification::{Limits, Status, VerificationId};
 
 /// Milliseconds since the Unix epoch, the one time unit stored and compared everywhere.

@@ -8,162 +8,11 @@ pub mod clickhouse;
 pub mod jsonl;
 pub mod relay;
 
-use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::domain::{Millis, PhoneNumber};
-use crate::store::VerificationRecord;
-
-/// Every kind of event. The names are the `event_type` values in ClickHouse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    VerificationStarted,
-    VerificationBlocked,
-    SmsSent,
-    SmsFailed,
-    SmsDelivered,
-    SmsUndelivered,
-    CodeResent,
-    CodeChecked,
-    VerificationApproved,
-    VerificationLocked,
-    VerificationExpired,
-    VerificationAborted,
-    OrderHeld,
-    OrderForwarded,
-    OrderForwardFailed,
-    PrefixBlockPlaced,
-    PrefixBlockLifted,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 17] = [
-        Self::VerificationStarted,
-        Self::VerificationBlocked,
-        Self::SmsSent,
-        Self::SmsFailed,
-        Self::SmsDelivered,
-        Self::SmsUndelivered,
-        Self::CodeResent,
-        Self::CodeChecked,
-        Self::VerificationApproved,
-        Self::VerificationLocked,
-        Self::VerificationExpired,
-        Self::VerificationAborted,
-        Self::OrderHeld,
-        Self::OrderForwarded,
-        Self::OrderForwardFailed,
-        Self::PrefixBlockPlaced,
-        Self::PrefixBlockLifted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::VerificationStarted => "verification_started",
-            Self::VerificationBlocked => "verification_blocked",
-            Self::SmsSent => "sms_sent",
-            Self::SmsFailed => "sms_failed",
-            Self::SmsDelivered => "sms_delivered",
-            Self::SmsUndelivered => "sms_undelivered",
-            Self::CodeResent => "code_resent",
-            Self::CodeChecked => "code_checked",
-            Self::VerificationApproved => "verification_approved",
-            Self::VerificationLocked => "verification_locked",
-            Self::VerificationExpired => "verification_expired",
-            Self::VerificationAborted => "verification_aborted",
-            Self::OrderHeld => "order_held",
-            Self::OrderForwarded => "order_forwarded",
-            Self::OrderForwardFailed => "order_forward_failed",
-            Self::PrefixBlockPlaced => "prefix_block_placed",
-            Self::PrefixBlockLifted => "prefix_block_lifted",
-        }
-    }
-}
-
-/// One event row, exactly as the ClickHouse `events` table holds it. Empty strings and zeros
-/// stand for "not applicable", so dashboards never deal with NULLs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ::clickhouse::Row)]
-#[clickhouse(crate = "::clickhouse")]
-pub struct Event {
-    #[serde(with = "::clickhouse::serde::uuid")]
-    pub event_id: Uuid,
-    /// Milliseconds since the Unix epoch (`DateTime64(3)`).
-    pub ts: i64,
-    pub brand: String,
-    pub event_type: String,
-    #[serde(with = "::clickhouse::serde::uuid")]
-    pub verification_id: Uuid,
-    /// Nil when the event has no order.
-    #[serde(with = "::clickhouse::serde::uuid")]
-    pub order_id: Uuid,
-    pub channel: String,
-    pub country: String,
-    /// Country code and the first national digits, e.g. `+49151`.
-    pub number_prefix: String,
-    /// Keyed hashes (hex); never the raw values.
-    pub phone_pseudonym: String,
-    pub customer_pseudonym: String,
-    pub ip_pseudonym: String,
-    pub attempt: u16,
-    pub outcome: String,
-    /// Why: the refusing rule, the failure cause.
-    pub reason: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub ms_since_start: i64,
-    pub sms_provider: String,
-    pub sms_segments: u8,
-    pub locale: String,
-    pub user_agent_family: String,
-    pub instance: String,
-    /// The fraud rule that refused (or, in monitor mode, would have refused) or placed a block.
-    #[serde(default)]
-    pub rule: String,
-    /// What the rule counted by: `phone`, `customer`, `ip`, `ip_range`, `order_reference`,
-    /// `brand`, `prefix`; never the key itself.
-    #[serde(default)]
-    pub key_type: String,
-    /// Flags on a served verification, e.g. `sim_swap_flagged`, `monitored:<rule>`.
-    #[serde(default)]
-    pub flags: Vec<String>,
-}
-
-/// Keyed hashing of personal data with the server's event pepper.
-#[derive(Clone)]
-pub struct Pseudonymizer {
-    pepper: Vec<u8>,
-}
-
-impl std::fmt::Debug for Pseudonymizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Pseudonymizer(<pepper redacted>)")
-    }
-}
-
-impl Pseudonymizer {
-    pub fn new(pepper: &[u8]) -> Self {
-        Self {
-            pepper: pepper.to_vec(),
-        }
-    }
-
-    /// 128 bits of `HMAC-SHA256(pepper, kind ":" value)` in hex; empty for an empty value.
-    /// The kind keeps a number and a customer reference with the same text apart.
-    pub fn pseudonym(&self, kind: &str, value: &str) -> String {
-        if value.is_empty() {
-            return String::new();
-        }
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.pepper).expect("HMAC takes any key length");
-        mac.update(kind.as_bytes());
-        mac.update(b":");
-        mac.update(value.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
-    }
-}
+pub use crate::domain::{Event, EventType};
+use crate::domain::{Millis, PhoneNumber, VerificationRecord};
+pub use crate::pseudonym::Pseudonymizer;
 
 /// How numbers are grouped into prefixes: the country code and the first N national digits,
 /// N per country with a default. One definition serves the pumping guard, the events'
@@ -317,8 +166,17 @@ impl EventFactory {
             order_id: Uuid::nil(),
             channel: "sms".to_owned(),
             country: record.phone.country().to_owned(),
-            number_prefix: self.prefixes.prefix(&record.phone),
-            phone_pseudonym: self.pseudonymizer.pseudonym("phone", record.phone.e164()),
+            // Stored at start; computed only for rows written before they were stored.
+            number_prefix: if record.number_prefix.is_empty() {
+                self.prefixes.prefix(&record.phone)
+            } else {
+                record.number_prefix.clone()
+            },
+            phone_pseudonym: if record.phone_pseudonym.is_empty() {
+                self.pseudonymizer.pseudonym("phone", record.phone.e164())
+            } else {
+                record.phone_pseudonym.clone()
+            },
             customer_pseudonym: record.customer_pseudonym.clone(),
             ip_pseudonym: record.ip_pseudonym.clone(),
             attempt: 0,

@@ -753,7 +753,7 @@ impl Fraud {
     pub async fn on_approval(
         &self,
         brand: &Brand,
-        record: &crate::store::VerificationRecord,
+        record: &crate::domain::VerificationRecord,
         phone_pseudonym: &str,
     ) {
         let prefix = self.events.prefixes().prefix(&record.phone);

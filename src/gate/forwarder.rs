@@ -12,11 +12,12 @@ use super::{backoff, truncate};
 use crate::approval::ApprovalSigner;
 use crate::brands::BrandRegistry;
 use crate::directory::BrandSecrets;
+use crate::domain::OrderRecord;
 use crate::domain::now_millis;
 use crate::events::{EventFactory, EventType};
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
-use crate::store::{ForwardOutcome, LeasedWork, OrderRecord, Store};
+use crate::store::{ForwardOutcome, LeasedWork, Store};
 
 pub struct Forwarder {
     pub store: Arc<dyn Store>,

@@ -11,10 +11,11 @@ use tokio::sync::watch;
 use super::backoff;
 use crate::brands::BrandRegistry;
 use crate::directory::BrandSecrets;
+use crate::domain::OrderRecord;
 use crate::domain::now_millis;
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
-use crate::store::{LeasedWork, OrderRecord, Store, WebhookJob, WebhookOutcome};
+use crate::store::{LeasedWork, Store, WebhookJob, WebhookOutcome};
 
 pub struct WebhookSender {
     pub store: Arc<dyn Store>,

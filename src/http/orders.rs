@@ -11,8 +11,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::extract::{ApiJson, AuthenticatedBrand};
 use super::idempotency::{Claim, idempotent};
 use super::{ApiError, AppState, rfc3339};
+use crate::domain::{NewOrder, OrderRecord};
 use crate::domain::{OrderId, OrderStatus, Status};
-use crate::store::{NewOrder, OrderRecord};
 use crate::verifier::{StartRequest, VerifyError};
 
 pub fn router() -> OpenApiRouter<AppState> {

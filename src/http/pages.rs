@@ -17,8 +17,8 @@ use super::extract::{ApiForm, ApiQuery};
 use super::{ApiError, AppState};
 use crate::brands::pages::{BrandView, DemoView, FormView, VerificationView};
 use crate::brands::{Brand, Page, PageModel};
+use crate::domain::VerificationRecord;
 use crate::domain::{PhoneNumber, Status, VerificationId, now_millis};
-use crate::store::VerificationRecord;
 use crate::verifier::{StartRequest, VerifyError};
 
 pub fn router() -> OpenApiRouter<AppState> {

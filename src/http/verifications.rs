@@ -10,8 +10,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::extract::{ApiJson, AuthenticatedBrand};
 use super::idempotency::{Claim, idempotent};
 use super::{ApiError, AppState, rfc3339};
+use crate::domain::VerificationRecord;
 use crate::domain::{Status, VerificationId};
-use crate::store::VerificationRecord;
 use crate::verifier::StartRequest;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -84,7 +84,8 @@ async fn postgres_pool(url: &str, max_connections: u32) -> Result<sqlx::AnyPool,
 const RECORD_COLUMNS: &str = "verification_id, brand_id, status, phone_e164, phone_country, \
     order_reference, amount_minor, currency, locale, code_length, max_checks, max_sends, \
     resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, expires_at, finished_at, \
-    customer_pseudonym, ip_pseudonym, ip_range_pseudonym, user_agent_family, has_order";
+    phone_pseudonym, number_prefix, customer_pseudonym, ip_pseudonym, ip_range_pseudonym, \
+    user_agent_family, has_order";
 
 /// A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
@@ -337,6 +338,8 @@ fn record_from_row(row: &AnyRow) -> anyhow::Result<VerificationRecord> {
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
         finished_at: row.try_get("finished_at")?,
+        phone_pseudonym: row.try_get("phone_pseudonym")?,
+        number_prefix: row.try_get("number_prefix")?,
         customer_pseudonym: row.try_get("customer_pseudonym")?,
         ip_pseudonym: row.try_get("ip_pseudonym")?,
         ip_range_pseudonym: row.try_get("ip_range_pseudonym")?,
@@ -564,6 +567,8 @@ impl Store for SqlStore {
             now.clone(),
             now.clone(),
             batch.bind(new.now + i64::from(limits.ttl_seconds) * 1000),
+            batch.bind(new.phone_pseudonym.as_str()),
+            batch.bind(new.number_prefix.as_str()),
             batch.bind(new.customer_pseudonym.as_str()),
             batch.bind(new.ip_pseudonym.as_str()),
             batch.bind(new.ip_range_pseudonym.as_str()),
@@ -574,7 +579,8 @@ impl Store for SqlStore {
             "INSERT INTO verification (verification_id, brand_id, status, phone_e164, phone_country, \
              order_reference, amount_minor, currency, locale, code_hash, code_length, max_checks, \
              max_sends, resend_cooldown_ms, checks_used, sends, last_sent_at, created_at, updated_at, \
-             expires_at, customer_pseudonym, ip_pseudonym, ip_range_pseudonym, user_agent_family, has_order) VALUES ({})",
+             expires_at, phone_pseudonym, number_prefix, customer_pseudonym, ip_pseudonym, \
+             ip_range_pseudonym, user_agent_family, has_order) VALUES ({})",
             values.join(", ")
         ));
         if let Some(order) = &new.order {

@@ -11,6 +11,7 @@ use crate::helpers::{
 };
 
 both_backends!(
+    events_keep_the_pseudonym_and_prefix_stored_at_start,
     every_lifecycle_path_emits_exactly_its_events,
     no_raw_personal_data_reaches_clickhouse,
 );
@@ -895,4 +896,41 @@ async fn lost_acknowledgements_are_retried_as_the_same_batch_and_counted_once_ev
         320,
         "nor the rollup"
     );
+}
+
+/// The number's pseudonym and prefix are computed once, at start, and stored with the
+/// verification: when the number is later blanked (the retention purge), the events that
+/// follow still carry the same pseudonym and prefix, so trends do not break.
+async fn events_keep_the_pseudonym_and_prefix_stored_at_start(backend: Backend) {
+    let clickhouse = TestClickHouse::start().await;
+    let app = spawn_app_with(backend, |s| ship_to(&clickhouse, s)).await;
+    let id = app.start_ok().await;
+    app.db_execute(&format!(
+        "UPDATE verification SET phone_e164 = '+4917000000000' WHERE verification_id = '{id}'"
+    ))
+    .await;
+    assert_eq!(app.cancel(&id).await.status, 200);
+    app.wait_for_outbox_drained(30).await;
+    let rows = clickhouse
+        .rows(&format!(
+            "SELECT event_type, phone_pseudonym, number_prefix FROM events FINAL \
+             WHERE toString(verification_id) = '{id}' ORDER BY ts"
+        ))
+        .await;
+    let kinds: Vec<_> = rows.iter().map(|r| r["event_type"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            json!("verification_started"),
+            json!("sms_sent"),
+            json!("verification_aborted")
+        ]
+    );
+    for row in &rows {
+        assert_eq!(
+            row["phone_pseudonym"], rows[0]["phone_pseudonym"],
+            "{rows:#?}"
+        );
+        assert_eq!(row["number_prefix"], json!("+49151"), "{rows:#?}");
+    }
 }

@@ -869,6 +869,18 @@ impl TestApp {
             .expect("insert outbox row");
     }
 
+    /// Runs a statement on the service's own database (a fault or a purge done behind its back).
+    pub async fn db_execute(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect");
+        sqlx::query(sql)
+            .execute(&mut connection)
+            .await
+            .expect("statement");
+    }
+
     /// One number from the service's own database.
     pub async fn db_number(&self, sql: &str) -> i64 {
         sqlx::any::install_default_drivers();

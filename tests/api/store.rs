@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use orderguard::brands::BrandId;
-use orderguard::domain::{Limits, Money, OrderId, PhoneNumber, VerificationId, now_millis};
+use orderguard::domain::{
+    Limits, Money, NewOrder, NewVerification, OrderId, PhoneNumber, VerificationId, now_millis,
+};
 use orderguard::store::{
-    CheckCount, CheckDecision, IdempotencyClaim, NewOrder, NewVerification, SendReservation,
-    SqlStore, Store,
+    CheckCount, CheckDecision, IdempotencyClaim, SendReservation, SqlStore, Store,
 };
 
 use crate::both_backends;
@@ -76,6 +77,8 @@ fn new_verification(now: i64) -> NewVerification {
         code_hash: vec![1; 32],
         limits: Limits::default(),
         now,
+        phone_pseudonym: "p".repeat(32),
+        number_prefix: "+49151".to_owned(),
         customer_pseudonym: String::new(),
         ip_pseudonym: String::new(),
         ip_range_pseudonym: String::new(),
@@ -91,7 +94,7 @@ async fn parallel_check_counts_never_exceed_the_limit(backend: Backend) {
 
     let brand = brand();
     // A decision that never finishes: only the database's limit can stop the counting.
-    let undecided = |_: &orderguard::store::VerificationRecord, _: &[u8]| CheckDecision {
+    let undecided = |_: &orderguard::domain::VerificationRecord, _: &[u8]| CheckDecision {
         finish: None,
         events: vec![],
     };
@@ -128,7 +131,7 @@ async fn parallel_resends_reserve_one_send(backend: Backend) {
     let id = insert(&store, start).await;
 
     let now = now_millis();
-    let no_events = |_: &orderguard::store::VerificationRecord| vec![];
+    let no_events = |_: &orderguard::domain::VerificationRecord| vec![];
     let brand = brand();
     let results =
         join_all((0..10).map(|_| store.reserve_send(&brand, &id, &[2; 32], 6, now, &no_events)))
@@ -151,7 +154,7 @@ async fn two_sweepers_expire_each_verification_once(backend: Backend) {
     let fresh = insert(&first, now_millis()).await;
 
     let now = now_millis();
-    let no_events = |_: &orderguard::store::VerificationRecord| vec![];
+    let no_events = |_: &orderguard::domain::VerificationRecord| vec![];
     let (a, b) = tokio::join!(
         async {
             let mut all = Vec::new();
@@ -222,7 +225,7 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
     // writes its event in one transaction. On PostgreSQL a statement already sent still runs
     // to its end on the server, so what was written is counted once all is quiet.
     let brand = brand();
-    let checked = |record: &orderguard::store::VerificationRecord, _: &[u8]| {
+    let checked = |record: &orderguard::domain::VerificationRecord, _: &[u8]| {
         let mut event = crate::events::synthetic_event("code_checked", now_millis());
         event.verification_id = *record.id.as_uuid();
         CheckDecision {
