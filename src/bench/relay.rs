@@ -14,7 +14,7 @@ use crate::events::relay::{Relay, RelaySettings};
 use crate::events::{Event, EventType};
 use crate::metrics::Metrics;
 use crate::settings::ClickHouseSettings;
-use crate::store::{SqlStore, Store};
+use crate::store::{OutboxStore, SqlStore, Store};
 
 #[derive(Debug, Args)]
 pub struct RelayOptions {

@@ -15,7 +15,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, Arguments};
 
 use super::sql::Backend;
-use crate::events::Event;
+use crate::domain::Event;
 
 /// Rows per multi-row outbox INSERT; well under both backends' parameter limits.
 const EVENTS_PER_INSERT: usize = 200;

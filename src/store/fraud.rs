@@ -5,13 +5,14 @@ use anyhow::Context;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::StoreResult;
 use super::batch::Batch;
 use super::conn::Source;
 use super::sql::Backend;
-use super::{ApprovalSignals, BlockRecord, CounterHit, CounterState, NewBlock};
+use super::sql::SqlStore;
 use crate::brands::BrandId;
-use crate::domain::Millis;
-use crate::events::Event;
+use crate::domain::{Event, Millis};
+use async_trait::async_trait;
 
 /// A counter's window has ended, or a block ended inside it: the next hit starts a new window.
 const RESTARTS: &str = "(fraud_counter.window_start + fraud_counter.window_ms <= excluded.window_start \
@@ -271,4 +272,174 @@ pub(super) async fn known_good(
         .await
         .context("looking up known-good numbers")?
         .is_empty())
+}
+
+/// One counter a start hits: a rate-limit bucket or a number prefix (see the `fraud_counter`
+/// migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterHit {
+    pub bucket: String,
+    pub window_ms: Millis,
+    /// Starts to add: 1 for one start, more for a batch an instance gathered, 0 to read.
+    pub count: i64,
+    /// Approvals to add (hot counters gather them too).
+    pub approvals: i64,
+}
+
+/// A counter after a hit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterState {
+    pub bucket: String,
+    pub window_start: Millis,
+    pub window_ms: Millis,
+    pub hits: i64,
+    pub approvals: i64,
+    /// Hits and approvals of the window just before this one (0 if it was longer ago).
+    pub prev_hits: i64,
+    pub prev_approvals: i64,
+    pub blocked_at: Millis,
+    /// 0 when never blocked; a block is in force while it is in the future.
+    pub blocked_until: Millis,
+    pub block_level: i64,
+    /// Starts an instance counted and has not written yet (included in `hits`).
+    pub pending: i64,
+}
+
+/// A prefix block to place, if the counter's block is still what was read (`seen_until`).
+#[derive(Debug, Clone)]
+pub struct NewBlock {
+    pub bucket: String,
+    pub seen_until: Millis,
+    pub now: Millis,
+    pub until: Millis,
+    pub level: i64,
+}
+
+/// A prefix block in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub brand: String,
+    pub bucket: String,
+    pub blocked_at: Millis,
+    pub blocked_until: Millis,
+    pub block_level: i64,
+    /// The counts that tripped it.
+    pub starts: i64,
+    pub approvals: i64,
+}
+
+/// What an approval tells the fraud rules, written together.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalSignals {
+    /// Counters whose approvals rise (the prefix, the brand), where the start was counted in
+    /// their window.
+    pub approved: Vec<String>,
+    /// Counters of unconverted starts (IP, range, the brand's budget) the start is refunded to.
+    pub refunds: Vec<String>,
+    /// Number and customer pseudonyms that become known-good.
+    pub known_good: Vec<String>,
+    /// When the verification started: only counters whose window holds it change.
+    pub started_at: Millis,
+    pub now: Millis,
+}
+
+/// The fraud rules' shared state: counters, prefix blocks, known-good numbers.
+#[async_trait]
+pub trait FraudStore: Send + Sync {
+    /// Counts one hit on each counter (starting a new window where the last one ended, or
+    /// where a block ended) and returns each counter as it is after the hit, in one atomic
+    /// statement shared by every instance.
+    async fn hit_counters(
+        &self,
+        brand: &BrandId,
+        hits: &[CounterHit],
+        now: Millis,
+    ) -> StoreResult<Vec<CounterState>>;
+
+    /// Places a prefix block with its events, unless another instance changed the block since
+    /// it was read; whether this call placed it.
+    async fn place_block(
+        &self,
+        brand: &BrandId,
+        block: &NewBlock,
+        events: &[Event],
+    ) -> StoreResult<bool>;
+
+    /// Ends a block in force now, with its events; false when none was in force.
+    async fn lift_block(
+        &self,
+        brand: &BrandId,
+        bucket: &str,
+        now: Millis,
+        events: &[Event],
+    ) -> StoreResult<bool>;
+
+    /// Every prefix block in force at `now`.
+    async fn active_blocks(&self, now: Millis) -> StoreResult<Vec<BlockRecord>>;
+
+    /// Records what an approval tells the fraud rules.
+    async fn record_approval(&self, brand: &BrandId, signals: &ApprovalSignals) -> StoreResult<()>;
+
+    /// Whether any of `subjects` (pseudonyms) had an approval since `since`.
+    async fn known_good(
+        &self,
+        brand: &BrandId,
+        subjects: &[String],
+        since: Millis,
+    ) -> StoreResult<bool>;
+}
+
+#[async_trait]
+impl FraudStore for SqlStore {
+    async fn hit_counters(
+        &self,
+        brand: &BrandId,
+        hits: &[super::CounterHit],
+        now: Millis,
+    ) -> StoreResult<Vec<super::CounterState>> {
+        Ok(super::fraud::hit_counters(&self.counters, self.backend, brand, hits, now).await?)
+    }
+
+    async fn place_block(
+        &self,
+        brand: &BrandId,
+        block: &super::NewBlock,
+        events: &[Event],
+    ) -> StoreResult<bool> {
+        Ok(super::fraud::place_block(&self.source, self.backend, brand, block, events).await?)
+    }
+
+    async fn lift_block(
+        &self,
+        brand: &BrandId,
+        bucket: &str,
+        now: Millis,
+        events: &[Event],
+    ) -> StoreResult<bool> {
+        Ok(
+            super::fraud::lift_block(&self.source, self.backend, brand, bucket, now, events)
+                .await?,
+        )
+    }
+
+    async fn active_blocks(&self, now: Millis) -> StoreResult<Vec<super::BlockRecord>> {
+        Ok(super::fraud::active_blocks(&self.source, self.backend, now).await?)
+    }
+
+    async fn record_approval(
+        &self,
+        brand: &BrandId,
+        signals: &super::ApprovalSignals,
+    ) -> StoreResult<()> {
+        Ok(super::fraud::record_approval(&self.counters, self.backend, brand, signals).await?)
+    }
+
+    async fn known_good(
+        &self,
+        brand: &BrandId,
+        subjects: &[String],
+        since: Millis,
+    ) -> StoreResult<bool> {
+        Ok(super::fraud::known_good(&self.counters, self.backend, brand, subjects, since).await?)
+    }
 }

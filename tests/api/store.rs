@@ -11,7 +11,8 @@ use orderguard::domain::{
     Limits, Money, NewOrder, NewVerification, OrderId, PhoneNumber, VerificationId, now_millis,
 };
 use orderguard::store::{
-    CheckCount, CheckDecision, IdempotencyClaim, SendReservation, SqlStore, Store,
+    CheckCount, CheckDecision, IdempotencyClaim, IdempotencyStore, OutboxStore, SendReservation,
+    SqlStore, VerificationStore,
 };
 
 use crate::both_backends;

@@ -1,0 +1,147 @@
+//! SMS hand-overs and their delivery receipts.
+
+use anyhow::Context;
+use async_trait::async_trait;
+
+use super::batch::Batch;
+use super::sql::*;
+use super::*;
+use crate::domain::{Event, Millis, SmsRecord, VerificationId, VerificationRecord};
+
+/// Events describing a delivery receipt, from the verification and its SMS.
+pub type ReceiptEvents<'a> =
+    &'a (dyn Fn(&VerificationRecord, &SmsRecord) -> Vec<Event> + Send + Sync);
+
+/// The result of a delivery receipt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    Recorded,
+    /// The message already had a final delivery status; nothing changed.
+    AlreadyFinal,
+    UnknownMessage,
+}
+
+/// SMS hand-overs and their delivery receipts.
+#[async_trait]
+pub trait SmsStore: Send + Sync {
+    /// Records an SMS hand-over (or failure) with its events. `refund_send` gives the send
+    /// back to the verification (a failure that cannot have reached the phone), in the same
+    /// write.
+    async fn record_sms(
+        &self,
+        sms: &SmsRecord,
+        refund_send: bool,
+        events: &[Event],
+    ) -> StoreResult<()>;
+
+    /// Whether any SMS (sent or failed) was recorded for verification `id`.
+    async fn has_sms(&self, id: &VerificationId) -> StoreResult<bool>;
+
+    /// Applies a delivery receipt for the message with our id or the provider's reference.
+    async fn sms_receipt(
+        &self,
+        reference: &str,
+        delivered: bool,
+        now: Millis,
+        events: ReceiptEvents<'_>,
+    ) -> StoreResult<ReceiptOutcome>;
+}
+
+#[async_trait]
+impl SmsStore for SqlStore {
+    async fn record_sms(
+        &self,
+        sms: &SmsRecord,
+        refund_send: bool,
+        events: &[Event],
+    ) -> StoreResult<()> {
+        let mut batch = Batch::new(self.backend);
+        let sent_at = batch.bind(sms.sent_at);
+        let values = [
+            batch.bind(sms.message_id.as_str()),
+            batch.bind(sms.verification_id.to_string()),
+            batch.bind(sms.brand.as_str()),
+            batch.bind(sms.provider.as_str()),
+            batch.bind(sms.provider_reference.as_deref()),
+            batch.bind(i64::from(sms.segments)),
+            batch.bind(sms.status.as_str()),
+            sent_at.clone(),
+            sent_at,
+        ];
+        batch.push(format!(
+            "INSERT INTO sms_message (message_id, verification_id, brand_id, provider, provider_reference, \
+             segments, status, sent_at, updated_at) VALUES ({})",
+            values.join(", ")
+        ));
+        if refund_send {
+            let id = batch.bind(sms.verification_id.to_string());
+            batch.push(format!(
+                "UPDATE verification SET sends = sends - 1 WHERE verification_id = {id} AND sends > 0"
+            ));
+        }
+        batch.events(events)?;
+        self.combiner
+            .write(batch)
+            .await
+            .context("recording an SMS")?;
+        Ok(())
+    }
+
+    async fn has_sms(&self, id: &VerificationId) -> StoreResult<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sms_message WHERE verification_id = $1 LIMIT 1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *self.source.acquire().await?)
+                .await
+                .context("looking for a verification's SMS")?;
+        Ok(found.is_some())
+    }
+
+    async fn sms_receipt(
+        &self,
+        reference: &str,
+        delivered: bool,
+        now: Millis,
+        events: ReceiptEvents<'_>,
+    ) -> StoreResult<ReceiptOutcome> {
+        let status = if delivered {
+            "delivered"
+        } else {
+            "undelivered"
+        };
+        let mut tx = self.source.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE sms_message SET status = $2, updated_at = $3 \
+             WHERE (message_id = $1 OR provider_reference = $1) AND status = 'sent' \
+             RETURNING message_id, verification_id, brand_id, provider, provider_reference, segments, status, sent_at",
+        )
+        .bind(reference)
+        .bind(status)
+        .bind(now)
+        .fetch_optional(tx.conn().await?)
+        .await
+        .context("applying a delivery receipt")?;
+        let Some(row) = updated else {
+            let known = sqlx::query(
+                "SELECT 1 FROM sms_message WHERE message_id = $1 OR provider_reference = $1",
+            )
+            .bind(reference)
+            .fetch_optional(tx.conn().await?)
+            .await?
+            .is_some();
+            tx.rollback().await?;
+            return Ok(if known {
+                ReceiptOutcome::AlreadyFinal
+            } else {
+                ReceiptOutcome::UnknownMessage
+            });
+        };
+        let sms = sms_from_row(&row)?;
+        let record = fetch_record(tx.conn().await?, &sms.verification_id)
+            .await?
+            .with_context(|| format!("SMS {} names a missing verification", sms.message_id))?;
+        insert_events(tx.conn().await?, self.backend, &events(&record, &sms)).await?;
+        tx.commit().await.context("committing a delivery receipt")?;
+        Ok(ReceiptOutcome::Recorded)
+    }
+}
