@@ -1,0 +1,181 @@
+//! What one instance keeps between its writes to the shared counters: the hot counters (the
+//! brand's ceiling and conversion, a prefix's starts), gathered and written in batches, and the
+//! answers it remembers (counters seen exhausted, blocks seen in force).
+
+use super::{Fraud, Refusal};
+use crate::domain::Millis;
+use crate::store::{CounterHit, CounterState};
+
+/// How often an instance writes what it gathered in the hot counters (the brand's ceiling and
+/// conversion, a prefix's starts). Between writes it decides on the last total plus its own.
+pub(super) const HOT_FLUSH_MS: Millis = 250;
+
+/// ...or once it gathered this many starts, so its view is never more than that behind.
+pub(super) const HOT_FLUSH_STARTS: i64 = 8;
+
+/// Entries the per-instance cache holds before it is cleared.
+pub(super) const CACHE_LIMIT: usize = 100_000;
+
+/// How long this instance answers from a remembered block without asking the database (an
+/// operator's lift on another instance reaches it within this time).
+pub(super) const BLOCK_CACHE_MS: Millis = 5_000;
+
+/// A hot counter's state on this instance.
+pub(super) struct Hot {
+    /// Starts counted here and not yet written.
+    pub(super) pending: i64,
+    /// Starts counted here whose write is under way.
+    pub(super) in_flight: i64,
+    /// Approvals seen here and not yet written.
+    pub(super) pending_approvals: i64,
+    /// As last written (by this instance's statement, which returns the shared total).
+    pub(super) state: Option<CounterState>,
+    pub(super) written_at: Millis,
+}
+
+impl Default for Hot {
+    /// Never written: its first start writes it.
+    fn default() -> Self {
+        Self {
+            pending: 0,
+            in_flight: 0,
+            pending_approvals: 0,
+            state: None,
+            written_at: Millis::MIN,
+        }
+    }
+}
+
+impl Fraud {
+    pub(super) fn cached(&self, brand: &str, bucket: &str, now: Millis) -> Option<Refusal> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&format!("{brand}\0{bucket}"))
+            .filter(|(until, _)| *until > now)
+            .map(|(_, refusal)| refusal.clone())
+    }
+
+    pub(super) fn remember(&self, brand: &str, bucket: &str, until: Millis, refusal: &Refusal) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(format!("{brand}\0{bucket}"), (until, refusal.clone()));
+    }
+
+    /// Counts a start in the hot counters `hot`. Returns the ones due to be written (their
+    /// gathered counts, or a read of a counter this instance has not seen) and this
+    /// instance's view of the others: the last written state plus what it counted since.
+    pub(super) fn count_hot(
+        &self,
+        brand: &str,
+        hot: &[CounterHit],
+        now: Millis,
+    ) -> (Vec<CounterHit>, Vec<CounterState>) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        let mut local = Vec::new();
+        for hit in hot {
+            let counter = counters
+                .entry(format!("{brand}\0{}", hit.bucket))
+                .or_default();
+            counter.pending += hit.count;
+            match &counter.state {
+                Some(state)
+                    if now - counter.written_at < HOT_FLUSH_MS
+                        && counter.pending < HOT_FLUSH_STARTS =>
+                {
+                    let mut view = state.clone();
+                    let unwritten = counter.pending + counter.in_flight;
+                    view.hits += unwritten;
+                    view.pending = unwritten;
+                    local.push(view);
+                }
+                _ => {
+                    // Approvals gathered for a window that has ended by now belong to it,
+                    // not to the window this write starts.
+                    let ended = counter
+                        .state
+                        .as_ref()
+                        .is_some_and(|state| state.window_start + state.window_ms <= now);
+                    due.push(CounterHit {
+                        count: counter.pending,
+                        approvals: if ended { 0 } else { counter.pending_approvals },
+                        ..hit.clone()
+                    });
+                    counter.in_flight += counter.pending;
+                    counter.pending = 0;
+                    counter.pending_approvals = 0;
+                    // Written now: no other start of this instance writes it meanwhile.
+                    counter.written_at = now;
+                }
+            }
+        }
+        if counters.len() >= CACHE_LIMIT {
+            counters.clear();
+        }
+        (due, local)
+    }
+
+    /// Takes the states a statement wrote (carrying the counts in `flushed`) as the new base
+    /// of the hot counters. Writes of one instance may land out of order: an older total never
+    /// replaces a newer one.
+    pub(super) fn written_hot(
+        &self,
+        brand: &str,
+        written: &[CounterState],
+        flushed: &[CounterHit],
+    ) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        for hit in flushed {
+            let Some(counter) = counters.get_mut(&format!("{brand}\0{}", hit.bucket)) else {
+                continue;
+            };
+            counter.in_flight -= hit.count;
+            let Some(state) = written.iter().find(|state| state.bucket == hit.bucket) else {
+                continue;
+            };
+            let newer = counter.state.as_ref().is_none_or(|old| {
+                (
+                    state.window_start,
+                    state.blocked_until,
+                    state.hits + state.approvals,
+                ) >= (
+                    old.window_start,
+                    old.blocked_until,
+                    old.hits + old.approvals,
+                )
+            });
+            if newer {
+                counter.state = Some(state.clone());
+            }
+        }
+    }
+
+    /// Counts an approval in the hot counters `buckets` of `brand`; written with their next
+    /// write, so approvals never queue on the brand's or a busy prefix's row either.
+    pub(super) fn approve_hot(&self, brand: &str, buckets: &[String]) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        for bucket in buckets {
+            counters
+                .entry(format!("{brand}\0{bucket}"))
+                .or_default()
+                .pending_approvals += 1;
+        }
+    }
+
+    /// Takes a start back out of a hot counter (a refused start).
+    pub(super) fn uncount_hot(&self, brand: &str, bucket: &str) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = counters.get_mut(&format!("{brand}\0{bucket}")) {
+            counter.pending -= 1;
+        }
+    }
+
+    pub(super) fn forget(&self, brand: &str, bucket: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{brand}\0{bucket}"));
+    }
+}
