@@ -60,12 +60,12 @@ pub async fn event_sink(settings: &Settings) -> anyhow::Result<Arc<dyn EventSink
 pub fn relay_settings(settings: &Settings) -> RelaySettings {
     let events = &settings.events;
     RelaySettings {
-        batch_rows: events.batch_rows.max(1),
-        batch_bytes: events.batch_bytes.max(1),
-        period: Duration::from_millis(events.period_ms.max(1)),
-        lease: Duration::from_millis(events.lease_ms.max(1_000)),
-        retry_initial: Duration::from_millis(events.retry_initial_ms.max(1)),
-        retry_max: Duration::from_millis(events.retry_max_ms.max(1)),
+        batch_rows: events.batch_rows,
+        batch_bytes: events.batch_bytes,
+        period: events.period(),
+        lease: events.lease(),
+        retry_initial: events.retry_initial(),
+        retry_max: events.retry_max(),
     }
 }
 
@@ -79,6 +79,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         settings.check_production()?;
         let dev = settings.mode == Mode::Dev;
         let code_key = crate::keys::code_key(&settings)?;
@@ -229,7 +230,7 @@ impl Application {
             admin,
             state,
             limits,
-            sweep_interval: Duration::from_millis(settings.sweeper.interval_ms.max(10)),
+            sweep_interval: Duration::from_millis(settings.sweeper.interval_ms),
             brands_reload: Duration::from_millis(settings.brands_reload_interval_ms),
             forwarder: Arc::new(forwarder),
             webhooks: Arc::new(webhooks),

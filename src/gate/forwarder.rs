@@ -36,7 +36,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Forwards due orders until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
+        let poll = self.settings.poll_interval();
         loop {
             let worked = match self.forward_due().await {
                 Ok(count) => count > 0,
@@ -76,7 +76,7 @@ impl Forwarder {
     }
 
     async fn forward(&self, order: OrderRecord) -> anyhow::Result<()> {
-        let lease = Duration::from_millis(self.settings.lease_ms);
+        let lease = self.settings.lease();
         let attempt = self.attempt(&order);
         let leased = LeasedWork::Forward(&order.id);
         let Some(outcome) =

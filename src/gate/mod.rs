@@ -52,9 +52,10 @@ pub async fn while_leased<T>(
 /// Capped exponential backoff with jitter for attempt `attempts` (1 = the first retry).
 pub fn backoff(settings: &GateSettings, attempts: u32) -> Duration {
     let exponent = attempts.saturating_sub(1).min(20);
-    let full = Duration::from_millis(settings.retry_initial_ms.max(1))
+    let full = settings
+        .retry_initial()
         .saturating_mul(1 << exponent)
-        .min(Duration::from_millis(settings.retry_max_ms.max(1)));
+        .min(settings.retry_max());
     let millis = full.as_millis().max(2) as u64;
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }

@@ -2,7 +2,6 @@
 //! (`Orderguard-Signature: t=…,v1=…`, see [`crate::signature`]), retried with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -45,7 +44,7 @@ pub fn body(order: &OrderRecord, occurred_at: &str) -> serde_json::Value {
 
 impl WebhookSender {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
+        let poll = self.settings.poll_interval();
         loop {
             let worked = match self.send_due().await {
                 Ok(count) => count > 0,
@@ -82,7 +81,7 @@ impl WebhookSender {
     }
 
     async fn send(&self, job: &WebhookJob) -> anyhow::Result<()> {
-        let lease = Duration::from_millis(self.settings.lease_ms);
+        let lease = self.settings.lease();
         let leased = LeasedWork::Webhook(job.webhook_id);
         let delivery = self.deliver(job);
         let Some(outcome) =
@@ -153,7 +152,7 @@ impl WebhookSender {
         let sent = self
             .client
             .post(url)
-            .timeout(Duration::from_millis(self.settings.webhook_timeout_ms))
+            .timeout(self.settings.webhook_timeout())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Orderguard-Signature", signature)
             .header("Orderguard-Webhook-Id", job.webhook_id.to_string())

@@ -215,7 +215,7 @@ fn build_router(state: AppState, limits: HttpLimits, listener: Listener) -> Rout
             enforce_timeout,
         ))
         .layer(middleware::from_fn_with_state(
-            Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+            Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
             shed_load,
         ));
     router
