@@ -10,9 +10,11 @@ use sha2::{Digest, Sha256};
 
 use super::pages::{self, Page, PageModel, TEMPLATES};
 use super::schema::{locale_keys, lookup, unknown_brand_keys};
+use super::validate::{
+    api_keys, fraud_and_webhook_problems, identity_problems, integration_problems, theme_problems,
+};
 use super::{
-    ApiKeyEntry, Asset, BASE_DIR, Brand, BrandId, DirectoryConfig, Theme, UpstreamConfig,
-    WebhookConfig,
+    Asset, BASE_DIR, Brand, BrandId, DirectoryConfig, Theme, UpstreamConfig, WebhookConfig,
 };
 use crate::domain::{Limits, Money};
 use crate::sms::segments::{self, Encoding};
@@ -33,43 +35,43 @@ pub(super) struct Base {
 /// `brand.toml` after merging `_base` and the brand's own file. Unknown keys were reported
 /// and removed before this is read.
 #[derive(Debug, Deserialize)]
-struct BrandFile {
-    display_name: String,
-    sms_sender: String,
+pub(super) struct BrandFile {
+    pub(super) display_name: String,
+    pub(super) sms_sender: String,
     #[serde(default)]
-    allowed_countries: Vec<String>,
+    pub(super) allowed_countries: Vec<String>,
     #[serde(default)]
-    default_country: Option<String>,
+    pub(super) default_country: Option<String>,
     #[serde(default)]
-    frame_origins: Vec<String>,
-    default_locale: String,
-    locales: Vec<String>,
-    theme: Theme,
-    limits: Limits,
-    sms: SmsFile,
+    pub(super) frame_origins: Vec<String>,
+    pub(super) default_locale: String,
+    pub(super) locales: Vec<String>,
+    pub(super) theme: Theme,
+    pub(super) limits: Limits,
+    pub(super) sms: SmsFile,
     #[serde(default)]
-    upstream: Option<UpstreamConfig>,
+    pub(super) upstream: Option<UpstreamConfig>,
     #[serde(default)]
-    customer_directory: Option<DirectoryConfig>,
+    pub(super) customer_directory: Option<DirectoryConfig>,
     #[serde(default)]
-    webhooks: WebhookConfig,
+    pub(super) webhooks: WebhookConfig,
     #[serde(default)]
-    api_keys: Vec<ApiKeyFile>,
-    fraud: crate::fraud::FraudConfig,
+    pub(super) api_keys: Vec<ApiKeyFile>,
+    pub(super) fraud: crate::fraud::FraudConfig,
 }
 
 #[derive(Debug, Deserialize)]
-struct SmsFile {
+pub(super) struct SmsFile {
     /// The most SMS segments the code message may take.
-    max_segments: u8,
+    pub(super) max_segments: u8,
 }
 
 #[derive(Debug, Deserialize)]
-struct ApiKeyFile {
-    id: String,
-    hash: String,
+pub(super) struct ApiKeyFile {
+    pub(super) id: String,
+    pub(super) hash: String,
     #[serde(default)]
-    dev_only: bool,
+    pub(super) dev_only: bool,
 }
 
 /// Every problem of the brands folder `dir`: `_base`, each brand, and keys shared by brands.
@@ -304,7 +306,7 @@ fn remove_path(table: &mut toml::Table, parts: &[&str]) {
     }
 }
 
-fn is_colour(value: &str) -> bool {
+pub(super) fn is_colour(value: &str) -> bool {
     let hex = value.strip_prefix('#').unwrap_or("");
     matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -339,7 +341,7 @@ pub fn is_origin(value: &str) -> bool {
     host_ok && port_ok && (scheme == "https" || (scheme == "http" && loopback))
 }
 
-fn is_radius(value: &str) -> bool {
+pub(super) fn is_radius(value: &str) -> bool {
     let number = value
         .trim_end_matches("px")
         .trim_end_matches("rem")
@@ -351,7 +353,7 @@ fn is_radius(value: &str) -> bool {
             && number.parse::<f32>().is_ok())
 }
 
-fn is_font_stack(value: &str) -> bool {
+pub(super) fn is_font_stack(value: &str) -> bool {
     !value.trim().is_empty()
         && value.len() <= 200
         && value
@@ -437,157 +439,11 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
         }
     };
 
-    problems.extend(
-        parsed
-            .limits
-            .problems()
-            .into_iter()
-            .map(|p| at("limits", p)),
-    );
-    for country in &parsed.allowed_countries {
-        if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
-            problems.push(at(
-                "allowed_countries",
-                format!("{country:?} is not an ISO 3166 alpha-2 code"),
-            ));
-        }
-    }
-    if let Some(country) = &parsed.default_country {
-        if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
-            problems.push(at(
-                "default_country",
-                format!("{country:?} is not an ISO 3166 alpha-2 code"),
-            ));
-        }
-    }
-    if parsed.sms_sender.is_empty()
-        || (parsed.sms_sender.len() > 11 && !parsed.sms_sender.starts_with('+'))
-    {
-        problems.push(at(
-            "sms_sender",
-            "must be 1–11 characters (or a phone number)".to_owned(),
-        ));
-    }
-    if !(1..=10).contains(&parsed.sms.max_segments) {
-        problems.push(at(
-            "sms.max_segments",
-            format!("must be between 1 and 10, not {}", parsed.sms.max_segments),
-        ));
-    }
-    for origin in &parsed.frame_origins {
-        if !is_origin(origin) {
-            problems.push(at(
-                "frame_origins",
-                format!("{origin:?} is not an origin like \"https://shop.example.com\" (no path; http only for localhost)"),
-            ));
-        }
-    }
-    problems.extend(
-        parsed
-            .fraud
-            .problems()
-            .into_iter()
-            .map(|p| format!("{file}: {p}")),
-    );
-    for host in &parsed.webhooks.hosts {
-        let name = host.strip_prefix("*.").unwrap_or(host);
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            problems.push(at(
-                "webhooks.hosts",
-                format!(
-                    "{host:?} is not a host name like \"hooks.shop.example\" or \"*.shop.example\""
-                ),
-            ));
-        }
-    }
-    let is_http_url =
-        |value: &str| url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-    if let Some(upstream) = &parsed.upstream {
-        if !is_http_url(&upstream.url) {
-            problems.push(at(
-                "upstream.url",
-                format!("{:?} is not an http(s) URL", upstream.url),
-            ));
-        }
-        if upstream.auth_header.is_some() != upstream.auth_secret.is_some() {
-            problems.push(at(
-                "upstream",
-                "set both auth_header and auth_secret, or neither".to_owned(),
-            ));
-        }
-    }
-    if let Some(DirectoryConfig::Http {
-        url,
-        phone_pointer,
-        auth_header,
-        auth_secret,
-        ..
-    }) = &parsed.customer_directory
-    {
-        if !is_http_url(&url.replace("{customer_reference}", "x"))
-            || !url.contains("{customer_reference}")
-        {
-            problems.push(at(
-                "customer_directory.url",
-                format!("{url:?} must be an http(s) URL containing {{customer_reference}}"),
-            ));
-        }
-        if !phone_pointer.starts_with('/') {
-            problems.push(at(
-                "customer_directory.phone_pointer",
-                format!("{phone_pointer:?} is not a JSON pointer like \"/phone\""),
-            ));
-        }
-        if auth_header.is_some() != auth_secret.is_some() {
-            problems.push(at(
-                "customer_directory",
-                "set both auth_header and auth_secret, or neither".to_owned(),
-            ));
-        }
-    }
+    problems.extend(identity_problems(&parsed, &file));
+    problems.extend(fraud_and_webhook_problems(&parsed, &file));
+    problems.extend(integration_problems(&parsed, &file));
+    problems.extend(theme_problems(&parsed.theme, &file));
     let theme = &parsed.theme;
-    for (key, value) in [
-        ("primary", &theme.primary),
-        ("on_primary", &theme.on_primary),
-        ("background", &theme.background),
-        ("surface", &theme.surface),
-        ("text", &theme.text),
-        ("muted", &theme.muted),
-        ("accent", &theme.accent),
-        ("error", &theme.error),
-    ] {
-        if !is_colour(value) {
-            problems.push(at(
-                &format!("theme.{key}"),
-                format!("{value:?} is not a colour (#rgb or #rrggbb)"),
-            ));
-        }
-    }
-    if !is_radius(&theme.radius) {
-        problems.push(at(
-            "theme.radius",
-            format!(
-                "{:?} is not a length like \"8px\" or \"0.5rem\"",
-                theme.radius
-            ),
-        ));
-    }
-    if !is_font_stack(&theme.font) {
-        problems.push(at(
-            "theme.font",
-            "must be a font stack of names, quotes, commas and spaces".to_owned(),
-        ));
-    }
-
     // Assets: the brand's own files replace _base's of the same name.
     let mut assets = base.assets.clone();
     if !fallback {
@@ -744,28 +600,13 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
         }
     }
 
-    let mut api_keys = Vec::new();
-    for key in &parsed.api_keys {
-        match key
-            .hash
-            .strip_prefix("sha256:")
-            .and_then(|h| hex::decode(h).ok())
-        {
-            Some(bytes) if bytes.len() == 32 => {
-                let mut digest = [0u8; 32];
-                digest.copy_from_slice(&bytes);
-                api_keys.push(ApiKeyEntry {
-                    digest,
-                    label: key.id.clone(),
-                    dev_only: key.dev_only,
-                });
-            }
-            _ => problems.push(at(
-                "api_keys",
-                format!("{}: hash must be sha256:<64 hex digits>", key.id),
-            )),
+    let api_keys = match api_keys(&parsed.api_keys, &file) {
+        Ok(keys) => keys,
+        Err(found) => {
+            problems.extend(found);
+            Vec::new()
         }
-    }
+    };
 
     let Some(templates) = registry.filter(|_| problems.is_empty()) else {
         problems.dedup();

@@ -11,6 +11,7 @@ mod load;
 pub mod pages;
 pub mod scaffold;
 pub mod schema;
+mod validate;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
