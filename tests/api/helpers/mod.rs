@@ -1,0 +1,75 @@
+//! Test support: the real service on port 0 over a fresh database, request helpers, a real
+//! local SMS gateway, and the log audit every test runs when its app is dropped.
+
+mod app;
+mod clickhouse;
+mod databases;
+mod logs;
+mod proxy;
+mod scripted;
+mod sms_gateway;
+
+pub use app::*;
+pub use clickhouse::*;
+pub use databases::*;
+pub use logs::*;
+pub use proxy::*;
+pub use scripted::*;
+pub use sms_gateway::*;
+
+use std::time::Duration;
+
+/// The example brand's development key, as printed in the README.
+pub const DEV_KEY: &str = "og_dev_nordwind_4f1c8e2a9b7d4e6f";
+/// A second brand that exists only in tests, to prove brands are isolated.
+pub const OTHER_KEY: &str = "og_test_otherbrand_0123456789abcdef";
+/// A German mobile number (libphonenumber's example).
+pub const PHONE: &str = "+4915123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a scenario once per backend: `both_backends!(name, …)` makes `name::sqlite` and
+/// `name::postgres` from `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// How long a test waits for a condition that takes `seconds` on a quiet machine: five times
+/// as long, so two busy cores never fail a test that is merely slow. Only a test that fails
+/// waits that long; the others go on as soon as the condition holds.
+pub fn patience(seconds: u64) -> Duration {
+    Duration::from_secs(seconds * 5)
+}
+
+/// Polls `ready` every 50 ms until it holds; fails after `patience(seconds)`.
+pub async fn eventually(what: &str, seconds: u64, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + patience(seconds);
+    loop {
+        if ready().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
