@@ -209,8 +209,10 @@ impl Application {
             )?)),
             public_url: public_url.clone(),
             approval,
-            gate: settings.gate.clone(),
-            callbacks: settings.callback_policy(),
+            hold: crate::gate::hold::HoldPolicy {
+                payload_limit_bytes: settings.gate.payload_limit_bytes,
+                callbacks: settings.callback_policy(),
+            },
             fraud,
             operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
             workers: Arc::new(crate::supervisor::WorkerHealth::default()),

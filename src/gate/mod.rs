@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod forwarder;
+pub mod hold;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -54,10 +54,8 @@ pub struct AppState {
     pub public_url: String,
     /// Signs approval tokens and publishes their keys.
     pub approval: Arc<crate::approval::ApprovalSigner>,
-    /// Gate mode limits.
-    pub gate: crate::settings::GateSettings,
-    /// Where `callback_url`s may point.
-    pub callbacks: crate::gate::callback::CallbackPolicy,
+    /// What an order must satisfy to be held (gate mode).
+    pub hold: crate::gate::hold::HoldPolicy,
     /// The fraud rules (operators list and lift blocks).
     pub fraud: Arc<crate::fraud::Fraud>,
     /// Who may use the admin routes.

@@ -13,6 +13,7 @@ use super::idempotency::{Claim, idempotent};
 use super::{ApiError, AppState, rfc3339};
 use crate::domain::{NewOrder, OrderRecord};
 use crate::domain::{OrderId, OrderStatus, Status};
+use crate::gate::hold::HoldRefusal;
 use crate::verifier::{StartRequest, VerifyError};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -125,6 +126,35 @@ async fn order_view(state: &AppState, order: &OrderRecord) -> Result<Order, ApiE
     })
 }
 
+/// A refused hold as its problem.
+fn hold_refusal(refusal: HoldRefusal) -> ApiError {
+    match refusal {
+        HoldRefusal::NotConfigured => refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gate_not_configured",
+            "this brand has no [upstream] order API",
+        ),
+        HoldRefusal::PayloadNotObject => ApiError::Verify(VerifyError::InvalidField {
+            field: "payload",
+            message: "must be a JSON object".to_owned(),
+        }),
+        HoldRefusal::PayloadTooLarge { limit } => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("the order payload is larger than {limit} bytes"),
+        ),
+        HoldRefusal::CallbackUrl(message) => ApiError::Verify(VerifyError::InvalidField {
+            field: "callback_url",
+            message,
+        }),
+        HoldRefusal::WebhooksNotConfigured => refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "webhooks_not_configured",
+            "this brand has no webhooks.secret",
+        ),
+    }
+}
+
 fn refuse(status: StatusCode, kind: &'static str, detail: &str) -> ApiError {
     ApiError::Request {
         status,
@@ -175,45 +205,12 @@ async fn hold(
     body: HoldOrder,
     claim: Claim,
 ) -> Result<Response, ApiError> {
-    if brand.upstream.is_none() {
-        return Err(refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "gate_not_configured",
-            "this brand has no [upstream] order API",
-        ));
-    }
     let payload = body.payload.get().to_owned();
-    if !payload.starts_with('{') {
-        return Err(ApiError::Verify(VerifyError::InvalidField {
-            field: "payload",
-            message: "must be a JSON object".to_owned(),
-        }));
-    }
-    if payload.len() > state.gate.payload_limit_bytes {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            &format!(
-                "the order payload is larger than {} bytes",
-                state.gate.payload_limit_bytes
-            ),
-        ));
-    }
-    if let Some(url) = &body.callback_url {
-        if let Err(message) = state.callbacks.check(url, &brand.webhooks.hosts).await {
-            return Err(ApiError::Verify(VerifyError::InvalidField {
-                field: "callback_url",
-                message,
-            }));
-        }
-        if brand.webhooks.secret.is_none() {
-            return Err(refuse(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "webhooks_not_configured",
-                "this brand has no webhooks.secret",
-            ));
-        }
-    }
+    state
+        .hold
+        .check(brand, &payload, body.callback_url.as_deref())
+        .await
+        .map_err(hold_refusal)?;
     // A retry of a request that died mid-way: the order, if the first attempt stored it.
     let resumed = if claim.resumed {
         let order = state
