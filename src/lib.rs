@@ -7,6 +7,7 @@ pub mod approval;
 pub mod bench;
 pub mod brands;
 pub mod cli;
+pub mod clock;
 pub mod directory;
 pub mod domain;
 pub mod events;

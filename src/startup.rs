@@ -134,13 +134,15 @@ impl Application {
         let secrets: crate::directory::BrandSecrets = Arc::new(settings.brand_secrets.clone());
         let directory = Arc::new(crate::directory::Directory::new(secrets.clone())?);
         let wake = Arc::new(tokio::sync::Notify::new());
-        let clock = Arc::new(crate::fraud::Clock::default());
+        let clock = Arc::new(crate::clock::Clock::with_offset(
+            settings.testing.clock_offset_ms,
+        ));
         let fraud = Arc::new(crate::fraud::Fraud::new(
             store.clone(),
             crate::fraud::sim_swap::SimSwapClient::new(secrets.clone())?,
             metrics.clone(),
             events.clone(),
-            clock,
+            clock.clone(),
         ));
         let verifier = Arc::new(Verifier::new(crate::verifier::VerifierDeps {
             store: store.clone(),
@@ -174,6 +176,7 @@ impl Application {
             owner: worker_owner.clone(),
             wake,
             client: http_client.clone(),
+            clock: clock.clone(),
         };
         let webhooks = WebhookSender {
             store: store.clone(),
@@ -184,6 +187,7 @@ impl Application {
             owner: worker_owner,
             policy: settings.callback_policy(),
             client: settings.callback_policy().client()?,
+            clock: clock.clone(),
         };
         let sink = event_sink(&settings).await?;
         let relay = Relay::new(
@@ -192,7 +196,8 @@ impl Application {
             metrics.clone(),
             relay_settings(&settings),
             format!("{instance}:{}", uuid::Uuid::now_v7()),
-        );
+        )
+        .with_clock(clock);
         let state = AppState {
             verifier,
             store,

@@ -17,7 +17,6 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::Event;
-use crate::domain::now_millis;
 use crate::metrics::Metrics;
 use crate::store::{OutboxRow, Store};
 
@@ -68,6 +67,7 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     settings: RelaySettings,
     owner: String,
+    clock: Arc<crate::clock::Clock>,
 }
 
 type Shipping<'a> = Pin<Box<dyn Future<Output = anyhow::Result<usize>> + Send + 'a>>;
@@ -86,7 +86,15 @@ impl Relay {
             metrics,
             settings,
             owner,
+            clock: Arc::default(),
         }
+    }
+
+    /// Reads `clock` instead of the system clock (the application's, moved by tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Ships until `stop` turns true.
@@ -147,9 +155,9 @@ impl Relay {
     async fn update_stats(&self) {
         match self.store.outbox_stats().await {
             Ok(stats) => {
-                let age = stats
-                    .oldest_created_at
-                    .map_or(0.0, |oldest| (now_millis() - oldest).max(0) as f64 / 1000.0);
+                let age = stats.oldest_created_at.map_or(0.0, |oldest| {
+                    (self.clock.now() - oldest).max(0) as f64 / 1000.0
+                });
                 self.metrics.outbox(stats.pending, age);
             }
             Err(error) => {
@@ -161,7 +169,7 @@ impl Relay {
     /// Claims one batch and ships it. An error means the sink is unavailable and the batch was
     /// given back.
     pub async fn ship_batch(&self) -> anyhow::Result<Shipped> {
-        let now = now_millis();
+        let now = self.clock.now();
         let lease_until = now + self.settings.lease.as_millis() as i64;
         let mut rows = self
             .store
@@ -206,7 +214,11 @@ impl Relay {
         let mut moved = 0;
         if !undecodable.is_empty() {
             self.store
-                .dead_letter(&undecodable, "payload is not a valid event", now_millis())
+                .dead_letter(
+                    &undecodable,
+                    "payload is not a valid event",
+                    self.clock.now(),
+                )
                 .await?;
             self.metrics
                 .events_dead_lettered(self.sink.name(), undecodable.len());
@@ -239,7 +251,9 @@ impl Relay {
                     self.metrics.sink_error(self.sink.name(), "rejected");
                     if rows.len() == 1 {
                         tracing::error!(sink = self.sink.name(), event_id = %events[0].event_id, %error, "event refused as bad data; moved to the dead-letter table");
-                        self.store.dead_letter(rows, &error, now_millis()).await?;
+                        self.store
+                            .dead_letter(rows, &error, self.clock.now())
+                            .await?;
                         self.metrics.events_dead_lettered(self.sink.name(), 1);
                         return Ok(1);
                     }

@@ -16,7 +16,6 @@
 //! guard and the unconverted-start budget: pumped numbers never convert, real buyers do, so
 //! real buyers in an attacked prefix are still served.
 
-mod clock;
 pub mod config;
 mod hot;
 mod limits;
@@ -28,7 +27,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
-pub use clock::Clock;
+pub use crate::clock::Clock;
 pub use config::{FraudConfig, RuleMode, Window};
 use hot::Hot;
 pub use limits::ip_range;

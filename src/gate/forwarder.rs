@@ -13,7 +13,6 @@ use crate::approval::ApprovalSigner;
 use crate::brands::BrandRegistry;
 use crate::directory::BrandSecrets;
 use crate::domain::OrderRecord;
-use crate::domain::now_millis;
 use crate::events::{EventFactory, EventType};
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
@@ -31,6 +30,7 @@ pub struct Forwarder {
     /// Woken on approval, so a forward starts at once instead of at the next poll.
     pub wake: Arc<Notify>,
     pub client: reqwest::Client,
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl Forwarder {
@@ -59,7 +59,7 @@ impl Forwarder {
 
     /// Claims the due orders and forwards them concurrently; returns how many.
     pub async fn forward_due(&self) -> anyhow::Result<usize> {
-        let now = now_millis();
+        let now = self.clock.now();
         let lease_until = now + self.settings.lease_ms as i64;
         let orders = self
             .store
@@ -79,13 +79,20 @@ impl Forwarder {
         let lease = self.settings.lease();
         let attempt = self.attempt(&order);
         let leased = LeasedWork::Forward(&order.id);
-        let Some(outcome) =
-            super::while_leased(&*self.store, leased, &self.owner, lease, attempt).await?
+        let Some(outcome) = super::while_leased(
+            &*self.store,
+            &self.clock,
+            leased,
+            &self.owner,
+            lease,
+            attempt,
+        )
+        .await?
         else {
             tracing::warn!(order_id = %order.id, "lost the order's lease before sending; another instance has it");
             return Ok(());
         };
-        let now = now_millis();
+        let now = self.clock.now();
         let record = self.store.find_verification(&order.verification_id).await?;
         let (kind, result, reason) = match &outcome {
             ForwardOutcome::Forwarded { status, .. } => (
@@ -139,7 +146,7 @@ impl Forwarder {
                 }
             } else {
                 let next_attempt_at =
-                    now_millis() + backoff(&self.settings, attempts).as_millis() as i64;
+                    self.clock.now() + backoff(&self.settings, attempts).as_millis() as i64;
                 ForwardOutcome::Retry {
                     status,
                     body,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::domain::now_millis;
 use crate::settings::GateSettings;
 use crate::store::{LeasedWork, Store};
 
@@ -21,6 +20,7 @@ use crate::store::{LeasedWork, Store};
 /// its work is resumed once the last renewal runs out.
 pub async fn while_leased<T>(
     store: &dyn Store,
+    clock: &crate::clock::Clock,
     work: LeasedWork<'_>,
     owner: &str,
     lease: Duration,
@@ -28,7 +28,7 @@ pub async fn while_leased<T>(
 ) -> anyhow::Result<Option<T>> {
     let lease_ms = lease.as_millis() as i64;
     if !store
-        .renew_lease(work, owner, now_millis() + lease_ms)
+        .renew_lease(work, owner, clock.now() + lease_ms)
         .await?
     {
         return Ok(None);
@@ -42,7 +42,7 @@ pub async fn while_leased<T>(
             _ = ticks.tick() => {
                 // A failed renewal is not fatal: the attempt finishes, and its record is
                 // refused if another instance took the work over meanwhile.
-                if let Err(error) = store.renew_lease(work, owner, now_millis() + lease_ms).await {
+                if let Err(error) = store.renew_lease(work, owner, clock.now() + lease_ms).await {
                     tracing::warn!(error = %format!("{error:#}"), "renewing a lease failed");
                 }
             }

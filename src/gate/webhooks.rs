@@ -11,7 +11,6 @@ use super::backoff;
 use crate::brands::BrandRegistry;
 use crate::directory::BrandSecrets;
 use crate::domain::OrderRecord;
-use crate::domain::now_millis;
 use crate::metrics::Metrics;
 use crate::settings::GateSettings;
 use crate::store::{LeasedWork, Store, WebhookJob, WebhookOutcome};
@@ -26,6 +25,7 @@ pub struct WebhookSender {
     /// Checked again before every send; `client` resolves names through it.
     pub policy: super::callback::CallbackPolicy,
     pub client: reqwest::Client,
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// The webhook body: what became of the order.
@@ -65,7 +65,7 @@ impl WebhookSender {
     }
 
     pub async fn send_due(&self) -> anyhow::Result<usize> {
-        let now = now_millis();
+        let now = self.clock.now();
         let jobs = self
             .store
             .claim_webhooks(&self.owner, now, now + self.settings.lease_ms as i64, 16)
@@ -84,8 +84,15 @@ impl WebhookSender {
         let lease = self.settings.lease();
         let leased = LeasedWork::Webhook(job.webhook_id);
         let delivery = self.deliver(job);
-        let Some(outcome) =
-            super::while_leased(&*self.store, leased, &self.owner, lease, delivery).await?
+        let Some(outcome) = super::while_leased(
+            &*self.store,
+            &self.clock,
+            leased,
+            &self.owner,
+            lease,
+            delivery,
+        )
+        .await?
         else {
             tracing::warn!(order_id = %job.order.id, "lost a webhook's lease before sending; another instance has it");
             return Ok(());
@@ -98,7 +105,7 @@ impl WebhookSender {
         self.metrics.webhook(&job.order.brand, result);
         tracing::info!(order_id = %job.order.id, attempt = job.attempts + 1, result, "webhook attempt");
         self.store
-            .complete_webhook(job.webhook_id, &self.owner, &outcome, now_millis())
+            .complete_webhook(job.webhook_id, &self.owner, &outcome, self.clock.now())
             .await?;
         Ok(())
     }
@@ -111,7 +118,7 @@ impl WebhookSender {
             } else {
                 WebhookOutcome::Retry {
                     error,
-                    next_attempt_at: now_millis()
+                    next_attempt_at: self.clock.now()
                         + backoff(&self.settings, attempts).as_millis() as i64,
                 }
             }
@@ -146,7 +153,7 @@ impl WebhookSender {
         let payload = serde_json::to_vec(&body(order, &occurred_at)).unwrap_or_default();
         let signature = crate::signature::sign(
             secret.expose_secret().as_bytes(),
-            now_millis() / 1000,
+            self.clock.now() / 1000,
             &payload,
         );
         let sent = self

@@ -50,6 +50,17 @@ pub struct Settings {
     pub log: LogSettings,
     pub prefix: PrefixSettings,
     pub admin: AdminSettings,
+    pub testing: TestingSettings,
+}
+
+/// Seams for tests of the real binary; refused in production.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingSettings {
+    /// Starts the application's clock this far ahead of the system clock, so a test of the
+    /// binary sees windows, retries and expiries without waiting. Default 0; production
+    /// refuses anything else.
+    pub clock_offset_ms: i64,
 }
 
 /// How numbers are grouped into prefixes (the pumping guard, the events' `number_prefix`,
@@ -417,6 +428,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             prefix: PrefixSettings::default(),
             admin: AdminSettings::default(),
+            testing: TestingSettings::default(),
         }
     }
 }
@@ -539,6 +551,12 @@ impl Settings {
             return Vec::new();
         }
         let mut problems = Vec::new();
+        if self.testing.clock_offset_ms != 0 {
+            problems.push(
+                "testing.clock_offset_ms (ORDERGUARD_TESTING__CLOCK_OFFSET_MS) is a test seam: production runs on the system clock"
+                    .to_owned(),
+            );
+        }
         if self.database.url.is_none() {
             problems.push(
                 "database.url (ORDERGUARD_DATABASE__URL) is not set: production needs an explicit database"

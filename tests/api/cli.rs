@@ -114,11 +114,13 @@ fn production_mode_without_real_settings_exits_naming_each_missing_setting() {
     let output = orderguard(dir.path())
         .arg("serve")
         .env("ORDERGUARD_MODE", "production")
+        .env("ORDERGUARD_TESTING__CLOCK_OFFSET_MS", "86400000")
         .output()
         .expect("run");
     assert!(!output.status.success(), "must refuse to start");
     let stderr = String::from_utf8_lossy(&output.stderr);
     for setting in [
+        "testing.clock_offset_ms (ORDERGUARD_TESTING__CLOCK_OFFSET_MS)",
         "database.url (ORDERGUARD_DATABASE__URL)",
         "secrets.code_key (ORDERGUARD_SECRETS__CODE_KEY)",
         "secrets.event_pepper (ORDERGUARD_SECRETS__EVENT_PEPPER)",

@@ -24,6 +24,7 @@ both_backends!(
     a_webhook_receiver_that_is_down_is_retried,
     the_customer_directory_gives_the_number_on_file,
     an_order_whose_sms_failed_is_named_by_the_problem_and_can_be_resent,
+    a_retry_ten_minutes_away_is_made_when_the_clock_gets_there,
 );
 
 /// Appends gate configuration to the test copy of Nordwind's brand.toml.
@@ -854,4 +855,28 @@ async fn a_slow_webhook_receiver_gets_each_webhook_once_from_two_instances() {
         receiver.max_in_flight()
     );
     drop(second);
+}
+
+/// The forwarder reads the application's clock: a retry scheduled ten minutes ahead happens
+/// as soon as the clock is moved past it, without waiting.
+async fn a_retry_ten_minutes_away_is_made_when_the_clock_gets_there(backend: Backend) {
+    let upstream = ScriptedServer::start(vec![Reply::Status(503)], Reply::Status(201)).await;
+    let url = upstream.url.clone();
+    let app = spawn_app_with(backend, move |s| {
+        configure_gate(s, &url, None);
+        s.gate.retry_initial_ms = 600_000;
+        s.gate.retry_max_ms = 600_000;
+    })
+    .await;
+    let (id, verification) = hold(&app, None).await;
+    approve(&app, &verification).await;
+    eventually("the first attempt recorded", 15, async || {
+        order(&app, &id).await["forward_attempts"] == 1
+    })
+    .await;
+    assert_eq!(order(&app, &id).await["status"], "forwarding");
+    app.clock.advance(601_000);
+    let forwarded = wait_for_status(&app, &id, "forwarded").await;
+    assert_eq!(forwarded["forward_attempts"], 2);
+    assert_eq!(upstream.count(), 2);
 }
