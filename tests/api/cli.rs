@@ -530,3 +530,45 @@ async fn a_forward_interrupted_by_a_crash_is_resumed_and_reaches_upstream_once(
     );
     assert!(stop(running, "TERM").await.success());
 }
+
+/// `testing.clock_offset_ms` moves the binary's clock: a verification started by a binary a
+/// day ahead is created (and expires) a day ahead of the system clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_testing_clock_offset_moves_the_binarys_clock() {
+    const DAY_MS: i64 = 86_400_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    test_brands_dir(dir.path());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = orderguard(dir.path())
+        .arg("serve")
+        .env("ORDERGUARD_HTTP__PORT", port.to_string())
+        .env("ORDERGUARD_TESTING__CLOCK_OFFSET_MS", DAY_MS.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut running = Running(child);
+    let client = reqwest::Client::new();
+    wait_until_ready(&client, &base, &mut running.0).await;
+    let before = orderguard::domain::now_millis();
+    let started = read(
+        client
+            .post(format!("{base}/v1/verifications"))
+            .bearer_auth(DEV_KEY)
+            .json(&start_body())
+            .send()
+            .await
+            .expect("start"),
+    )
+    .await;
+    assert_eq!(started.status, 201, "{started:#?}");
+    // RFC 3339 in one fixed-width format sorts as time does.
+    let created = started.body["created_at"].as_str().expect("created_at");
+    let a_day_ahead = orderguard::http::rfc3339(before + DAY_MS - 1_000);
+    assert!(
+        created >= a_day_ahead.as_str(),
+        "created {created}, not a day ahead ({a_day_ahead})"
+    );
+    assert!(stop(running, "TERM").await.success());
+}
