@@ -6,6 +6,7 @@
 //! ClickHouse relay. A new scenario is a new [`load::Flow`] path or a module like `relay`.
 
 pub mod load;
+mod load_report;
 pub mod relay;
 pub mod sink;
 pub mod stats;
