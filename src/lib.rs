@@ -4,6 +4,7 @@
 //! service from [`settings::Settings`].
 
 pub mod approval;
+pub mod backoff;
 pub mod bench;
 pub mod brands;
 pub mod cli;

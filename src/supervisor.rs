@@ -108,9 +108,7 @@ impl Supervisor {
                 }
                 metrics.worker_restart(name);
                 health.set(name, true);
-                let pause = first
-                    .saturating_mul(1 << deaths.saturating_sub(1).min(16))
-                    .min(max);
+                let pause = crate::backoff::delay(first, max, deaths);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}

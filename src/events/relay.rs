@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rand::Rng;
 use tokio::sync::watch;
 
 use super::Event;
@@ -120,7 +119,11 @@ impl Relay {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let pause = self.backoff(failures);
+                    let pause = crate::backoff::delay(
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                        failures,
+                    );
                     tracing::warn!(sink = self.sink.name(), error = %format!("{error:#}"), failures, retry_in_ms = pause.as_millis() as u64, "event sink unavailable; retrying");
                     pause
                 }
@@ -138,18 +141,6 @@ impl Relay {
         }
         self.update_stats().await;
         tracing::info!(sink = self.sink.name(), "relay stopped");
-    }
-
-    /// Capped exponential backoff with jitter, so many instances do not retry in step.
-    fn backoff(&self, failures: u32) -> Duration {
-        let exponent = failures.saturating_sub(1).min(20);
-        let full = self
-            .settings
-            .retry_initial
-            .saturating_mul(1 << exponent)
-            .min(self.settings.retry_max);
-        let millis = full.as_millis().max(2) as u64;
-        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
     }
 
     async fn update_stats(&self) {
