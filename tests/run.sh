@@ -82,8 +82,9 @@ export ORDERGUARD_TEST_PYTHON
 if cargo nextest --version >/dev/null 2>&1; then
   profile=default
   [ "${CI:-}" = true ] && profile=ci
-  cargo nextest run --profile "$profile" --no-fail-fast "$@"
+  # Two test threads per core: the tests wait on services far more than they compute.
+  cargo nextest run --profile "$profile" --no-fail-fast --test-threads "$(( $(nproc) * 2 ))" "$@"
 else
   log "cargo-nextest not found: running the same tests with cargo test"
-  cargo test --no-fail-fast --lib --test api "$@"
+  cargo test --no-fail-fast --lib --test api "$@" -- --test-threads "$(( $(nproc) * 2 ))"
 fi
