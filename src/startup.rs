@@ -222,6 +222,8 @@ impl Application {
             operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
             workers: Arc::new(crate::supervisor::WorkerHealth::default()),
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
+            trusted_proxies: crate::http::TrustedProxies::parse(&settings.http.trusted_proxies)
+                .map_err(anyhow::Error::msg)?,
         };
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
@@ -316,9 +318,13 @@ impl Application {
             )
         });
         let router = crate::http::router(self.state, self.limits);
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(stopped(stopping))
-            .await;
+        // The peer address reaches the handlers: the code page counts the buyer's.
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stopping))
+        .await;
         if let Some(admin_server) = admin_server {
             admin_server
                 .await

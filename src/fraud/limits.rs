@@ -36,20 +36,22 @@ impl Fraud {
             &limits.phone,
             pseudonyms.pseudonym("phone", facts.phone.e164()),
         )];
+        // The client's address counts for a start and for a resend the buyer's browser asked
+        // for (the code page, behind `http.trusted_proxies`).
+        if let Some(ip) = facts.client_ip {
+            keys.push(("ip", &limits.ip, pseudonyms.pseudonym("ip", ip)));
+            keys.push((
+                "ip_range",
+                &limits.ip_range,
+                pseudonyms.pseudonym("ip_range", &ip_range(ip)),
+            ));
+        }
         if !facts.resend {
             if let Some(customer) = facts.customer_reference {
                 keys.push((
                     "customer",
                     &limits.customer,
                     pseudonyms.pseudonym("customer", customer),
-                ));
-            }
-            if let Some(ip) = facts.client_ip {
-                keys.push(("ip", &limits.ip, pseudonyms.pseudonym("ip", ip)));
-                keys.push((
-                    "ip_range",
-                    &limits.ip_range,
-                    pseudonyms.pseudonym("ip_range", &ip_range(ip)),
                 ));
             }
             keys.push((

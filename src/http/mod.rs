@@ -2,6 +2,7 @@
 
 mod admin;
 mod callbacks;
+mod client_ip;
 mod dev;
 mod error;
 mod extract;
@@ -37,6 +38,8 @@ use crate::sms::DevInbox;
 use crate::store::Store;
 use crate::verifier::Verifier;
 
+pub use client_ip::TrustedProxies;
+
 /// Everything handlers share, built once at start.
 #[derive(Clone)]
 pub struct AppState {
@@ -64,6 +67,8 @@ pub struct AppState {
     pub workers: Arc<crate::supervisor::WorkerHealth>,
     /// `http.request_timeout_ms`: an idempotency claim outlives any request.
     pub request_timeout: std::time::Duration,
+    /// Whose `X-Forwarded-For` names the buyer (`http.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(OpenApi)]

@@ -316,7 +316,7 @@ pub async fn resend_code(
     AuthenticatedBrand(brand): AuthenticatedBrand,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = state.verifier.resend(&brand, &parse_id(&id)?).await?;
+    let record = state.verifier.resend(&brand, &parse_id(&id)?, None).await?;
     Ok(verification_response(&state, StatusCode::OK, &record).await)
 }
 

@@ -84,6 +84,10 @@ pub struct HttpSettings {
     /// A second listener (same host) for `/metrics` and the operator routes `/v1/admin/…`, so
     /// buyers' ingress never exposes them; unset serves them on the main port. Default unset.
     pub admin_port: Option<u16>,
+    /// Proxies (CIDR blocks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` names the buyer on
+    /// requests from the buyer's browser (the code page); read from the right past every
+    /// trusted hop. Default none: the peer address is the buyer's.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -343,6 +347,7 @@ impl Default for HttpSettings {
             body_limit_bytes: 64 * 1024,
             max_in_flight: 512,
             admin_port: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

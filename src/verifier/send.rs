@@ -10,10 +10,12 @@ use crate::store::SendReservation;
 
 impl Verifier {
     /// Sends a new code (the previous one stops working), within the send limit and cooldown.
+    /// `client_ip`: the buyer's address when the buyer's browser asked (the code page).
     pub async fn resend(
         &self,
         brand: &Brand,
         id: &VerificationId,
+        client_ip: Option<&str>,
     ) -> Result<VerificationRecord, VerifyError> {
         // A resend is one more SMS to the number: it counts toward the number's limits.
         if let Some(record) = self.store.get_verification(&brand.id, id).await?
@@ -22,7 +24,7 @@ impl Verifier {
             let facts = crate::fraud::StartFacts {
                 phone: &record.phone,
                 customer_reference: None,
-                client_ip: None,
+                client_ip,
                 order_reference: &record.order_reference,
                 resend: true,
             };

@@ -935,3 +935,66 @@ async fn replay(slow_per_second: u64) -> Replay {
         slow_served,
     }
 }
+
+/// The code page's resend comes from the buyer's browser: behind `http.trusted_proxies` its
+/// address is the `X-Forwarded-For` hop the proxy saw, and it counts toward the IP limit (here
+/// 2 per 10 minutes); a peer that is not a trusted proxy cannot choose the address it is
+/// counted under by writing the header itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_code_pages_resend_counts_the_buyers_address_behind_trusted_proxies() {
+    const RULES: &str = "[fraud.rate_limits]\nphone = [\"100000/1m\"]\ncustomer = [\"100000/1m\"]\n\
+        ip = [\"2/10m\"]\nip_range = [\"100000/1m\"]\norder_reference = [\"100000/1m\"]\n\
+        brand = [\"1000000/1m\"]\n[fraud.pumping]\nmin_starts = 1000000\nbrand_min_starts = 0\n";
+    // (trusted proxy?, the X-Forwarded-For of each of three resends, resends refused)
+    let cases = [
+        (true, ["203.0.113.7"; 3], 1),
+        (true, ["203.0.113.7", "198.51.100.8", "192.0.2.9"], 0),
+        (false, ["203.0.113.7", "198.51.100.8", "192.0.2.9"], 1),
+    ];
+    for (trusted, forwarded_for, refused) in cases {
+        let app = spawn_app_with(Backend::Sqlite, move |s| {
+            set_fraud_rules(&s.brands_dir, "nordwind", RULES);
+            if trusted {
+                s.http.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+            }
+        })
+        .await;
+        for hop in forwarded_for {
+            // Started by the shop without a client_ip: only the page's resend counts the IP.
+            let started = app.start(&start_body()).await;
+            assert_eq!(started.status, 201, "{started:#?}");
+            let id = started.body["id"].as_str().expect("id").to_owned();
+            let url = started.body["widget_url"].as_str().expect("widget_url");
+            let t = url
+                .split("t=")
+                .nth(1)
+                .and_then(|rest| rest.split('&').next())
+                .expect("token")
+                .to_owned();
+            app.travel(&id, 31_000).await;
+            let page = app
+                .client
+                .post(app.url(&format!("/w/{id}/resend")))
+                .header("x-forwarded-for", hop)
+                .form(&[("t", t.as_str())])
+                .send()
+                .await
+                .expect("resend");
+            assert_eq!(page.status(), 200);
+        }
+        let metrics = app.metrics().await;
+        let counted = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"orderguard_fraud_refusals_total{brand="nordwind",mode="enforce",rule="rate_limit"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.parse::<u64>().expect("count"));
+        assert_eq!(
+            counted, refused,
+            "trusted proxy: {trusted}, X-Forwarded-For {forwarded_for:?}"
+        );
+    }
+}

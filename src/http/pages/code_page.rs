@@ -1,6 +1,6 @@
 //! The code page in the shop's iframe (`/w/{id}`) and its three form posts.
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -159,7 +159,8 @@ pub async fn show_code_page(
 #[derive(Clone, Copy)]
 pub(super) enum Action {
     Check,
-    Resend,
+    /// From the buyer at this address.
+    Resend(std::net::IpAddr),
     Cancel,
 }
 
@@ -192,14 +193,17 @@ pub(super) async fn page_action(
                 .check(brand, id, form.code.as_deref().unwrap_or_default())
                 .await
         }
-        Action::Resend => state.verifier.resend(brand, id).await,
+        Action::Resend(client) => {
+            let client = client.to_string();
+            state.verifier.resend(brand, id, Some(&client)).await
+        }
         Action::Cancel => state.verifier.cancel(brand, id).await,
     };
     let outcome = match result {
         Ok(record) => {
             context.record = record;
             match action {
-                Action::Resend => Outcome::Resent,
+                Action::Resend(_) => Outcome::Resent,
                 Action::Check | Action::Cancel => final_outcome(&context.record),
             }
         }
@@ -242,10 +246,13 @@ pub async fn submit_code(
 pub async fn resend_from_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     ApiForm(form): ApiForm<PageForm>,
 ) -> Response {
-    page_action(&state, &id, &headers, &form, Action::Resend).await
+    // The buyer's own browser asks: its address counts toward the IP limits.
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
+    page_action(&state, &id, &headers, &form, Action::Resend(client)).await
 }
 
 /// The cancel form: the buyer aborts the purchase.
