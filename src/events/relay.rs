@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -67,7 +68,14 @@ pub struct Relay {
     settings: RelaySettings,
     owner: String,
     clock: Arc<crate::clock::Clock>,
+    /// This relay gave a batch up (a write without an answer) that it has not claimed again.
+    given_up: AtomicBool,
+    /// When this relay next looks for batches others gave up and left (a relay that died).
+    adopt_at: AtomicI64,
 }
+
+/// How often a relay looks for given-up batches it did not give up itself.
+const ADOPT_EVERY_MS: i64 = 5_000;
 
 type Shipping<'a> = Pin<Box<dyn Future<Output = anyhow::Result<usize>> + Send + 'a>>;
 
@@ -86,6 +94,8 @@ impl Relay {
             settings,
             owner,
             clock: Arc::default(),
+            given_up: AtomicBool::new(false),
+            adopt_at: AtomicI64::new(0),
         }
     }
 
@@ -162,6 +172,13 @@ impl Relay {
     pub async fn ship_batch(&self) -> anyhow::Result<Shipped> {
         let now = self.clock.now();
         let lease_until = now + self.settings.lease.as_millis() as i64;
+        // Given-up batches are claimed again first, but looked for only when this relay
+        // gave one up or now and then (one left by a dead relay): the look costs a query.
+        let adopt =
+            self.given_up.load(Ordering::Relaxed) || now >= self.adopt_at.load(Ordering::Relaxed);
+        if adopt {
+            self.adopt_at.store(now + ADOPT_EVERY_MS, Ordering::Relaxed);
+        }
         let mut rows = self
             .store
             .claim_outbox(
@@ -169,8 +186,12 @@ impl Relay {
                 self.settings.batch_rows as i64,
                 now,
                 lease_until,
+                adopt,
             )
             .await?;
+        if adopt && !rows.first().is_some_and(|row| row.again) {
+            self.given_up.store(false, Ordering::Relaxed);
+        }
         if rows.is_empty() {
             return Ok(Shipped::default());
         }
@@ -236,6 +257,7 @@ impl Relay {
                     // The write may have been committed with its answer lost: retry exactly
                     // these rows, never re-composed with newer ones.
                     self.store.give_up_outbox(&ids).await?;
+                    self.given_up.store(true, Ordering::Relaxed);
                     Err(anyhow::anyhow!(error))
                 }
                 Err(SinkError::Rejected(error)) => {

@@ -14,6 +14,8 @@ use crate::domain::{Event, Millis};
 pub struct OutboxRow {
     pub outbox_id: i64,
     pub payload: String,
+    /// Part of a batch given up earlier and claimed again whole.
+    pub again: bool,
 }
 
 /// How far behind the relay is.
@@ -30,14 +32,16 @@ pub trait OutboxStore: Send + Sync {
     async fn append_events(&self, events: &[Event]) -> StoreResult<()>;
 
     /// Leases up to `limit` unclaimed (or lease-expired) outbox rows to `owner` until
-    /// `lease_until`, oldest first. Several instances never get the same row at once. A batch
-    /// given up or left by a dead relay is claimed again first, whole and alone.
+    /// `lease_until`, oldest first. Several instances never get the same row at once. With
+    /// `given_up_first`, a batch given up after a write without an answer is claimed again
+    /// first, whole and alone.
     async fn claim_outbox(
         &self,
         owner: &str,
         limit: i64,
         now: Millis,
         lease_until: Millis,
+        given_up_first: bool,
     ) -> StoreResult<Vec<OutboxRow>>;
 
     /// Deletes rows the sink acknowledged.
@@ -72,28 +76,34 @@ impl OutboxStore for SqlStore {
         limit: i64,
         now: Millis,
         lease_until: Millis,
+        given_up_first: bool,
     ) -> StoreResult<Vec<OutboxRow>> {
         // A batch given up half-way (its write may have reached the sink, its answer lost)
-        // or left by a dead relay is claimed again whole, exactly as it was: the same rows
-        // make the same deduplication token, so no table (the rollups included) counts a
-        // repeat. Only then are new rows taken, as a new batch.
-        let again = sqlx::query(
-            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
+        // is claimed again whole, exactly as it was: the same rows make the same
+        // deduplication token, so no table (the rollups included) counts a repeat. Only then
+        // are new rows taken. Only given-up rows carry a batch, so this look is nearly free.
+        let again = if !given_up_first {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
              WHERE claimed_until < $3 AND batch = ( \
                  SELECT batch FROM outbox WHERE batch IS NOT NULL AND claimed_until < $3 \
                  ORDER BY outbox_id LIMIT 1) \
              RETURNING outbox_id, payload",
-        )
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .fetch_all(&mut *self.source.acquire().await?)
-        .await
-        .context("claiming an earlier outbox batch again")?;
+            )
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .fetch_all(&mut *self.source.acquire().await?)
+            .await
+            .context("claiming an earlier outbox batch again")?
+        };
+        let claimed_again = !again.is_empty();
         let rows = if again.is_empty() {
             let lock = self.skip_locked();
             let sql = format!(
-                "UPDATE outbox SET claimed_by = $1, claimed_until = $2, batch = $5 \
+                "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
                  WHERE outbox_id IN ( \
                      SELECT outbox_id FROM outbox WHERE claimed_until < $3 AND batch IS NULL \
                      ORDER BY outbox_id LIMIT $4 {lock}) \
@@ -104,7 +114,6 @@ impl OutboxStore for SqlStore {
                 .bind(lease_until)
                 .bind(now)
                 .bind(limit)
-                .bind(uuid::Uuid::now_v7().simple().to_string())
                 .fetch_all(&mut *self.source.acquire().await?)
                 .await
                 .context("claiming outbox rows")?
@@ -117,6 +126,7 @@ impl OutboxStore for SqlStore {
                 Ok(OutboxRow {
                     outbox_id: row.try_get("outbox_id")?,
                     payload: row.try_get("payload")?,
+                    again: claimed_again,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
