@@ -66,6 +66,20 @@ async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Chil
     );
 }
 
+/// Starts a verification (the README's example body) through the API of the running binary.
+async fn start_verification(client: &reqwest::Client, base: &str) -> crate::helpers::Answer {
+    read(
+        client
+            .post(format!("{base}/v1/verifications"))
+            .bearer_auth(DEV_KEY)
+            .json(&start_body())
+            .send()
+            .await
+            .expect("start"),
+    )
+    .await
+}
+
 /// Checks `code` for verification `id` through the API of the running binary.
 async fn check_code(
     client: &reqwest::Client,
@@ -314,16 +328,7 @@ async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() 
     let client = reqwest::Client::new();
     wait_until_ready(&client, &base, &mut running.0).await;
 
-    let started = read(
-        client
-            .post(format!("{base}/v1/verifications"))
-            .bearer_auth(DEV_KEY)
-            .json(&start_body())
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let started = start_verification(&client, &base).await;
     assert_eq!(started.status, 201, "{started:#?}");
     let id = started.body["id"].as_str().expect("id");
     let inbox = read(
@@ -552,16 +557,7 @@ async fn the_testing_clock_offset_moves_the_binarys_clock() {
     let client = reqwest::Client::new();
     wait_until_ready(&client, &base, &mut running.0).await;
     let before = orderguard::domain::now_millis();
-    let started = read(
-        client
-            .post(format!("{base}/v1/verifications"))
-            .bearer_auth(DEV_KEY)
-            .json(&start_body())
-            .send()
-            .await
-            .expect("start"),
-    )
-    .await;
+    let started = start_verification(&client, &base).await;
     assert_eq!(started.status, 201, "{started:#?}");
     // RFC 3339 in one fixed-width format sorts as time does.
     let created = started.body["created_at"].as_str().expect("created_at");

@@ -156,6 +156,16 @@ async fn a_request_slower_than_the_limit_gets_a_timeout_problem(backend: Backend
         .assert_problem(408, "request_timeout");
 }
 
+/// Starts a verification whose first SMS fails (502); returns its id.
+async fn start_without_sms(app: &crate::helpers::TestApp) -> String {
+    let started = app.start(&crate::helpers::start_body()).await;
+    started.assert_problem(502, "sms_delivery_failed");
+    started.body["verification_id"]
+        .as_str()
+        .expect("verification_id")
+        .to_owned()
+}
+
 /// Every provider refusing outright (here 503) cannot have delivered the code: the buyer may
 /// resend as often as the cooldown allows, and the sends are still all there afterwards.
 async fn an_sms_outage_does_not_use_up_the_buyers_sends(backend: Backend) {
@@ -163,12 +173,7 @@ async fn an_sms_outage_does_not_use_up_the_buyers_sends(backend: Backend) {
     let provider = down.provider("gateway", 2_000);
     let app = spawn_app_with(backend, move |s| s.sms.providers = vec![provider]).await;
 
-    let started = app.start(&crate::helpers::start_body()).await;
-    started.assert_problem(502, "sms_delivery_failed");
-    let id = started.body["verification_id"]
-        .as_str()
-        .expect("verification_id")
-        .to_owned();
+    let id = start_without_sms(&app).await;
     // Twice the send limit (3), each after the cooldown: never send_limit_reached.
     for _ in 0..6 {
         app.travel(&id, 31_000).await;
@@ -188,12 +193,7 @@ async fn a_timed_out_send_uses_up_a_send(backend: Backend) {
     let provider = hanging.provider("gateway", 200);
     let app = spawn_app_with(backend, move |s| s.sms.providers = vec![provider]).await;
 
-    let started = app.start(&crate::helpers::start_body()).await;
-    started.assert_problem(502, "sms_delivery_failed");
-    let id = started.body["verification_id"]
-        .as_str()
-        .expect("verification_id")
-        .to_owned();
+    let id = start_without_sms(&app).await;
     for _ in 0..2 {
         app.travel(&id, 31_000).await;
         app.resend(&id)
