@@ -3,14 +3,24 @@
 
 use serde::Deserialize;
 
-/// Whether a rule refuses (`enforce`) or only reports what it would have refused (`monitor`:
-/// the start is served and a `verification_blocked` event with outcome `monitored` is written).
+/// Whether a rule refuses (`enforce`), only reports what it would have refused (`monitor`:
+/// the start is served and a `verification_blocked` event with outcome `monitored` is written),
+/// or does not run at all (`off`: for a brand whose shop runs its own rules, and to measure
+/// what the rules cost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleMode {
     #[default]
     Enforce,
     Monitor,
+    Off,
+}
+
+impl RuleMode {
+    /// Whether the rule runs at all.
+    pub fn runs(self) -> bool {
+        self != Self::Off
+    }
 }
 
 /// A count per window, written `"5/10m"` (units `s`, `m`, `h`, `d`).

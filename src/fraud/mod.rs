@@ -125,6 +125,7 @@ impl Fraud {
                 verdict.monitored.push(refusal);
                 false
             }
+            RuleMode::Off => false,
         }
     }
 
@@ -162,10 +163,14 @@ impl Fraud {
             .allow_prefixes
             .iter()
             .any(|p| e164.starts_with(p.as_str()));
-        let limits = self.limits(config, facts);
+        let limits = if config.rate_limits.mode.runs() {
+            self.limits(config, facts)
+        } else {
+            Vec::new()
+        };
         let pumping = &config.pumping;
         let prefix_bucket = format!("prefix:{prefix}");
-        let guard_prefix = !exempt && !facts.resend;
+        let guard_prefix = !exempt && !facts.resend && pumping.mode.runs();
         let brand_guard = guard_prefix && pumping.brand_min_starts > 0;
 
         // Remembered answers first: no database round trip for a refusal already known.
@@ -178,6 +183,7 @@ impl Fraud {
             }
         }
         if !exempt
+            && pumping.mode.runs()
             && let Some(refusal) = self.cached(brand_id, &prefix_bucket, now)
             && !self.known_good(brand, facts, now).await?
             && self.judge(brand_id, pumping.mode, refusal, &mut verdict)
@@ -256,7 +262,7 @@ impl Fraud {
             self.store.record_approval(&brand.id, &signals).await?;
             return Ok(verdict);
         }
-        if config.sim_swap.base_url.is_some() && !facts.resend {
+        if config.sim_swap.base_url.is_some() && config.sim_swap.mode.runs() && !facts.resend {
             self.check_sim_swap(brand, facts, &mut verdict).await;
         }
         Ok(verdict)
@@ -300,38 +306,45 @@ impl Fraud {
         self.judge(brand.id.as_str(), config.mode, refusal, verdict);
     }
 
-    /// What an approval tells the rules: the prefix converted, the IP's and range's start was
-    /// not a pumped one, the number and customer are known-good. Failures are logged: the
-    /// approval itself stands.
-    pub async fn on_approval(
+    /// What an approval of `record` tells the rules, written in the approval's own
+    /// transaction: the start from its IP and range was not a pumped one (refunded), the number
+    /// and customer are known-good. `None` when the brand runs no counting rule.
+    pub fn approval_signals(
         &self,
         brand: &Brand,
         record: &crate::domain::VerificationRecord,
-        phone_pseudonym: &str,
-    ) {
-        let prefix = self.events.prefixes().prefix(&record.phone);
-        let mut known_good = vec![format!("phone:{phone_pseudonym}")];
+        now: Millis,
+    ) -> Option<ApprovalSignals> {
+        let config = &brand.fraud;
+        if !config.rate_limits.mode.runs() && !config.pumping.mode.runs() {
+            return None;
+        }
+        let mut known_good = vec![format!("phone:{}", record.phone_pseudonym)];
         if !record.customer_pseudonym.is_empty() {
             known_good.push(format!("customer:{}", record.customer_pseudonym));
         }
-        self.approve_hot(
-            brand.id.as_str(),
-            &[format!("prefix:{prefix}"), BRAND_STARTS.to_owned()],
-        );
-        let signals = ApprovalSignals {
+        Some(ApprovalSignals {
             approved: Vec::new(),
-            refunds: self.refund_buckets(
-                &brand.fraud,
-                &record.ip_pseudonym,
-                &record.ip_range_pseudonym,
-            ),
+            refunds: self.refund_buckets(config, &record.ip_pseudonym, &record.ip_range_pseudonym),
             known_good,
             started_at: record.created_at,
-            now: self.clock.now(),
-        };
-        if let Err(error) = self.store.record_approval(&brand.id, &signals).await {
-            tracing::warn!(brand = %brand.id, error = %format!("{error:#}"), "recording an approval for the fraud rules failed");
+            now,
+        })
+    }
+
+    /// An approval committed: its prefix and its brand converted. Counted in the hot counters,
+    /// written with their next write.
+    pub fn approved(&self, brand: &Brand, record: &crate::domain::VerificationRecord) {
+        if !brand.fraud.pumping.mode.runs() {
+            return;
         }
+        self.approve_hot(
+            brand.id.as_str(),
+            &[
+                format!("prefix:{}", record.number_prefix),
+                BRAND_STARTS.to_owned(),
+            ],
+        );
     }
 
     /// Every prefix block in force.

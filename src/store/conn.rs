@@ -244,25 +244,61 @@ struct Job {
     done: oneshot::Sender<anyhow::Result<()>>,
 }
 
+impl Grouped for Job {
+    fn weight(&self) -> usize {
+        self.batch.values()
+    }
+}
+
 impl Combiner {
     pub(super) fn start(source: Source, parallel: usize) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(combine(source, queue, parallel.max(1)));
+        tokio::spawn(combine(
+            queue,
+            parallel,
+            (MAX_GROUP, MAX_GROUP_VALUES),
+            move |group| {
+                let source = source.clone();
+                async move { commit_group(&source, group).await }
+            },
+        ));
         Self { jobs }
     }
 
     /// Commits `batch`, with whatever other writes are waiting.
     pub(super) async fn write(&self, batch: Batch) -> anyhow::Result<()> {
-        let stopped = || anyhow::anyhow!("the database writer has stopped");
         let (done, result) = oneshot::channel();
         self.jobs.send(Job { batch, done }).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
 }
 
-async fn combine(source: Source, mut queue: mpsc::UnboundedReceiver<Job>, parallel: usize) {
-    let slots = Arc::new(Semaphore::new(parallel));
-    let mut carried: Option<Job> = None;
+/// A queued job's answer never came: the task that writes them has stopped.
+pub(super) fn stopped() -> anyhow::Error {
+    anyhow::anyhow!("the database writer has stopped")
+}
+
+/// A job that can wait in a queue to be run with others; its weight (values it binds) bounds a
+/// group.
+pub(super) trait Grouped: Send + 'static {
+    fn weight(&self) -> usize;
+}
+
+/// Takes the jobs that queue up while earlier groups run, up to `max` (jobs, weight) at a
+/// time, and runs each group with `run` in a task of its own, at most `parallel` at once: a
+/// caller that goes away does not break a group off.
+pub(super) async fn combine<J, F, Fut>(
+    mut queue: mpsc::UnboundedReceiver<J>,
+    parallel: usize,
+    (max_jobs, max_weight): (usize, usize),
+    run: F,
+) where
+    J: Grouped,
+    F: Fn(Vec<J>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut carried: Option<J> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -274,22 +310,22 @@ async fn combine(source: Source, mut queue: mpsc::UnboundedReceiver<Job>, parall
                 None => return,
             },
         };
-        let mut values = first.batch.values();
+        let mut weight = first.weight();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < max_jobs {
             let Ok(job) = queue.try_recv() else {
                 break;
             };
-            if values + job.batch.values() > MAX_GROUP_VALUES {
+            if weight + job.weight() > max_weight {
                 carried = Some(job);
                 break;
             }
-            values += job.batch.values();
+            weight += job.weight();
             group.push(job);
         }
-        let source = source.clone();
+        let work = run(group);
         tokio::spawn(async move {
-            commit_group(&source, group).await;
+            work.await;
             drop(slot);
         });
     }
@@ -329,7 +365,7 @@ async fn commit_group(source: &Source, mut group: Vec<Job>) {
     }
 }
 
-fn refused_by_database(error: &anyhow::Error) -> bool {
+pub(super) fn refused_by_database(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<sqlx::Error>(),
@@ -340,7 +376,7 @@ fn refused_by_database(error: &anyhow::Error) -> bool {
 
 /// A group's failure for one of its callers: the same store error, kind included
 /// (`anyhow::Error` cannot be cloned; a `StoreError` can).
-fn for_each_caller(error: &anyhow::Error) -> anyhow::Error {
+pub(super) fn for_each_caller(error: &anyhow::Error) -> anyhow::Error {
     anyhow::Error::from(super::StoreError::of(error)).context("writing a group of changes")
 }
 

@@ -5,9 +5,13 @@ use anyhow::Context;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::{mpsc, oneshot};
+
 use super::StoreResult;
 use super::batch::Batch;
-use super::conn::Source;
+use super::conn::{Grouped, Source, combine, for_each_caller, refused_by_database, stopped};
 use super::sql::Backend;
 use super::sql::SqlStore;
 use crate::brands::BrandId;
@@ -43,33 +47,205 @@ async fn run(source: &Source, batch: Batch) -> anyhow::Result<Vec<AnyRow>> {
     source.fetch(batch).await
 }
 
-pub(super) async fn hit_counters(
+/// One start's (or resend's, or a hot flush's) hits, waiting to be merged with others.
+struct HitJob {
+    brand: String,
+    hits: Vec<CounterHit>,
+    now: Millis,
+    done: oneshot::Sender<anyhow::Result<Vec<CounterState>>>,
+}
+
+impl Grouped for HitJob {
+    fn weight(&self) -> usize {
+        self.hits.len() * 6
+    }
+}
+
+/// The most starts one merged hit statement takes, and the most values it binds.
+const MAX_HIT_JOBS: usize = 64;
+const MAX_HIT_VALUES: usize = 20_000;
+
+/// Counter hits that queue up while earlier ones run go as one statement: every counter the
+/// group hits once (in key order, so two statements never wait on each other's rows in
+/// opposite orders), each with the group's sum. Each start then gets the counters as they were
+/// right after its own hit — the total less what the starts queued after it added — which is
+/// what it would have read alone: 50 parallel starts to one number still see 1 to 50.
+#[derive(Clone)]
+pub(super) struct HitCombiner {
+    jobs: mpsc::UnboundedSender<HitJob>,
+}
+
+impl HitCombiner {
+    pub(super) fn start(source: Source, backend: Backend, parallel: usize) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(combine(
+            queue,
+            parallel,
+            (MAX_HIT_JOBS, MAX_HIT_VALUES),
+            move |group| {
+                let source = source.clone();
+                async move { hit_group(&source, backend, group).await }
+            },
+        ));
+        Self { jobs }
+    }
+
+    /// Counts `hits` for `brand` and returns each counter as it is after them.
+    pub(super) async fn hit(
+        &self,
+        brand: &BrandId,
+        hits: &[CounterHit],
+        now: Millis,
+    ) -> anyhow::Result<Vec<CounterState>> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (done, answer) = oneshot::channel();
+        let job = HitJob {
+            brand: brand.as_str().to_owned(),
+            hits: hits.to_vec(),
+            now,
+            done,
+        };
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A counter as one merged statement hits it: the sums of its group.
+struct MergedHit {
+    window_ms: Millis,
+    count: i64,
+    approvals: i64,
+    now: Millis,
+}
+
+type CounterKey = (String, String);
+
+async fn hit_group(source: &Source, backend: Backend, group: Vec<HitJob>) {
+    let mut merged: BTreeMap<CounterKey, MergedHit> = BTreeMap::new();
+    for job in &group {
+        for hit in &job.hits {
+            let entry = merged
+                .entry((job.brand.clone(), hit.bucket.clone()))
+                .or_insert(MergedHit {
+                    window_ms: hit.window_ms,
+                    count: 0,
+                    approvals: 0,
+                    now: job.now,
+                });
+            entry.window_ms = hit.window_ms;
+            entry.count += hit.count;
+            entry.approvals += hit.approvals;
+            entry.now = entry.now.max(job.now);
+        }
+    }
+    let totals = match hit_counters(source, backend, &merged).await {
+        Ok(totals) => totals,
+        // The database refused some row: each start alone finds whose.
+        Err(error) if refused_by_database(&error) && group.len() > 1 => {
+            for job in group {
+                let answer = Box::pin(hit_alone(source, backend, &job)).await;
+                let _ = job.done.send(answer);
+            }
+            return;
+        }
+        Err(error) => {
+            for job in group {
+                let _ = job.done.send(Err(for_each_caller(&error)));
+            }
+            return;
+        }
+    };
+    // The last start in the queue sees the totals; each one before it, the totals less what
+    // the starts after it added.
+    let mut later: HashMap<CounterKey, (i64, i64)> = HashMap::new();
+    let mut answers = Vec::with_capacity(group.len());
+    for job in group.iter().rev() {
+        let mut views = Vec::with_capacity(job.hits.len());
+        for hit in &job.hits {
+            let key = (job.brand.clone(), hit.bucket.clone());
+            if let Some(total) = totals.get(&key) {
+                let (count, approvals) = later.get(&key).copied().unwrap_or_default();
+                let mut view = total.clone();
+                view.hits -= count;
+                view.approvals -= approvals;
+                views.push(view);
+            }
+        }
+        for hit in &job.hits {
+            let added = later
+                .entry((job.brand.clone(), hit.bucket.clone()))
+                .or_default();
+            added.0 += hit.count;
+            added.1 += hit.approvals;
+        }
+        answers.push(views);
+    }
+    for (job, views) in group.into_iter().zip(answers.into_iter().rev()) {
+        let _ = job.done.send(Ok(views));
+    }
+}
+
+async fn hit_alone(
     source: &Source,
     backend: Backend,
-    brand: &BrandId,
-    hits: &[CounterHit],
-    now: Millis,
+    job: &HitJob,
 ) -> anyhow::Result<Vec<CounterState>> {
-    if hits.is_empty() {
-        return Ok(Vec::new());
+    let mut merged: BTreeMap<CounterKey, MergedHit> = BTreeMap::new();
+    for hit in &job.hits {
+        merged.insert(
+            (job.brand.clone(), hit.bucket.clone()),
+            MergedHit {
+                window_ms: hit.window_ms,
+                count: hit.count,
+                approvals: hit.approvals,
+                now: job.now,
+            },
+        );
     }
-    let mut batch = Batch::new(backend);
-    let brand = batch.bind(brand.as_str());
-    let now = batch.bind(now);
-    let rows: Vec<String> = hits
+    let totals = hit_counters(source, backend, &merged).await?;
+    Ok(job
+        .hits
         .iter()
-        .map(|hit| {
-            format!(
-                "({brand}, {}, {now}, {}, {}, {})",
-                batch.bind(hit.bucket.as_str()),
-                batch.bind(hit.window_ms),
-                batch.bind(hit.count),
-                batch.bind(hit.approvals)
-            )
+        .filter_map(|hit| {
+            totals
+                .get(&(job.brand.clone(), hit.bucket.clone()))
+                .cloned()
+        })
+        .collect())
+}
+
+/// Hits every counter of `merged` once, in key order, and returns each as it is after. The
+/// rows travel as one JSON array, so the statement's text is the same whatever the group's
+/// size and stays prepared on every connection.
+async fn hit_counters(
+    source: &Source,
+    backend: Backend,
+    merged: &BTreeMap<CounterKey, MergedHit>,
+) -> anyhow::Result<HashMap<CounterKey, CounterState>> {
+    let rows: Vec<serde_json::Value> = merged
+        .iter()
+        .map(|((brand, bucket), hit)| {
+            serde_json::json!({"b": brand, "k": bucket, "n": hit.now, "w": hit.window_ms,
+                               "c": hit.count, "a": hit.approvals})
         })
         .collect();
+    let mut batch = Batch::new(backend);
+    let rows = batch.bind(serde_json::Value::Array(rows).to_string());
+    let source_rows = match backend {
+        Backend::Postgres => format!(
+            "SELECT r.b, r.k, r.n, r.w, r.c, r.a FROM jsonb_to_recordset({rows}::jsonb) \
+             AS r(b text, k text, n bigint, w bigint, c bigint, a bigint)"
+        ),
+        // `WHERE true`: SQLite's upsert after a SELECT needs it to parse.
+        Backend::Sqlite => format!(
+            "SELECT value ->> '$.b', value ->> '$.k', value ->> '$.n', value ->> '$.w', \
+             value ->> '$.c', value ->> '$.a' FROM json_each({rows}) WHERE true"
+        ),
+    };
     batch.push(format!(
-        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits, approvals) VALUES {} \
+        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits, approvals) {source_rows} \
          ON CONFLICT (brand_id, bucket) DO UPDATE SET \
            hits = CASE WHEN {RESTARTS} THEN excluded.hits ELSE fraud_counter.hits + excluded.hits END, \
            approvals = CASE WHEN {RESTARTS} THEN excluded.approvals \
@@ -84,11 +260,17 @@ pub(super) async fn hit_counters(
              ELSE fraud_counter.prev_approvals END, \
            window_start = CASE WHEN {RESTARTS} THEN excluded.window_start ELSE fraud_counter.window_start END, \
            window_ms = excluded.window_ms \
-         RETURNING {STATE_COLUMNS}",
-        rows.join(", ")
+         RETURNING brand_id, {STATE_COLUMNS}"
     ));
-    let rows = run(source, batch).await.context("counting a start")?;
-    rows.iter().map(state_from_row).collect()
+    let rows = run(source, batch).await.context("counting starts")?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (row.try_get("brand_id")?, row.try_get("bucket")?),
+                state_from_row(row)?,
+            ))
+        })
+        .collect()
 }
 
 /// Runs `change` (an UPDATE … RETURNING) in a transaction; commits it with `events` if it
@@ -198,6 +380,18 @@ pub(super) async fn record_approval(
     signals: &ApprovalSignals,
 ) -> anyhow::Result<()> {
     let mut batch = Batch::new(backend);
+    approval_statements(&mut batch, brand, signals);
+    // Written alone, never merged with other approvals: two approvals in one statement could
+    // touch the same counter twice, and PostgreSQL keeps only one of two CTE updates of a row.
+    source
+        .write(batch)
+        .await
+        .context("recording an approval's fraud signals")
+}
+
+/// The statements that record `signals`, added to `batch`: alone for a refused start's
+/// refunds, or with the approval's own finish (in its transaction).
+pub(super) fn approval_statements(batch: &mut Batch, brand: &BrandId, signals: &ApprovalSignals) {
     let brand = batch.bind(brand.as_str());
     let started = batch.bind(signals.started_at);
     if !signals.known_good.is_empty() {
@@ -213,36 +407,28 @@ pub(super) async fn record_approval(
             rows.join(", ")
         ));
     }
-    if !signals.approved.is_empty() {
-        let buckets: Vec<String> = signals
-            .approved
+    for (column, buckets) in [
+        ("approvals = approvals + 1", &signals.approved),
+        ("hits = hits - 1", &signals.refunds),
+    ] {
+        if buckets.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = buckets
             .iter()
             .map(|bucket| batch.bind(bucket.as_str()))
             .collect();
+        let floor = if column.starts_with("hits") {
+            " AND hits > 0"
+        } else {
+            ""
+        };
         batch.push(format!(
-            "UPDATE fraud_counter SET approvals = approvals + 1 \
-             WHERE brand_id = {brand} AND bucket IN ({}) AND window_start <= {started}",
-            buckets.join(", ")
+            "UPDATE fraud_counter SET {column} \
+             WHERE brand_id = {brand} AND bucket IN ({}){floor} AND window_start <= {started}",
+            list.join(", ")
         ));
     }
-    if !signals.refunds.is_empty() {
-        let buckets: Vec<String> = signals
-            .refunds
-            .iter()
-            .map(|bucket| batch.bind(bucket.as_str()))
-            .collect();
-        batch.push(format!(
-            "UPDATE fraud_counter SET hits = hits - 1 \
-             WHERE brand_id = {brand} AND bucket IN ({}) AND hits > 0 AND window_start <= {started}",
-            buckets.join(", ")
-        ));
-    }
-    // Written alone, never merged with other approvals: two approvals in one statement could
-    // touch the same counter twice, and PostgreSQL keeps only one of two CTE updates of a row.
-    source
-        .write(batch)
-        .await
-        .context("recording an approval's fraud signals")
 }
 
 pub(super) async fn known_good(
@@ -397,7 +583,7 @@ impl FraudStore for SqlStore {
         hits: &[super::CounterHit],
         now: Millis,
     ) -> StoreResult<Vec<super::CounterState>> {
-        Ok(super::fraud::hit_counters(&self.counters, self.backend, brand, hits, now).await?)
+        Ok(self.hits.hit(brand, hits, now).await?)
     }
 
     async fn place_block(

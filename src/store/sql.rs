@@ -89,6 +89,8 @@ pub struct SqlStore {
     pub(super) counters: Source,
     /// Group commit of the writes that need no transaction of their own.
     pub(super) combiner: Combiner,
+    /// The fraud counters' hits, merged likewise (on `counters`).
+    pub(super) hits: super::fraud::HitCombiner,
     pub(super) backend: Backend,
 }
 
@@ -135,10 +137,14 @@ impl SqlStore {
             }
             _ => source.clone(),
         };
+        // Hits wait on a hot counter's row lock (the brand's ceiling, a busy prefix) while a
+        // group runs: two groups under way let the next gather meanwhile.
+        let hits = super::fraud::HitCombiner::start(counters.clone(), backend, 1);
         Ok(Self {
             source,
             counters,
             combiner,
+            hits,
             backend,
         })
     }

@@ -17,6 +17,8 @@ pub struct CheckDecision {
     pub finish: Option<Status>,
     /// Events describing the check and its consequence.
     pub events: Vec<Event>,
+    /// What an approval tells the fraud rules, committed with it.
+    pub approval: Option<super::ApprovalSignals>,
 }
 
 /// Decides about a counted check from the record (counter already raised) and the stored hash.
@@ -242,7 +244,10 @@ impl VerificationStore for SqlStore {
             // We hold the row lock (on SQLite the write lock): it is still pending. Without a
             // held order to move, the finish, its events and the commit go as one batch.
             Some(status) if !record.has_order => {
-                let finish = finish_batch(self.backend, id, status, now, &decision.events)?;
+                let mut finish = finish_batch(self.backend, id, status, now, &decision.events)?;
+                if let Some(signals) = &decision.approval {
+                    super::fraud::approval_statements(&mut finish, brand, signals);
+                }
                 let finished = tx.commit_with(finish).await.context("committing a check")?;
                 ensure!(
                     !finished.is_empty(),
@@ -255,7 +260,13 @@ impl VerificationStore for SqlStore {
                     finish_in(conn, self.backend, id, status, now, &decision.events).await?,
                     "verification {id} changed under its lock"
                 );
-                tx.commit().await.context("committing a check")?;
+                let mut signals = Batch::new(self.backend);
+                if let Some(approval) = &decision.approval {
+                    super::fraud::approval_statements(&mut signals, brand, approval);
+                }
+                tx.commit_with(signals)
+                    .await
+                    .context("committing a check")?;
             }
             None => {
                 let mut events = Batch::new(self.backend);

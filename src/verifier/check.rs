@@ -43,6 +43,11 @@ impl Verifier {
                 None
             };
             let mut events = vec![checked];
+            let approval = if correct {
+                self.fraud.approval_signals(brand, record, now)
+            } else {
+                None
+            };
             if finish.is_some() {
                 let kind = if correct {
                     EventType::VerificationApproved
@@ -53,7 +58,11 @@ impl Verifier {
                 event.attempt = u16::try_from(record.checks_used).unwrap_or(u16::MAX);
                 events.push(event);
             }
-            CheckDecision { finish, events }
+            CheckDecision {
+                finish,
+                events,
+                approval,
+            }
         };
         let record = match self.store.check_code(&brand.id, id, now, &decide).await? {
             CheckCount::Counted(record) => *record,
@@ -64,13 +73,7 @@ impl Verifier {
         match record.status {
             Status::Approved => {
                 self.on_approval.notify_one();
-                let phone_pseudonym = self
-                    .events
-                    .pseudonymizer()
-                    .pseudonym("phone", record.phone.e164());
-                self.fraud
-                    .on_approval(brand, &record, &phone_pseudonym)
-                    .await;
+                self.fraud.approved(brand, &record);
                 self.metrics
                     .verification_finished(brand.id.as_str(), Status::Approved.as_str());
                 tracing::info!(verification_id = %id, brand = %brand.id, attempt, "code correct, approved");

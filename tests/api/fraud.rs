@@ -19,6 +19,7 @@ both_backends!(
     the_pumping_guard_blocks_a_walked_prefix_serves_known_good_and_doubles_its_cooldown,
     slow_pumping_over_many_prefixes_trips_the_brand_conversion_guard,
     a_monitored_rule_serves_and_records_what_it_would_have_refused,
+    rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds,
 );
 
 const OPERATOR_TOKEN: &str = "og_operator_fraud_team_token_1234";
@@ -455,6 +456,42 @@ async fn a_monitored_rule_serves_and_records_what_it_would_have_refused(backend:
         ),
         "{metrics}"
     );
+}
+
+/// `mode = "off"` (a shop that runs its own rules, or the bench measuring what the rules
+/// cost): nothing is counted, nothing refused, no counter row written, no approval signal
+/// recorded; the deny-list, which costs nothing, still refuses.
+async fn rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds(backend: Backend) {
+    let app = app_with_rules(
+        backend,
+        "[fraud]\ndeny_prefixes = [\"+49160\"]\n[fraud.rate_limits]\nmode = \"off\"\nphone = [\"1/10m\"]\n\
+         [fraud.pumping]\nmode = \"off\"\nmin_starts = 1\n",
+    )
+    .await;
+    for attempt in 1..=4 {
+        let answer = app.start(&start_for(PHONE)).await;
+        assert_eq!(answer.status, 201, "start {attempt}: {answer:#?}");
+        if attempt == 1 {
+            approve(&app, answer.body["id"].as_str().expect("id")).await;
+        }
+    }
+    app.start(&start_for("+4916012345678"))
+        .await
+        .assert_problem(403, "number_blocked");
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.database_url)
+        .await
+        .expect("database");
+    for table in ["fraud_counter", "known_good"] {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut db)
+            .await
+            .expect("count");
+        assert_eq!(rows, 0, "{table}");
+    }
+    let blocked = blocked_events(&app).await;
+    assert_eq!(blocked.len(), 1, "only the deny-list refused: {blocked:#?}");
+    assert_eq!(blocked[0]["rule"], json!("deny_list"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

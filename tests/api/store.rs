@@ -11,8 +11,8 @@ use orderguard::domain::{
     Limits, Money, NewOrder, NewVerification, OrderId, PhoneNumber, VerificationId, now_millis,
 };
 use orderguard::store::{
-    CheckCount, CheckDecision, IdempotencyClaim, IdempotencyStore, OutboxStore, SendReservation,
-    SqlStore, VerificationStore,
+    CheckCount, CheckDecision, CounterHit, FraudStore, IdempotencyClaim, IdempotencyStore,
+    OutboxStore, SendReservation, SqlStore, VerificationStore,
 };
 
 use crate::both_backends;
@@ -25,6 +25,7 @@ both_backends!(
     writes_broken_off_half_way_leave_nothing_behind,
     a_bad_write_among_many_at_once_fails_alone,
     an_idempotency_key_is_held_for_its_lease_then_taken_over_once,
+    parallel_counter_hits_each_see_their_own_count,
 );
 
 async fn database(backend: Backend, dir: &std::path::Path) -> String {
@@ -98,6 +99,7 @@ async fn parallel_check_counts_never_exceed_the_limit(backend: Backend) {
     let undecided = |_: &orderguard::domain::VerificationRecord, _: &[u8]| CheckDecision {
         finish: None,
         events: vec![],
+        approval: None,
     };
     let results =
         join_all((0..50).map(|_| store.check_code(&brand, &id, now_millis(), &undecided))).await;
@@ -232,6 +234,7 @@ async fn writes_broken_off_half_way_leave_nothing_behind(backend: Backend) {
         CheckDecision {
             finish: None,
             events: vec![event],
+            approval: None,
         }
     };
     let (mut ids, mut dropped) = (Vec::new(), 0);
@@ -450,4 +453,51 @@ async fn an_idempotency_key_is_held_for_its_lease_then_taken_over_once(backend: 
             body: "{}".to_owned()
         }
     );
+}
+
+/// Hits that arrive together are merged into one statement; each caller still gets the
+/// counters as they were right after its own hit: 60 parallel hits of one counter (beside a
+/// counter of their own each, and across two brands) see 1 to 60 exactly once, and the
+/// shared rows end at exactly what was added.
+async fn parallel_counter_hits_each_see_their_own_count(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&database(backend, dir.path()).await).await;
+    let now = now_millis();
+    let brands = [brand(), BrandId::parse("fjallnet").expect("id")];
+    let hit = |bucket: String, count: i64| CounterHit {
+        bucket,
+        window_ms: 600_000,
+        count,
+        approvals: 0,
+    };
+    let results = join_all((0..120).map(|n| {
+        let store = store.clone();
+        let brand = brands[n % 2].clone();
+        async move {
+            let hits = [hit(format!("own:{n}"), 1), hit("shared".to_owned(), 1)];
+            store.hit_counters(&brand, &hits, now).await.expect("hit")
+        }
+    }))
+    .await;
+    for brand_index in 0..2 {
+        let mut seen: Vec<i64> = results
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 2 == brand_index)
+            .map(|(n, states)| {
+                assert_eq!(states.len(), 2, "hit {n}: {states:?}");
+                assert_eq!(states[0].bucket, format!("own:{n}"));
+                assert_eq!(states[0].hits, 1, "its own counter");
+                assert_eq!(states[1].bucket, "shared");
+                states[1].hits
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=60).collect::<Vec<i64>>(), "brand {brand_index}");
+    }
+    let read = store
+        .hit_counters(&brands[1], &[hit("shared".to_owned(), 0)], now)
+        .await
+        .expect("read");
+    assert_eq!(read[0].hits, 60);
 }
