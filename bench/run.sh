@@ -83,6 +83,18 @@ id = "bench"
 hash = "sha256:$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
 TOML
 
+# The same brand with the fraud rules off: what the rules cost, measured in the same run.
+off_key="og_bench_off_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mkdir -p "$work/brands/benchoff"
+sed -e '/^\[\[api_keys\]\]/,$d' -e 's/^brand_min_starts = 0$/brand_min_starts = 0\nmode = "off"/' \
+  -e 's/^brand = \["10000000\/1m"\]$/brand = ["10000000\/1m"]\nmode = "off"/' \
+  "$work/brands/bench/brand.toml" > "$work/brands/benchoff/brand.toml"
+cat >> "$work/brands/benchoff/brand.toml" <<TOML
+[[api_keys]]
+id = "bench-off"
+hash = "sha256:$(printf %s "$off_key" | sha256sum | cut -d' ' -f1)"
+TOML
+
 # The attack brand: the default fraud rules, only the brand-wide ceiling raised.
 attack_key="og_bench_attack_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$work/brands/benchattack"
@@ -119,6 +131,11 @@ load() { # $1: name, then bench arguments
   echo "$name…" >&2
   "$bin" bench "$@" --target http://127.0.0.1:18080 --key "${bench_key:-$key}" --sms-sink 127.0.0.1:19100 \
     --upstream 127.0.0.1:19101 --pid "$service" --json > "$work/$name.json"
+  if ! kill -0 "$service" 2>/dev/null; then
+    echo "the service died during $name; its log ends:" >&2
+    tail -n 40 "$work"/service-*.log >&2
+    exit 1
+  fi
 }
 
 psql "$pg" -qc "CREATE DATABASE $service_db" >/dev/null
@@ -126,6 +143,7 @@ start_service "$base/$service_db" pg
 # A warm-up, not reported: the first seconds after pgbench (and a fresh service) vary most.
 load warmup verify --model closed --concurrency 64 --duration "$warmup" --phone-prefix +49170
 load verify-closed verify --model closed --concurrency 64 --duration "$long"
+bench_key="$off_key" load verify-rules-off verify --model closed --concurrency 64 --duration "$long" --phone-prefix +49173
 load verify-open verify --model open --rate 600 --duration "$long" --phone-prefix +49152
 load mixed mixed --model closed --concurrency 32 --duration 10 --phone-prefix +49157 --expiry-wait 7
 load gate gate --model closed --concurrency 32 --duration 10 --phone-prefix +49155
@@ -164,7 +182,7 @@ print("CPU ms/flow is the service's own CPU time (from /proc) per completed flow
 print("lowers flows/s and the bound together; a slower service raises CPU ms/flow.")
 print()
 print(f"{'run':<15} {'flows/s':>8} {'vs before':>9} {'vs after':>9} {'CPU ms/flow':>11} {'p50/p99 start ms':>17} {'p50/p99 check ms':>17} {'errors':>7} {'CPU %':>6} {'RSS MB':>7}")
-for name in ["verify-closed", "verify-open", "mixed", "gate", "verify-memory", "sqlite-verify"]:
+for name in ["verify-closed", "verify-rules-off", "verify-open", "mixed", "gate", "verify-memory", "sqlite-verify"]:
     r = load(name)
     first = r["calls"].get("start") or r["calls"].get("hold_order") or {}
     check = r["calls"].get("check", {})
@@ -191,11 +209,14 @@ relay = load("relay")
 print(f"{'relay':<15} {relay['events_per_second']:>8.0f} events/s ({relay['distinct_in_clickhouse']} distinct of {relay['events']})")
 
 closed, opened, memory, sqlite = (load(n) for n in ["verify-closed", "verify-open", "verify-memory", "sqlite-verify"])
+rules_off = load("verify-rules-off")
+rules_ratio = closed["flows_per_second"] / max(rules_off["flows_per_second"], 1e-9)
 p99 = max(opened["calls"][call]["p99_ms"] for call in ("start", "check"))
 targets = [
     ("verify, closed, 64 buyers: >= 1,200 flows/s", f"{closed['flows_per_second']:,.0f}", closed["flows_per_second"] >= 1200),
     ("verify, closed: >= 0.5 of the pgbench bound (the lower of before and after)", f"{closed['flows_per_second'] / bound:.2f}", closed["flows_per_second"] >= bound / 2),
     ("verify, open, 600 flows/s: p99 of each call < 25 ms", f"{p99:.1f} ms", p99 < 25),
+    ("verify with the default fraud rules >= 0.9 of verify with them off", f"{closed['flows_per_second']:,.0f} vs {rules_off['flows_per_second']:,.0f}: {rules_ratio:.2f}", rules_ratio >= 0.9),
     ("relay: >= 50,000 events/s", f"{relay['events_per_second']:,.0f}", relay["events_per_second"] >= 50000),
     ("SQLite: >= 1,500 flows/s", f"{sqlite['flows_per_second']:,.0f}", sqlite["flows_per_second"] >= 1500),
     ("attack: buyers' p99 < 50 ms beside the pumping", f"{buyers_p99:.1f} ms", buyers_p99 < 50),

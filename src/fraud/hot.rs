@@ -2,6 +2,9 @@
 //! brand's ceiling and conversion, a prefix's starts), gathered and written in batches, and the
 //! answers it remembers (counters seen exhausted, blocks seen in force).
 
+use std::collections::VecDeque;
+
+use super::pumping::CONFIRM_LAG_MS;
 use super::{Fraud, Refusal};
 use crate::domain::Millis;
 use crate::store::{CounterHit, CounterState};
@@ -31,7 +34,13 @@ pub(super) struct Hot {
     /// As last written (by this instance's statement, which returns the shared total).
     pub(super) state: Option<CounterState>,
     pub(super) written_at: Millis,
+    /// The shared totals this instance read at its writes, oldest first: (when, window
+    /// start, hits), kept back to [`CONFIRM_LAG_MS`] ago.
+    pub(super) history: VecDeque<(Millis, Millis, i64)>,
 }
+
+/// Totals kept per hot counter at most (a busy one is written four times a second).
+const HISTORY: usize = 1024;
 
 impl Default for Hot {
     /// Never written: its first start writes it.
@@ -42,6 +51,7 @@ impl Default for Hot {
             pending_approvals: 0,
             state: None,
             written_at: Millis::MIN,
+            history: VecDeque::new(),
         }
     }
 }
@@ -148,8 +158,38 @@ impl Fraud {
             });
             if newer {
                 counter.state = Some(state.clone());
+                let at = counter.written_at;
+                counter
+                    .history
+                    .push_back((at, state.window_start, state.hits));
+                // One total at or before the lag's edge is all that is read of the past.
+                while counter.history.len() > HISTORY
+                    || counter
+                        .history
+                        .get(1)
+                        .is_some_and(|(when, _, _)| *when <= at - CONFIRM_LAG_MS)
+                {
+                    counter.history.pop_front();
+                }
             }
         }
+    }
+
+    /// Fills in `state.settled`: of its window's starts, those this instance saw written at
+    /// least [`CONFIRM_LAG_MS`] before `now` (none if it saw no total that old).
+    pub(super) fn settle(&self, brand: &str, state: &mut CounterState, now: Millis) {
+        let counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        state.settled = counters
+            .get(&format!("{brand}\0{}", state.bucket))
+            .and_then(|counter| {
+                counter
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|(when, _, _)| *when <= now - CONFIRM_LAG_MS)
+            })
+            .filter(|(_, window_start, _)| *window_start == state.window_start)
+            .map_or(0, |(_, _, hits)| *hits);
     }
 
     /// Counts an approval in the hot counters `buckets` of `brand`; written with their next

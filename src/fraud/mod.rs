@@ -3,10 +3,12 @@
 //!
 //! 1. the brand's allow-list (test numbers pass everything) and deny-list of prefixes;
 //! 2. answers remembered by this instance: counters it saw exhausted, blocks it saw placed;
-//! 3. one statement on the shared database that counts the start in every counter it belongs
+//! 3. number walks (`walk.rs`): a number close to several recent unconverted ones of its
+//!    prefix is refused by its range, before anything is counted;
+//! 4. one statement on the shared database that counts the start in every counter it belongs
 //!    to and returns them: rate limits per number, customer, IP, IP range, order reference and
 //!    brand; the SMS-pumping guard per number prefix; the brand's budget of unconverted starts;
-//! 4. the SIM-swap check (a call to the operator), only when everything else passed.
+//! 5. the SIM-swap check (a call to the operator), only when everything else passed.
 //!
 //! Every rule has a mode: `enforce` refuses; `monitor` serves the start and records what the
 //! rule would have done (a `verification_blocked` event with outcome `monitored`). Every
@@ -21,6 +23,7 @@ mod hot;
 mod limits;
 mod pumping;
 pub mod sim_swap;
+mod walk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +90,8 @@ pub struct Fraud {
     cache: Mutex<HashMap<String, (Millis, Refusal)>>,
     /// `brand \0 bucket` → the hot counters this instance gathers between writes.
     hot: Mutex<HashMap<String, Hot>>,
+    /// The latest numbers started per prefix, to tell a walked range.
+    walks: walk::Walks,
 }
 
 impl Fraud {
@@ -105,6 +110,7 @@ impl Fraud {
             clock,
             cache: Mutex::new(HashMap::new()),
             hot: Mutex::new(HashMap::new()),
+            walks: walk::Walks::default(),
         }
     }
 
@@ -191,6 +197,33 @@ impl Fraud {
             return Ok(verdict);
         }
 
+        // A number walking a range (several close numbers that never converted, started in
+        // the last two minutes) is refused before anything is counted: only the range is
+        // refused, first-time buyers elsewhere in the prefix are served, and the walk's starts
+        // do not lower the prefix's conversion.
+        let walk = if guard_prefix {
+            self.walks
+                .observe(&format!("{brand_id}\0{prefix}"), e164, now)
+        } else {
+            walk::Walk::None
+        };
+        let walking = match walk {
+            walk::Walk::None => false,
+            walk::Walk::Inside => true,
+            walk::Walk::Near => !self.known_good(brand, facts, now).await?,
+        };
+        if walking {
+            let refusal = Refusal {
+                rule: "number_walk",
+                key_type: "range",
+                problem: "prefix_blocked",
+                retry_at: Some(now + walk::WALK_MS),
+            };
+            if self.judge(brand_id, pumping.mode, refusal, &mut verdict) {
+                return Ok(verdict);
+            }
+        }
+
         // Counters every start of a brand (or of a busy prefix) shares are hot rows: counted
         // here and written together every HOT_FLUSH_MS in the same statement as a start's own
         // counters, so starts never queue on one row's lock. Decisions read the last written
@@ -228,7 +261,12 @@ impl Fraud {
         self.written_hot(brand_id, written.as_deref().unwrap_or_default(), &due);
         let written = written?;
         local.retain(|state| !written.iter().any(|w| w.bucket == state.bucket));
-        let states: Vec<CounterState> = written.into_iter().chain(local).collect();
+        let mut states: Vec<CounterState> = written.into_iter().chain(local).collect();
+        for state in &mut states {
+            if state.bucket == prefix_bucket || state.bucket == BRAND_STARTS {
+                self.settle(brand_id, state, now);
+            }
+        }
         self.decide(brand, facts, &limits, &states, now, &mut verdict)
             .await?;
         if verdict.refusal.is_some() {
@@ -338,6 +376,8 @@ impl Fraud {
         if !brand.fraud.pumping.mode.runs() {
             return;
         }
+        let key = format!("{}\0{}", brand.id, record.number_prefix);
+        self.walks.converted(&key, record.phone.e164());
         self.approve_hot(
             brand.id.as_str(),
             &[

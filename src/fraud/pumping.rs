@@ -14,29 +14,35 @@ use crate::store::{CounterHit, CounterState, NewBlock};
 /// doubled cool-down; later it starts over at the first.
 pub(super) const REPEAT_WINDOW_MS: Millis = 24 * 3_600_000;
 
-/// Whether a counter's approvals reach `ratio` of its starts, over this window and the one
-/// before: at the start of a window the latest starts still wait for their codes, and the
-/// window before (settled) keeps a converting prefix from looking like a pumped one.
-pub(super) fn ratio_at_least(counter: &CounterState, ratio: f64) -> bool {
-    // The starts this instance counted since the last write are left out: their approvals
-    // are not in the written state yet either.
-    let starts = counter.hits - counter.pending + counter.prev_hits;
-    let approvals = counter.approvals + counter.prev_approvals;
-    approvals as f64 >= ratio * starts as f64
+/// Buyers take a while to type their code: a start younger than this may still convert, so
+/// it is not yet evidence either way.
+pub(super) const CONFIRM_LAG_MS: Millis = 30_000;
+
+/// The starts of a counter old enough to have converted: those of the window before this one,
+/// and those of this window this instance saw written at least [`CONFIRM_LAG_MS`] ago
+/// (`settled`). A surge of starts — a sale beginning, a busy prefix on a fresh instance — is
+/// thus never judged before its buyers could have typed their codes.
+pub(super) fn mature_starts(counter: &CounterState) -> f64 {
+    (previous(counter).0 + counter.settled) as f64
 }
 
-/// Buyers take a while to type their code: a window younger than this has too many starts
-/// still waiting to judge its conversion...
-pub(super) const SETTLE_MS: Millis = 120_000;
+/// Whether a counter's approvals (this window's and the one before) reach `ratio` of `starts`.
+pub(super) fn converts(counter: &CounterState, ratio: f64, starts: f64) -> bool {
+    (counter.approvals + previous(counter).1) as f64 >= ratio * starts
+}
 
-/// ...unless `min_starts` arrived within this long of its start: faster than any real prefix
-/// (20 starts in 5 s is 4 per second into one prefix), as a walker does.
-pub(super) const BURST_MS: Millis = 5_000;
-
-/// Whether a counter's conversion can be judged: its window is old enough that most of its
-/// starts had the time to be confirmed.
-pub(super) fn judgeable(counter: &CounterState, now: Millis) -> bool {
-    now - counter.window_start >= SETTLE_MS
+/// The starts and approvals of the window before this one, unless this window began as a
+/// block ended: a released prefix is judged on what came after its block, never again on the
+/// attack that tripped it.
+fn previous(counter: &CounterState) -> (i64, i64) {
+    let after_block = counter.blocked_until != 0
+        && counter.blocked_until <= counter.window_start
+        && counter.window_start - counter.blocked_until < counter.window_ms;
+    if after_block {
+        (0, 0)
+    } else {
+        (counter.prev_hits, counter.prev_approvals)
+    }
 }
 
 /// The brand's counter of all starts and their approvals in the pumping window.
@@ -108,9 +114,8 @@ impl Fraud {
                     return Ok(());
                 }
             } else if let Some(all) = state(BRAND_STARTS)
-                && all.hits >= i64::from(pumping.brand_min_starts)
-                && judgeable(all, now)
-                && !ratio_at_least(all, pumping.brand_min_approval_ratio)
+                && mature_starts(all) >= f64::from(pumping.brand_min_starts)
+                && !converts(all, pumping.brand_min_approval_ratio, mature_starts(all))
                 && counter.approvals + counter.prev_approvals == 0
             {
                 // The whole brand converts far below its usual: slow pumping spread over many
@@ -143,13 +148,14 @@ impl Fraud {
         now: Millis,
     ) -> anyhow::Result<Option<Millis>> {
         let pumping = &brand.fraud.pumping;
-        let starts = counter.hits;
-        if starts < i64::from(pumping.min_starts)
-            || ratio_at_least(counter, pumping.min_approval_ratio)
-            || !(judgeable(counter, now) || now - counter.window_start < BURST_MS)
+        // Judged only on starts old enough to have converted.
+        let judged = mature_starts(counter);
+        if judged < f64::from(pumping.min_starts)
+            || converts(counter, pumping.min_approval_ratio, judged)
         {
             return Ok(None);
         }
+        let starts = counter.hits;
         let repeat = counter.blocked_until > 0 && now - counter.blocked_until < REPEAT_WINDOW_MS;
         let level = if repeat { counter.block_level + 1 } else { 1 };
         let cooldown = (i64::from(pumping.cooldown_seconds) * 1000)
@@ -162,10 +168,14 @@ impl Fraud {
             prefix,
             level,
             &format!(
-                "{} starts, {} approved in {} s; blocked for {} s",
+                "{} starts, {} approved in {} s (window before: {}, {}); judged on {:.0} starts; \
+                 blocked for {} s",
                 starts,
                 counter.approvals,
-                pumping.window_seconds,
+                (now - counter.window_start) / 1000,
+                previous(counter).0,
+                previous(counter).1,
+                judged,
                 cooldown / 1000
             ),
             now,

@@ -39,6 +39,7 @@ fn state_from_row(row: &AnyRow) -> anyhow::Result<CounterState> {
         blocked_until: row.try_get("blocked_until")?,
         block_level: row.try_get("block_level")?,
         pending: 0,
+        settled: 0,
     })
 }
 
@@ -489,6 +490,9 @@ pub struct CounterState {
     pub block_level: i64,
     /// Starts an instance counted and has not written yet (included in `hits`).
     pub pending: i64,
+    /// Of `hits`, those this instance saw written long enough ago to have converted by now
+    /// (filled in by the fraud rules from their own history; 0 from the store).
+    pub settled: i64,
 }
 
 /// A prefix block to place, if the counter's block is still what was read (`seen_until`).
