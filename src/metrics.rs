@@ -12,6 +12,7 @@ pub struct Metrics {
     verifications_started: IntCounterVec,
     verifications_finished: IntCounterVec,
     sms_sends: IntCounterVec,
+    sms_duration: HistogramVec,
     outbox_pending: IntGauge,
     outbox_oldest_age: Gauge,
     events_shipped: IntCounterVec,
@@ -76,6 +77,17 @@ impl Metrics {
         registry.register(Box::new(verifications_started.clone()))?;
         registry.register(Box::new(verifications_finished.clone()))?;
         registry.register(Box::new(sms_sends.clone()))?;
+        let sms_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sms_send_seconds",
+                "Time one SMS provider took to accept or refuse a message, by provider and result",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["provider", "result"],
+        )?;
+        registry.register(Box::new(sms_duration.clone()))?;
         let outbox_pending = IntGauge::new("outbox_pending", "Events waiting in the outbox")?;
         let outbox_oldest_age = Gauge::new(
             "outbox_oldest_age_seconds",
@@ -184,6 +196,22 @@ impl Metrics {
         registry.register(Box::new(active_blocks.clone()))?;
         registry.register(Box::new(sim_swap_checks.clone()))?;
         registry.register(Box::new(sim_swap_duration.clone()))?;
+        // Series that alerts and dashboards read exist from the start, at 0: a counter first
+        // seen at 1 is a step `increase()` never shows, so the first worker restart or
+        // rejected brand change would raise no alert.
+        for kind in ["unavailable", "rejected"] {
+            clickhouse_errors.with_label_values(&[kind]);
+        }
+        for sink in ["clickhouse", "jsonl"] {
+            events_shipped.with_label_values(&[sink]);
+            events_dead_lettered.with_label_values(&[sink]);
+        }
+        for result in ["applied", "rejected", "removed"] {
+            brand_reloads.with_label_values(&[result]);
+        }
+        for worker in crate::supervisor::WORKERS {
+            worker_restarts.with_label_values(&[worker]);
+        }
         Ok(Self {
             registry,
             http_requests,
@@ -191,6 +219,7 @@ impl Metrics {
             verifications_started,
             verifications_finished,
             sms_sends,
+            sms_duration,
             outbox_pending,
             outbox_oldest_age,
             events_shipped,
@@ -220,6 +249,8 @@ impl Metrics {
         self.prefix_blocks.with_label_values(&[brand, action]).inc();
     }
 
+    /// The prefix blocks in force, as this instance last counted them (every sweep, and at
+    /// every listing): all instances report the same shared count.
     pub fn active_blocks(&self, count: usize) {
         self.active_blocks.set(count as i64);
     }
@@ -252,8 +283,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn sms_sent(&self, provider: &str, result: &str) {
+    /// One send attempt through `provider`: its result and how long the provider took.
+    pub fn sms_sent(&self, provider: &str, result: &str, seconds: f64) {
         self.sms_sends.with_label_values(&[provider, result]).inc();
+        self.sms_duration
+            .with_label_values(&[provider, result])
+            .observe(seconds);
     }
 
     pub fn outbox(&self, pending: i64, oldest_age_seconds: f64) {
@@ -313,5 +348,43 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_metrics_table_names_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README");
+        let table = readme
+            .split("## Metrics")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a Metrics section");
+        let metrics = Metrics::new().expect("metrics");
+        // Labelled families without a series yet are not gathered: give each one.
+        metrics.http_request("/x", "GET", 200, 0.1);
+        metrics.verification_started("b");
+        metrics.verification_finished("b", "approved");
+        metrics.sms_sent("p", "sent", 0.1);
+        metrics.sms_receipt("p", "delivered");
+        metrics.order_forward("b", "forwarded");
+        metrics.webhook("b", "delivered");
+        metrics.fraud_refusal("b", "r", "enforce");
+        metrics.prefix_block("b", "placed");
+        metrics.sim_swap_check("b", "ok", 0.1);
+        metrics.events_shipped("jsonl", 1);
+        let families = metrics.registry.gather();
+        assert!(families.len() >= 20, "{}", families.len());
+        for family in families {
+            let name = family.name().trim_start_matches("orderguard_");
+            assert!(
+                table.contains(&format!("`{name}`")),
+                "the README's metrics table lacks {name}"
+            );
+        }
     }
 }

@@ -15,6 +15,10 @@ use tokio::task::JoinHandle;
 use crate::metrics::Metrics;
 
 /// One run of a worker, until `stop` turns true.
+/// Every background worker's name, as it appears in `/readyz` and in
+/// `orderguard_worker_restarts_total{worker}`.
+pub const WORKERS: [&str; 5] = ["relay", "sweeper", "forwarder", "webhooks", "brand_watcher"];
+
 pub type WorkerRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Which workers are down right now (between a death and their restart).

@@ -1,4 +1,5 @@
-//! Expires pending verifications whose TTL has passed. Safe on several instances at once:
+//! Expires pending verifications whose TTL has passed, and counts the prefix blocks in force
+//! for the metrics. Safe on several instances at once:
 //! each expiry is a conditional update, so only one instance marks a given verification.
 
 use std::sync::Arc;
@@ -16,6 +17,10 @@ pub async fn run(verifier: Arc<Verifier>, interval: Duration, mut stop: watch::R
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => break,
+        }
+        // The blocks in force, for `orderguard_prefix_blocks_active`: blocks end by themselves.
+        if let Err(error) = verifier.count_blocks().await {
+            tracing::debug!(error = %format!("{error:#}"), "counting prefix blocks failed");
         }
         // Drain in batches so a backlog clears in one tick.
         loop {

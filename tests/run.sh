@@ -73,6 +73,14 @@ if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null \
     || { log "cannot install chromium; the browser tests need /usr/bin/chromium and /usr/bin/chromedriver"; exit 1; }
 fi
+# Prometheus and promtool for the dashboard tests (a real Prometheus scrapes the service; the
+# alert rules are checked and unit-tested by promtool), from Debian's prometheus package.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  log "installing Debian's prometheus package (prometheus, promtool) for the dashboard tests"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { log "cannot install prometheus; the dashboard tests need prometheus and promtool"; exit 1; }
+fi
 rm -rf test-output
 
 # The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.

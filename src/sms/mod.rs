@@ -228,9 +228,12 @@ impl SmsSender {
         let mut may_have_been_delivered = false;
         for provider in &self.providers {
             last_provider = provider.name().to_owned();
-            match provider.send(message).await {
+            let started = std::time::Instant::now();
+            let sent = provider.send(message).await;
+            let seconds = started.elapsed().as_secs_f64();
+            match sent {
                 Ok(provider_reference) => {
-                    self.metrics.sms_sent(provider.name(), "sent");
+                    self.metrics.sms_sent(provider.name(), "sent", seconds);
                     tracing::info!(provider = provider.name(), to = %message.to, "SMS handed to provider");
                     return Ok(Delivery {
                         provider: provider.name().to_owned(),
@@ -238,7 +241,8 @@ impl SmsSender {
                     });
                 }
                 Err(error) => {
-                    self.metrics.sms_sent(provider.name(), error.result_label());
+                    self.metrics
+                        .sms_sent(provider.name(), error.result_label(), seconds);
                     tracing::warn!(provider = provider.name(), to = %message.to, %error, "SMS provider failed");
                     let refused = matches!(error, SendError::Refused(_));
                     may_have_been_delivered |= error.may_have_been_delivered();

@@ -178,6 +178,11 @@ impl Verifier {
         Ok(record)
     }
 
+    /// Counts the prefix blocks in force (kept in the metrics).
+    pub async fn count_blocks(&self) -> anyhow::Result<usize> {
+        Ok(self.fraud.blocks().await?.len())
+    }
+
     /// Marks overdue pending verifications expired; returns how many.
     pub async fn expire_due(&self) -> anyhow::Result<usize> {
         let now = self.now();

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod concurrency;
 mod contract;
+mod dashboards;
 mod events;
 mod fraud;
 mod ops;
