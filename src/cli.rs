@@ -92,6 +92,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn load_settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     let settings = Settings::load(config)?;
     crate::telemetry::init(&settings);
+    if !settings.ignored_env.is_empty() {
+        tracing::info!(variables = ?settings.ignored_env, "ignoring Kubernetes service-link variables (set enableServiceLinks: false to drop them)");
+    }
     Ok(settings)
 }
 

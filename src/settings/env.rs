@@ -3,6 +3,44 @@
 
 use anyhow::{Context, bail};
 
+/// Whether `name` (after `ORDERGUARD_`) is one of the variables Kubernetes injects into every
+/// pod for a Service named `orderguard`: `SERVICE_HOST`, `SERVICE_PORT`, `SERVICE_PORT_<port
+/// name>`, `PORT`, `PORT_<n>_<TCP|UDP|SCTP>` and that with `_PROTO`, `_PORT` or `_ADDR`. Such a
+/// variable is ignored, not refused, so the service starts in its own chart even where service
+/// links are on; anything else unknown is still a typo and refused.
+pub(super) fn is_service_link(name: &str) -> bool {
+    if name.contains("__") {
+        return false;
+    }
+    if let Some(rest) = name.strip_prefix("SERVICE_") {
+        return rest == "HOST"
+            || rest == "PORT"
+            || rest.strip_prefix("PORT_").is_some_and(|port_name| {
+                !port_name.is_empty()
+                    && port_name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            });
+    }
+    let Some(rest) = name.strip_prefix("PORT") else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let mut parts = rest.split('_');
+    let (Some(""), Some(number), Some(protocol)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let field = parts.next();
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(protocol, "TCP" | "UDP" | "SCTP")
+        && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
+        && parts.next().is_none()
+}
+
 pub(super) fn lookup<'a>(tree: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
     path.iter()
         .try_fold(tree, |node, key| node.get(key.as_str()))

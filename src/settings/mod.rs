@@ -17,7 +17,7 @@ mod validate;
 
 pub use sections::*;
 
-use env::{env_value, lookup, set_path};
+use env::{env_value, is_service_link, lookup, set_path};
 
 /// Environment variables that configure the service start with this prefix.
 pub const ENV_PREFIX: &str = "ORDERGUARD_";
@@ -54,6 +54,10 @@ pub struct Settings {
     pub prefix: PrefixSettings,
     pub admin: AdminSettings,
     pub testing: TestingSettings,
+    /// Kubernetes service-link variables found in the environment and ignored (see
+    /// `settings::env::is_service_link`); logged once at start.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 fn serialize_redacted_secret<S: serde::Serializer>(
@@ -106,6 +110,7 @@ impl Default for Settings {
             prefix: PrefixSettings::default(),
             admin: AdminSettings::default(),
             testing: TestingSettings::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -142,6 +147,9 @@ impl Settings {
             .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != "ORDERGUARD_CONFIG")
             .collect();
         env.sort();
+        let (links, env): (Vec<_>, Vec<_>) = env
+            .into_iter()
+            .partition(|(name, _)| is_service_link(&name[ENV_PREFIX.len()..]));
         for (name, raw) in env {
             let path: Vec<String> = name[ENV_PREFIX.len()..]
                 .split("__")
@@ -151,8 +159,9 @@ impl Settings {
             set_path(&mut tree, &path, value)
                 .with_context(|| format!("environment variable {name}"))?;
         }
-        let settings: Self = tree.try_into().context("invalid configuration")?;
+        let mut settings: Self = tree.try_into().context("invalid configuration")?;
         settings.validate()?;
+        settings.ignored_env = links.into_iter().map(|(name, _)| name).collect();
         Ok(settings)
     }
 
@@ -363,6 +372,52 @@ mod tests {
                 assert_eq!((name.as_str(), *timeout_ms), ("gw", 250));
             }
             other => panic!("unexpected providers {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_ignored_and_every_other_unknown_variable_refused() {
+        // What Kubernetes injects for a Service named `orderguard` with ports 8080 and 9100.
+        let links = [
+            ("ORDERGUARD_SERVICE_HOST", "10.0.0.7"),
+            ("ORDERGUARD_SERVICE_PORT", "8080"),
+            ("ORDERGUARD_SERVICE_PORT_HTTP", "8080"),
+            ("ORDERGUARD_SERVICE_PORT_ADMIN", "9100"),
+            ("ORDERGUARD_PORT", "tcp://10.0.0.7:8080"),
+            ("ORDERGUARD_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+            ("ORDERGUARD_PORT_8080_TCP_PROTO", "tcp"),
+            ("ORDERGUARD_PORT_8080_TCP_PORT", "8080"),
+            ("ORDERGUARD_PORT_8080_TCP_ADDR", "10.0.0.7"),
+            ("ORDERGUARD_PORT_9100_TCP", "tcp://10.0.0.7:9100"),
+        ];
+        let mut vars = links.to_vec();
+        vars.push(("ORDERGUARD_HTTP__PORT", "9000"));
+        let settings = Settings::from_sources(None, env(&vars)).expect("starts");
+        assert_eq!(settings.http.port, 9000);
+        assert_eq!(settings.ignored_env.len(), links.len());
+        // Near misses are typos, not service links: refused with their name.
+        for typo in [
+            "ORDERGUARD_SERVICE",
+            "ORDERGUARD_SERVICE_HOSTS",
+            "ORDERGUARD_SERVICES_HOST",
+            "ORDERGUARD_PORTS",
+            "ORDERGUARD_PORT_8080",
+            "ORDERGUARD_PORT_8080_TCP_HOST",
+            "ORDERGUARD_PORT_80X_TCP",
+            "ORDERGUARD_PORT_8080_HTTP",
+            "ORDERGUARD_SERVICE_PORT__X",
+            "ORDERGUARD_HTTP_PORT",
+        ] {
+            let error = Settings::from_sources(None, env(&[(typo, "1")])).expect_err(typo);
+            let setting = typo["ORDERGUARD_".len()..]
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            assert!(
+                format!("{error:#}").contains(&format!("`{setting}`")),
+                "{typo}: {error:#}"
+            );
         }
     }
 
