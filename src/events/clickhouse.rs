@@ -31,6 +31,49 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
 ];
 
+/// The cluster variant (`clickhouse.cluster` set): local Replicated tables on every shard and
+/// Distributed tables over them, `__CLUSTER__` standing for the cluster's name.
+pub const CLUSTER_MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "cluster/0001_events.sql",
+        include_str!("../../migrations/clickhouse/cluster/0001_events.sql"),
+    ),
+    (
+        2,
+        "cluster/0002_funnel_hourly.sql",
+        include_str!("../../migrations/clickhouse/cluster/0002_funnel_hourly.sql"),
+    ),
+    (
+        3,
+        "cluster/0003_fraud_rules.sql",
+        include_str!("../../migrations/clickhouse/cluster/0003_fraud_rules.sql"),
+    ),
+];
+
+/// The statements of the migrations for `cluster` (none: a single server), in order, with
+/// the cluster's name in place; `cluster` is checked at load to be a plain identifier.
+pub fn migration_statements(cluster: Option<&str>) -> Vec<(u32, &'static str, Vec<String>)> {
+    let migrations = if cluster.is_some() {
+        CLUSTER_MIGRATIONS
+    } else {
+        MIGRATIONS
+    };
+    migrations
+        .iter()
+        .map(|(version, name, sql)| {
+            let statements = statements(sql)
+                .into_iter()
+                .map(|statement| match cluster {
+                    Some(cluster) => statement.replace("__CLUSTER__", cluster),
+                    None => statement,
+                })
+                .collect();
+            (*version, *name, statements)
+        })
+        .collect()
+}
+
 /// ClickHouse error codes that mean "this data is wrong": retrying cannot help.
 const BAD_DATA_CODES: &[u32] = &[6, 26, 27, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 469];
 
@@ -87,11 +130,12 @@ impl ClickHouseSink {
             .fetch_all()
             .await
             .context("reading applied ClickHouse migrations")?;
-        for (version, name, sql) in MIGRATIONS {
-            if applied.contains(version) {
+        let cluster = self.settings.cluster.as_deref();
+        for (version, name, statements) in migration_statements(cluster) {
+            if applied.contains(&version) {
                 continue;
             }
-            for statement in statements(sql) {
+            for statement in statements {
                 self.client
                     .query(&statement)
                     .execute()
@@ -100,19 +144,24 @@ impl ClickHouseSink {
             }
             self.client
                 .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
-                .bind(*version)
-                .bind(*name)
+                .bind(version)
+                .bind(name)
                 .execute()
                 .await
                 .with_context(|| format!("recording ClickHouse migration {name}"))?;
             tracing::info!(migration = name, "ClickHouse migration applied");
         }
+        // On a cluster the retention lives on every shard's local tables.
+        let (suffix, on_cluster) = match cluster {
+            Some(cluster) => ("_local", format!(" ON CLUSTER {cluster}")),
+            None => ("", String::new()),
+        };
         for (table, column) in [(EVENTS_TABLE, "toDateTime(ts)"), ("funnel_hourly", "hour")] {
             self.client
                 .query(&format!(
-                    "ALTER TABLE ? MODIFY TTL {column} + toIntervalMonth(?)"
+                    "ALTER TABLE ?{on_cluster} MODIFY TTL {column} + toIntervalMonth(?)"
                 ))
-                .bind(clickhouse::sql::Identifier(table))
+                .bind(clickhouse::sql::Identifier(&format!("{table}{suffix}")))
                 .bind(self.settings.retention_months)
                 .execute()
                 .await
@@ -224,6 +273,11 @@ impl ClickHouseSink {
             .with_setting("insert_deduplication_token", deduplication_token(events))
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
             .with_timeouts(timeout, timeout);
+        if self.settings.cluster.is_some() {
+            // The Distributed table writes to the shards before it answers, so an
+            // acknowledged batch is on its shard (and its deduplication token applies there).
+            insert = insert.with_setting("distributed_foreground_insert", "1");
+        }
         for event in events {
             insert.write(event).await.map_err(classify)?;
         }
@@ -252,6 +306,41 @@ mod tests {
         for (index, (version, name, _)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(*version as usize, index + 1, "{name}");
             assert!(name.starts_with(&format!("{version:04}_")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_variant_lists_every_file_and_names_the_cluster() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/clickhouse/cluster");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations/clickhouse/cluster")
+            .map(|e| {
+                format!(
+                    "cluster/{}",
+                    e.expect("entry").file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        files.sort();
+        let listed: Vec<String> = CLUSTER_MIGRATIONS
+            .iter()
+            .map(|(_, name, _)| (*name).to_owned())
+            .collect();
+        assert_eq!(files, listed);
+        assert_eq!(
+            CLUSTER_MIGRATIONS.len(),
+            MIGRATIONS.len(),
+            "one variant per migration"
+        );
+        for (_, name, statements) in migration_statements(Some("orders_cluster")) {
+            for statement in statements {
+                assert!(!statement.contains("__CLUSTER__"), "{name}: {statement}");
+                assert!(
+                    statement.contains("ON CLUSTER orders_cluster"),
+                    "{name}: every statement runs on the whole cluster: {statement}"
+                );
+            }
         }
     }
 

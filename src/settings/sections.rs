@@ -282,6 +282,11 @@ pub struct ClickHouseSettings {
     pub retention_months: u32,
     /// Timeout of one insert. Default 30000.
     pub timeout_ms: u64,
+    /// A ClickHouse cluster's name (as in the servers' `remote_servers`): the schema becomes
+    /// ReplicatedMergeTree tables on every shard (`events_local`, `funnel_hourly_local`)
+    /// behind Distributed tables (`events`, `funnel_hourly`), created `ON CLUSTER`
+    /// (`migrations/clickhouse/cluster/`). Default: unset (one server).
+    pub cluster: Option<String>,
 }
 
 impl Default for EventSettings {
@@ -309,6 +314,7 @@ impl Default for ClickHouseSettings {
             password: None,
             retention_months: 13,
             timeout_ms: 30_000,
+            cluster: None,
         }
     }
 }

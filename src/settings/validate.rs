@@ -131,6 +131,17 @@ impl Settings {
             1,
             DAY_MS,
         );
+        if let Some(cluster) = &self.clickhouse.cluster
+            && (cluster.is_empty()
+                || cluster.len() > 64
+                || !cluster
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            p.push(format!(
+                "clickhouse.cluster must be a cluster name of letters, digits and _ (got {cluster:?})"
+            ));
+        }
         anyhow::ensure!(
             problems.is_empty(),
             "invalid configuration:\n  {}",

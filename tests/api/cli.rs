@@ -1,70 +1,15 @@
 //! The `orderguard` binary as operators run it.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::helpers::{
-    DEV_KEY, GatewayBehaviour, OTHER_KEY, SmsGateway, fresh_postgres_database, read, start_body,
-    test_brands_dir,
+    DEV_KEY, GatewayBehaviour, OTHER_KEY, Running, SmsGateway, free_port, fresh_postgres_database,
+    orderguard, read, start_body, test_brands_dir, wait_until_ready,
 };
-
-/// Kills the child if the test ends early.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn orderguard(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orderguard"));
-    command.current_dir(dir).env("RUST_LOG", "info");
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ORDERGUARD_")) {
-        command.env_remove(name);
-    }
-    command
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn wait_until_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
-    let deadline = std::time::Instant::now() + crate::helpers::patience(20);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-            }
-            panic!("orderguard exited early with {status}:\n{stderr}");
-        }
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
-            if response.status() == 200 {
-                // Ready means the phone-number metadata is loaded: no buyer's first start
-                // pays for parsing it.
-                let body: serde_json::Value = response.json().await.expect("readyz body");
-                assert_eq!(body["phone_metadata"], "loaded", "{body}");
-                assert_eq!(body["workers_down"], serde_json::json!([]), "{body}");
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "orderguard did not become ready within {:?}",
-        crate::helpers::patience(20)
-    );
-}
 
 /// Starts a verification (the README's example body) through the API of the running binary.
 async fn start_verification(client: &reqwest::Client, base: &str) -> crate::helpers::Answer {

@@ -2,6 +2,7 @@
 //! local SMS gateway, and the log audit every test runs when its app is dropped.
 
 mod app;
+mod binary;
 mod clickhouse;
 mod databases;
 mod logs;
@@ -10,6 +11,7 @@ mod scripted;
 mod sms_gateway;
 
 pub use app::*;
+pub use binary::*;
 pub use clickhouse::*;
 pub use databases::*;
 pub use logs::*;
