@@ -306,3 +306,45 @@ async fn the_clickhouse_cluster_schema_parses_on_a_real_clickhouse() {
         .expect("query");
     assert!(!response.status().is_success());
 }
+
+/// A ConfigMap volume as the kubelet lays it out: the files in a timestamped folder, `..data`
+/// a symlink to it, every top-level entry a symlink through `..data`; an update writes a new
+/// folder and swaps `..data` in one rename. The service's hot reload sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_of_the_brands_is_hot_reloaded() {
+    use std::os::unix::fs::symlink;
+    let mounted = tempfile::tempdir().expect("tempdir");
+    let volume = mounted.path().join("brands");
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
+        s.brands_reload_interval_ms = 100;
+        let first = volume.join("..2026_12_03_10_00_00.000000001");
+        crate::helpers::copy_dir(&s.brands_dir, &first);
+        symlink(first.file_name().expect("name"), volume.join("..data")).expect("..data");
+        for entry in std::fs::read_dir(&first).expect("read").flatten() {
+            let name = entry.file_name();
+            symlink(Path::new("..data").join(&name), volume.join(&name)).expect("link");
+        }
+        s.brands_dir = volume.clone();
+    })
+    .await;
+    assert!(
+        app.page("/assets/nordwind/theme.css")
+            .await
+            .2
+            .contains("#0b2545")
+    );
+    let second = volume.join("..2026_12_03_10_01_00.000000002");
+    crate::helpers::copy_dir(&volume.join("..data"), &second);
+    let brand = second.join("nordwind/brand.toml");
+    let text = std::fs::read_to_string(&brand).expect("brand.toml");
+    std::fs::write(&brand, text.replace("#0b2545", "#7a1fa2")).expect("write");
+    symlink(second.file_name().expect("name"), volume.join("..data_tmp")).expect("link");
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("swap");
+    crate::helpers::eventually("the ConfigMap's new colour", 10, async || {
+        app.page("/assets/nordwind/theme.css")
+            .await
+            .2
+            .contains("#7a1fa2")
+    })
+    .await;
+}
