@@ -17,6 +17,7 @@ pub mod gate;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod privacy;
 pub mod pseudonym;
 pub mod settings;
 pub mod signature;

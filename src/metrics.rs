@@ -29,6 +29,7 @@ pub struct Metrics {
     active_blocks: IntGauge,
     sim_swap_checks: IntCounterVec,
     sim_swap_duration: HistogramVec,
+    privacy_purged: IntCounterVec,
 }
 
 impl Metrics {
@@ -196,6 +197,24 @@ impl Metrics {
         registry.register(Box::new(active_blocks.clone()))?;
         registry.register(Box::new(sim_swap_checks.clone()))?;
         registry.register(Box::new(sim_swap_duration.clone()))?;
+        let privacy_purged = IntCounterVec::new(
+            Opts::new(
+                "privacy_purged_total",
+                "Rows the retention purge blanked or deleted, by table",
+            ),
+            &["table"],
+        )?;
+        registry.register(Box::new(privacy_purged.clone()))?;
+        for table in [
+            "verification",
+            "held_order",
+            "idempotency",
+            "fraud_counter",
+            "known_good",
+            "dead_letter",
+        ] {
+            privacy_purged.with_label_values(&[table]);
+        }
         // Series that alerts and dashboards read exist from the start, at 0: a counter first
         // seen at 1 is a step `increase()` never shows, so the first worker restart or
         // rejected brand change would raise no alert.
@@ -236,6 +255,7 @@ impl Metrics {
             active_blocks,
             sim_swap_checks,
             sim_swap_duration,
+            privacy_purged,
         })
     }
 
@@ -262,6 +282,10 @@ impl Metrics {
         self.sim_swap_duration
             .with_label_values(&[brand])
             .observe(seconds);
+    }
+
+    pub fn privacy_purged(&self, table: &str, rows: u64) {
+        self.privacy_purged.with_label_values(&[table]).inc_by(rows);
     }
 
     pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {

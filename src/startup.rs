@@ -170,7 +170,7 @@ impl Application {
             brands: brands.clone(),
             approval: approval.clone(),
             secrets: secrets.clone(),
-            events,
+            events: events.clone(),
             metrics: metrics.clone(),
             settings: settings.gate.clone(),
             owner: worker_owner.clone(),
@@ -190,6 +190,24 @@ impl Application {
             clock: clock.clone(),
         };
         let sink = event_sink(&settings).await?;
+        let mut peppers = vec![Pseudonymizer::new(&pepper)];
+        peppers.extend(
+            settings
+                .secrets
+                .retired_event_peppers
+                .iter()
+                .map(|retired| Pseudonymizer::new(retired.expose_secret().as_bytes())),
+        );
+        let privacy = Arc::new(crate::privacy::Privacy::new(
+            store.clone(),
+            sink.clone(),
+            peppers,
+            events.clone(),
+            brands.clone(),
+            metrics.clone(),
+            clock.clone(),
+            settings.privacy.retention(),
+        ));
         let relay = Relay::new(
             store.clone(),
             sink,
@@ -219,6 +237,7 @@ impl Application {
                 callbacks: settings.callback_policy(),
             },
             fraud,
+            privacy,
             operators: Arc::new(crate::http::Operators::from_settings(&settings.admin)?),
             workers: Arc::new(crate::supervisor::WorkerHealth::default()),
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
@@ -285,6 +304,8 @@ impl Application {
         });
         let webhooks = self.webhooks.clone();
         workers.spawn("webhooks", move |stop| Box::pin(webhooks.clone().run(stop)));
+        let privacy = self.state.privacy.clone();
+        workers.spawn("privacy", move |stop| Box::pin(privacy.clone().run(stop)));
         if !self.brands_reload.is_zero() {
             let (brands, metrics, every) = (
                 self.state.brands.clone(),

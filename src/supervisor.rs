@@ -17,7 +17,14 @@ use crate::metrics::Metrics;
 /// One run of a worker, until `stop` turns true.
 /// Every background worker's name, as it appears in `/readyz` and in
 /// `orderguard_worker_restarts_total{worker}`.
-pub const WORKERS: [&str; 5] = ["relay", "sweeper", "forwarder", "webhooks", "brand_watcher"];
+pub const WORKERS: [&str; 6] = [
+    "relay",
+    "sweeper",
+    "forwarder",
+    "webhooks",
+    "brand_watcher",
+    "privacy",
+];
 
 pub type WorkerRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 

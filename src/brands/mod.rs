@@ -382,6 +382,11 @@ impl BrandRegistry {
         self.current().brands.len()
     }
 
+    /// Every brand loaded now.
+    pub fn all(&self) -> Vec<Arc<Brand>> {
+        self.current().brands.values().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

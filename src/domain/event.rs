@@ -25,10 +25,11 @@ pub enum EventType {
     OrderForwardFailed,
     PrefixBlockPlaced,
     PrefixBlockLifted,
+    PrivacyErasure,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 18] = [
         Self::VerificationStarted,
         Self::VerificationBlocked,
         Self::SmsSent,
@@ -46,6 +47,7 @@ impl EventType {
         Self::OrderForwardFailed,
         Self::PrefixBlockPlaced,
         Self::PrefixBlockLifted,
+        Self::PrivacyErasure,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +69,7 @@ impl EventType {
             Self::OrderForwardFailed => "order_forward_failed",
             Self::PrefixBlockPlaced => "prefix_block_placed",
             Self::PrefixBlockLifted => "prefix_block_lifted",
+            Self::PrivacyErasure => "privacy_erasure",
         }
     }
 }

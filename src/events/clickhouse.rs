@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_fraud_rules.sql",
         include_str!("../../migrations/clickhouse/0003_fraud_rules.sql"),
     ),
+    (
+        4,
+        "0004_privacy.sql",
+        include_str!("../../migrations/clickhouse/0004_privacy.sql"),
+    ),
 ];
 
 /// The cluster variant (`clickhouse.cluster` set): local Replicated tables on every shard and
@@ -48,6 +53,11 @@ pub const CLUSTER_MIGRATIONS: &[(u32, &str, &str)] = &[
         3,
         "cluster/0003_fraud_rules.sql",
         include_str!("../../migrations/clickhouse/cluster/0003_fraud_rules.sql"),
+    ),
+    (
+        4,
+        "cluster/0004_privacy.sql",
+        include_str!("../../migrations/clickhouse/cluster/0004_privacy.sql"),
     ),
 ];
 
@@ -256,6 +266,66 @@ impl EventSink for ClickHouseSink {
                 limit.as_millis()
             ))),
         }
+    }
+
+    async fn erase(&self, brand: &str, pseudonyms: &[String]) -> anyhow::Result<u64> {
+        let found: u64 = self.count(brand, pseudonyms).await?.values().sum();
+        if found == 0 {
+            return Ok(0);
+        }
+        // A lightweight DELETE: the rows are gone for every query at once and from disk at
+        // the next merge. On a cluster, on every shard's local table.
+        let (table, on_cluster) = match &self.settings.cluster {
+            Some(cluster) => (
+                format!("{EVENTS_TABLE}_local"),
+                format!(" ON CLUSTER {cluster}"),
+            ),
+            None => (EVENTS_TABLE.to_owned(), String::new()),
+        };
+        self.client
+            .query(&format!(
+                "DELETE FROM ?{on_cluster} WHERE brand = ? \
+                 AND (has(?, phone_pseudonym) OR has(?, customer_pseudonym))"
+            ))
+            .bind(clickhouse::sql::Identifier(&table))
+            .bind(brand)
+            .bind(pseudonyms)
+            .bind(pseudonyms)
+            .with_setting("mutations_sync", "2")
+            .execute()
+            .await
+            .context("erasing events from ClickHouse")?;
+        Ok(found)
+    }
+
+    async fn count(
+        &self,
+        brand: &str,
+        pseudonyms: &[String],
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        self.ensure_migrated().await?;
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Count {
+            event_type: String,
+            n: u64,
+        }
+        let rows: Vec<Count> = self
+            .client
+            .query(
+                "SELECT event_type, count() AS n FROM ? WHERE brand = ? \
+                 AND (has(?, phone_pseudonym) OR has(?, customer_pseudonym)) GROUP BY event_type",
+            )
+            .bind(clickhouse::sql::Identifier(EVENTS_TABLE))
+            .bind(brand)
+            .bind(pseudonyms)
+            .bind(pseudonyms)
+            .fetch_all()
+            .await
+            .context("counting a person's events in ClickHouse")?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.event_type, row.n))
+            .collect())
     }
 }
 

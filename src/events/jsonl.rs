@@ -62,6 +62,111 @@ impl EventSink for JsonLinesSink {
             Err(error) => Err(SinkError::Retryable(format!("writer task failed: {error}"))),
         }
     }
+
+    async fn erase(&self, brand: &str, pseudonyms: &[String]) -> anyhow::Result<u64> {
+        // The writer's lock: no batch is appended to a file while it is being rewritten.
+        let _guard = self.lock.lock().await;
+        let (path, brand, pseudonyms) = (self.path.clone(), brand.to_owned(), pseudonyms.to_vec());
+        Ok(
+            tokio::task::spawn_blocking(move || erase_lines(&path, &brand, &pseudonyms))
+                .await
+                .context("the erasing task")?
+                .with_context(|| format!("erasing from {}", self.path.display()))?,
+        )
+    }
+
+    async fn count(
+        &self,
+        brand: &str,
+        pseudonyms: &[String],
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let _guard = self.lock.lock().await;
+        let mut counts = std::collections::BTreeMap::new();
+        for file in files(&self.path) {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for kind in text
+                .lines()
+                .filter_map(|line| about(line, brand, pseudonyms))
+            {
+                *counts.entry(kind).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Whether a JSON line is an event of `brand` about one of `pseudonyms` (in its phone or
+/// customer pseudonym), and its type.
+fn about(line: &str, brand: &str, pseudonyms: &[String]) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let names = |field: &str| {
+        event[field]
+            .as_str()
+            .is_some_and(|p| !p.is_empty() && pseudonyms.iter().any(|q| q == p))
+    };
+    (event["brand"] == brand && (names("phone_pseudonym") || names("customer_pseudonym")))
+        .then(|| event["event_type"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The current file and every rotated one beside it (`<stem>-<unix ms>[-n].jsonl`).
+fn files(path: &Path) -> Vec<PathBuf> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("events")
+        .to_owned();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|candidate| {
+            candidate
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|name| {
+                    name == format!("{stem}.jsonl")
+                        || (name.starts_with(&format!("{stem}-")) && name.ends_with(".jsonl"))
+                })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Rewrites every file without the lines about `pseudonyms`: each through a temporary file
+/// renamed over it, synced first. How many lines went.
+fn erase_lines(path: &Path, brand: &str, pseudonyms: &[String]) -> std::io::Result<u64> {
+    let mut removed = 0;
+    for file in files(path) {
+        let text = std::fs::read_to_string(&file)?;
+        let mut kept = String::with_capacity(text.len());
+        let mut dropped = 0;
+        for line in text.lines() {
+            if about(line, brand, pseudonyms).is_some() {
+                dropped += 1;
+            } else {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        if dropped == 0 {
+            continue;
+        }
+        let temporary = file.with_extension("jsonl.erasing");
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(kept.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, &file)?;
+        removed += dropped;
+    }
+    Ok(removed)
 }
 
 /// Appends `lines` to `path`, first renaming a full file to `<stem>-<unix ms>[-n].jsonl` (a

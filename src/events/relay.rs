@@ -37,6 +37,15 @@ pub trait EventSink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Writes the whole batch, or fails without having written it (a retry is deduplicated).
     async fn write(&self, events: &[Event]) -> Result<(), SinkError>;
+    /// Removes every event of `brand` that carries one of `pseudonyms` (a number's or a
+    /// customer's); how many it removed.
+    async fn erase(&self, brand: &str, pseudonyms: &[String]) -> anyhow::Result<u64>;
+    /// The events of `brand` that carry one of `pseudonyms`, counted by type.
+    async fn count(
+        &self,
+        brand: &str,
+        pseudonyms: &[String],
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>>;
 }
 
 /// What one claim shipped.

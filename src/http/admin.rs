@@ -17,6 +17,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_blocks))
         .routes(routes!(lift_block))
+        .routes(routes!(erase_person))
+        .routes(routes!(access_person))
 }
 
 /// The configured operators: token digests with their actor and scope.
@@ -63,6 +65,24 @@ impl Operators {
     }
 }
 
+/// The actor of the operator token of the request, if it is of `scope`.
+fn operator(parts: &Parts, state: &AppState, scope: &str) -> Result<String, ApiError> {
+    let token = super::extract::bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+    let (actor, found) = state
+        .operators
+        .find(token.trim())
+        .ok_or(ApiError::Unauthorized)?;
+    if found != scope {
+        return Err(ApiError::Request {
+            status: StatusCode::FORBIDDEN,
+            kind: "wrong_scope",
+            detail: format!("this operator token is not of the {scope} scope"),
+        });
+    }
+    tracing::Span::current().record("brand", "admin");
+    Ok(actor)
+}
+
 /// An operator of the fraud scope, from `Authorization: Bearer <token>`.
 pub struct FraudOperator(pub String);
 
@@ -73,20 +93,21 @@ impl FromRequestParts<AppState> for FraudOperator {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = super::extract::bearer_token(parts).ok_or(ApiError::Unauthorized)?;
-        let (actor, scope) = state
-            .operators
-            .find(token.trim())
-            .ok_or(ApiError::Unauthorized)?;
-        if scope != "fraud" {
-            return Err(ApiError::Request {
-                status: StatusCode::FORBIDDEN,
-                kind: "wrong_scope",
-                detail: "this operator token is not of the fraud scope".to_owned(),
-            });
-        }
-        tracing::Span::current().record("brand", "admin");
-        Ok(Self(actor))
+        operator(parts, state, "fraud").map(Self)
+    }
+}
+
+/// An operator of the privacy scope (erasure and access requests).
+pub struct PrivacyOperator(pub String);
+
+impl FromRequestParts<AppState> for PrivacyOperator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        operator(parts, state, "privacy").map(Self)
     }
 }
 
@@ -186,4 +207,109 @@ pub async fn lift_block(
     } else {
         Err(not_found())
     }
+}
+
+/// Whom an erasure or access request is about: a phone number or a customer reference (one of
+/// the two), in a brand.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonRequest {
+    /// Brand id.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub brand: String,
+    /// The person's number (E.164, or national for the brand's country).
+    #[schema(min_length = 1, max_length = 32)]
+    pub phone: Option<String>,
+    /// The shop's reference of the customer.
+    #[schema(min_length = 1, max_length = 128)]
+    pub customer_reference: Option<String>,
+}
+
+impl PersonRequest {
+    fn subject(
+        &self,
+        state: &AppState,
+    ) -> Result<
+        (
+            std::sync::Arc<crate::brands::Brand>,
+            crate::privacy::Subject,
+        ),
+        ApiError,
+    > {
+        let brand = state.brands.get(&self.brand).ok_or(ApiError::Request {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found",
+            detail: "no such brand".to_owned(),
+        })?;
+        let subject = match (&self.phone, &self.customer_reference) {
+            (Some(phone), None) => {
+                // Any valid number, whatever the brand's rules: a refused one may have left
+                // blocked-start events.
+                let (phone, _) = crate::domain::PhoneNumber::parse_valid(
+                    phone,
+                    brand.default_country.as_deref(),
+                )
+                .map_err(|error| ApiError::Verify(error.into()))?;
+                crate::privacy::Subject::Phone(phone)
+            }
+            (None, Some(reference)) if !reference.trim().is_empty() && reference.len() <= 128 => {
+                crate::privacy::Subject::Customer(reference.trim().to_owned())
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "give exactly one of phone and customer_reference",
+                ));
+            }
+        };
+        Ok((brand, subject))
+    }
+}
+
+/// Erase every trace of a person in a brand (privacy scope): the database (pending
+/// verifications aborted; numbers, pseudonyms, payloads and answers blanked; keys, unshipped
+/// events, known-good marks and counters deleted) and the event store (ClickHouse or the
+/// JSON-lines files). An audit event records that an erasure happened and who asked, never
+/// whom. Erasing again finds nothing.
+#[utoipa::path(
+    post, path = "/v1/admin/privacy/erasure", tag = "admin",
+    request_body = PersonRequest,
+    responses(
+        (status = 200, description = "What was removed, by store"),
+        (status = 403, description = "`wrong_scope`"),
+        (status = 404, description = "`not_found`: no such brand"),
+        (status = 422, description = "`invalid_phone`, `invalid_request`"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn erase_person(
+    State(state): State<AppState>,
+    PrivacyOperator(actor): PrivacyOperator,
+    super::extract::ApiJson(request): super::extract::ApiJson<PersonRequest>,
+) -> Result<Response, ApiError> {
+    let (brand, subject) = request.subject(&state)?;
+    let report = state.privacy.erase(&brand, &subject, &actor).await?;
+    Ok(axum::Json(report).into_response())
+}
+
+/// Everything held about a person in a brand (privacy scope), to answer an access request:
+/// verifications, held orders with their payloads, event counts, known-good mark, counters.
+#[utoipa::path(
+    post, path = "/v1/admin/privacy/access", tag = "admin",
+    request_body = PersonRequest,
+    responses(
+        (status = 200, description = "Everything held about the person"),
+        (status = 403, description = "`wrong_scope`"),
+        (status = 404, description = "`not_found`: no such brand"),
+        (status = 422, description = "`invalid_phone`, `invalid_request`"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn access_person(
+    State(state): State<AppState>,
+    _operator: PrivacyOperator,
+    super::extract::ApiJson(request): super::extract::ApiJson<PersonRequest>,
+) -> Result<Response, ApiError> {
+    let (brand, subject) = request.subject(&state)?;
+    let report = state.privacy.access(&brand, &subject).await?;
+    Ok(axum::Json(report).into_response())
 }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub hold: crate::gate::hold::HoldPolicy,
     /// The fraud rules (operators list and lift blocks).
     pub fraud: Arc<crate::fraud::Fraud>,
+    /// Retention, erasure and access of personal data.
+    pub privacy: Arc<crate::privacy::Privacy>,
     /// Who may use the admin routes.
     pub operators: Arc<Operators>,
     /// Which background workers are down (`/readyz` reports them).

@@ -53,6 +53,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub prefix: PrefixSettings,
     pub admin: AdminSettings,
+    pub privacy: PrivacySettings,
     pub testing: TestingSettings,
     /// Kubernetes service-link variables found in the environment and ignored (see
     /// `settings::env::is_service_link`); logged once at start.
@@ -75,6 +76,18 @@ fn serialize_redacted_map<S: serde::Serializer>(
     let mut out = serializer.serialize_map(Some(map.len()))?;
     for key in map.keys() {
         out.serialize_entry(key, "<redacted>")?;
+    }
+    out.end()
+}
+
+fn serialize_redacted_list<S: serde::Serializer>(
+    list: &[SecretString],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut out = serializer.serialize_seq(Some(list.len()))?;
+    for _ in list {
+        out.serialize_element("<redacted>")?;
     }
     out.end()
 }
@@ -109,6 +122,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             prefix: PrefixSettings::default(),
             admin: AdminSettings::default(),
+            privacy: PrivacySettings::default(),
             testing: TestingSettings::default(),
             ignored_env: Vec::new(),
         }

@@ -5,7 +5,44 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::{serialize_redacted, serialize_redacted_secret};
+use super::{serialize_redacted, serialize_redacted_list, serialize_redacted_secret};
+
+/// `[privacy]`: how long personal data is kept (see the README's "Personal data").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Days after a verification or order finished until its number, payload and upstream
+    /// answer are blanked, and dead letters are deleted. Default 30.
+    pub retention_days: u32,
+    /// Hours an idempotency key (and the answer stored with it) is kept. Default 24.
+    pub idempotency_hours: u32,
+    /// How often the purge runs. Default 60000.
+    pub purge_interval_ms: u64,
+    /// Rows per statement of a purge pass (each its own short transaction). Default 1000.
+    pub purge_batch_rows: u32,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            idempotency_hours: 24,
+            purge_interval_ms: 60_000,
+            purge_batch_rows: 1_000,
+        }
+    }
+}
+
+impl PrivacySettings {
+    pub fn retention(&self) -> crate::privacy::Retention {
+        crate::privacy::Retention {
+            retention_days: self.retention_days,
+            idempotency_hours: self.idempotency_hours,
+            interval: std::time::Duration::from_millis(self.purge_interval_ms),
+            batch_rows: self.purge_batch_rows,
+        }
+    }
+}
 
 /// Seams for tests of the real binary; refused in production.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -114,6 +151,10 @@ pub struct SecretSettings {
     /// `<data_dir>/keys/widget.key`.
     #[serde(serialize_with = "serialize_redacted")]
     pub widget_key: Option<SecretString>,
+    /// Event peppers replaced by `event_pepper` whose pseudonyms are still in events and
+    /// rows within retention: an erasure looks a person up under each. Default none.
+    #[serde(serialize_with = "serialize_redacted_list")]
+    pub retired_event_peppers: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -131,6 +131,35 @@ impl Settings {
             1,
             DAY_MS,
         );
+        let privacy = &self.privacy;
+        within(
+            p,
+            "privacy.retention_days",
+            u64::from(privacy.retention_days),
+            1,
+            3_650,
+        );
+        within(
+            p,
+            "privacy.idempotency_hours",
+            u64::from(privacy.idempotency_hours),
+            1,
+            24 * 365,
+        );
+        within(
+            p,
+            "privacy.purge_interval_ms",
+            privacy.purge_interval_ms,
+            10,
+            DAY_MS,
+        );
+        within(
+            p,
+            "privacy.purge_batch_rows",
+            u64::from(privacy.purge_batch_rows),
+            1,
+            100_000,
+        );
         if let Some(cluster) = &self.clickhouse.cluster
             && (cluster.is_empty()
                 || cluster.len() > 64

@@ -23,6 +23,7 @@ mod fraud;
 mod idempotency;
 mod orders;
 mod outbox;
+mod privacy;
 mod sms;
 mod sql;
 mod verifications;
@@ -32,6 +33,7 @@ pub use fraud::{ApprovalSignals, BlockRecord, CounterHit, CounterState, FraudSto
 pub use idempotency::{IdempotencyClaim, IdempotencyStore};
 pub use orders::{ForwardOutcome, LeasedWork, OrderStore, WebhookJob, WebhookOutcome};
 pub use outbox::{OutboxRow, OutboxStats, OutboxStore};
+pub use privacy::{Erased, Held, Person, PersonOrder, PrivacyStore, PurgeCutoffs, Purged};
 pub use sms::{ReceiptEvents, ReceiptOutcome, SmsStore};
 pub use sql::{Backend, SqlStore};
 pub use verifications::{
@@ -50,6 +52,7 @@ pub trait Store:
     + OutboxStore
     + OrderStore
     + IdempotencyStore
+    + PrivacyStore
     + Send
     + Sync
     + 'static

@@ -211,7 +211,8 @@ async fn migrate_applies_the_clickhouse_migrations_when_configured() {
         [
             "0001_events.sql",
             "0002_funnel_hourly.sql",
-            "0003_fraud_rules.sql"
+            "0003_fraud_rules.sql",
+            "0004_privacy.sql"
         ]
     );
     let again = orderguard(dir.path())
@@ -226,7 +227,7 @@ async fn migrate_applies_the_clickhouse_migrations_when_configured() {
             .rows("SELECT version FROM schema_migrations")
             .await
             .len(),
-        3
+        4
     );
 }
 

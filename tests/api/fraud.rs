@@ -1107,13 +1107,18 @@ async fn replay(slow_per_second: u64) -> Replay {
         app.clock.advance(1_000);
     }
     let sent = app.sms_count().await - sms_before;
+    // The blocks the guards placed, for the README's account of the replay.
     app.wait_for_outbox_drained(30).await;
     for line in std::fs::read_to_string(app.data_dir.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
     {
-        if line.contains("prefix_block_placed") {
-            println!("DBG {line}");
+        let event: Value = serde_json::from_str(line).expect("event");
+        if event["event_type"] == "prefix_block_placed" {
+            println!(
+                "prefix block: {} {}: {}",
+                event["brand"], event["number_prefix"], event["reason"]
+            );
         }
     }
     let pumping = walker + slow;

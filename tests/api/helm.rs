@@ -296,7 +296,7 @@ async fn the_clickhouse_cluster_schema_parses_on_a_real_clickhouse() {
             parsed += 1;
         }
     }
-    assert_eq!(parsed, 9, "every statement of the three cluster migrations");
+    assert_eq!(parsed, 11, "every statement of the four cluster migrations");
     // A statement the engine cannot parse fails the same way, so the check means something.
     let response = reqwest::Client::new()
         .post(format!("{}/?database=orderguard", clickhouse.url()))

@@ -14,6 +14,7 @@ mod helm;
 mod ops;
 mod orders;
 mod pages;
+mod privacy;
 mod replicas;
 mod requests;
 mod sms;

@@ -211,6 +211,8 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "GET /.well-known/jwks.json",
         "GET /v1/admin/blocks",
         "DELETE /v1/admin/blocks/{brand}/{prefix}",
+        "POST /v1/admin/privacy/erasure",
+        "POST /v1/admin/privacy/access",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -31,3 +31,61 @@ pub async fn fresh_postgres_database() -> String {
         .to_owned();
     format!("{base}/{name}")
 }
+
+/// Every text value (and blob, as lossy text) in every table of the database at `url`, as
+/// `(table, column, value)`: what a scan for personal data reads.
+pub async fn every_value(url: &str) -> Vec<(String, String, String)> {
+    use sqlx::{Column, Row};
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("connect");
+    let tables: Vec<String> = if url.starts_with("sqlite") {
+        sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name NOT LIKE '\\_sqlx%' ESCAPE '\\'",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .expect("tables")
+    } else {
+        sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+             AND tablename NOT LIKE '\\_sqlx%'",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .expect("tables")
+    };
+    assert!(tables.len() >= 9, "{tables:?}");
+    let mut values = Vec::new();
+    for table in tables {
+        // PostgreSQL: each row as JSON text (the Any driver reads no timestamptz); SQLite
+        // stores only text, integers and blobs.
+        let sql = if url.starts_with("sqlite") {
+            format!("SELECT * FROM {table}")
+        } else {
+            format!("SELECT row_to_json(t)::text AS row_json FROM {table} t")
+        };
+        let rows = sqlx::query(&sql)
+            .fetch_all(&mut connection)
+            .await
+            .expect("rows");
+        for row in rows {
+            for column in row.columns() {
+                let name = column.name();
+                let text = if let Ok(Some(text)) = row.try_get::<Option<String>, _>(name) {
+                    text
+                } else if let Ok(Some(bytes)) = row.try_get::<Option<Vec<u8>>, _>(name) {
+                    String::from_utf8_lossy(&bytes).into_owned()
+                } else if let Ok(Some(number)) = row.try_get::<Option<i64>, _>(name) {
+                    number.to_string()
+                } else {
+                    continue;
+                };
+                values.push((table.clone(), name.to_owned(), text));
+            }
+        }
+    }
+    values
+}
