@@ -297,6 +297,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Makes the traffic series of these brands and SMS providers exist at 0 from the start:
+    /// a series first scraped after its first increments hides them from `rate()`.
+    pub fn declare(&self, brands: &[&str], providers: &[&str]) {
+        for brand in brands {
+            self.verifications_started.with_label_values(&[brand]);
+        }
+        for provider in providers {
+            self.sms_sends.with_label_values(&[provider, "sent"]);
+            self.sms_duration.with_label_values(&[provider, "sent"]);
+        }
+    }
+
     pub fn verification_started(&self, brand: &str) {
         self.verifications_started.with_label_values(&[brand]).inc();
     }

@@ -20,7 +20,7 @@ use crate::gate::webhooks::WebhookSender;
 use crate::http::{AppState, HttpLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Mode, ProviderSettings, Settings};
-use crate::sms::{DevInbox, SmsSender};
+use crate::sms::{DevInbox, ReceiptRoutes, SmsSender};
 use crate::store::{SqlStore, Store};
 use crate::verifier::Verifier;
 
@@ -94,11 +94,6 @@ impl Application {
         } else {
             settings.sms.providers.clone()
         };
-        let sms = Arc::new(SmsSender::from_settings(
-            &providers,
-            inbox.clone(),
-            metrics.clone(),
-        )?);
 
         let address = settings.bind_address()?;
         let listener = TcpListener::bind(address)
@@ -118,6 +113,22 @@ impl Application {
         };
         let public_url = settings.public_url(port);
         let otp_host = otp_host(&public_url)?;
+        let sms = Arc::new(SmsSender::from_settings(
+            &providers,
+            inbox.clone(),
+            &public_url,
+            metrics.clone(),
+        )?);
+        let brand_ids: Vec<String> = brands.all().iter().map(|b| b.id.to_string()).collect();
+        metrics.declare(
+            &brand_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            &sms.provider_names(),
+        );
+        let receipts = Arc::new(ReceiptRoutes::from_settings(
+            &providers,
+            settings.sms.receipt_secret.as_ref(),
+            &public_url,
+        ));
 
         let instance = settings.instance();
         let pepper = crate::keys::event_pepper(&settings)?;
@@ -222,11 +233,7 @@ impl Application {
             brands,
             metrics,
             inbox,
-            receipt_secret: settings
-                .sms
-                .receipt_secret
-                .as_ref()
-                .map(|s| Arc::from(s.expose_secret().as_bytes())),
+            receipts,
             widget: Arc::new(crate::widget::WidgetSigner::new(&crate::keys::widget_key(
                 &settings,
             )?)),

@@ -4,6 +4,12 @@
 //! signed with the shared secret `sms.receipt_secret`: the header
 //! `X-Orderguard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //! Signatures older than five minutes are refused, so a captured receipt cannot be replayed.
+//!
+//! Twilio's status callbacks arrive at `/v1/callbacks/sms/twilio`, form-encoded and signed
+//! with the account's Auth Token (`X-Twilio-Signature`, see [`crate::sms::twilio`]).
+//!
+//! Each kind authenticates its own receipts, and a receipt only settles a message sent
+//! through the providers that authenticated it ([`crate::sms::ReceiptRoutes`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,7 +23,9 @@ use crate::domain::now_millis;
 use crate::verifier::ReceiptResult;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(receive_sms_receipt))
+    OpenApiRouter::new()
+        .routes(routes!(receive_twilio_status))
+        .routes(routes!(receive_sms_receipt))
 }
 
 /// A delivery receipt of the generic `http` provider.
@@ -54,16 +62,18 @@ pub async fn receive_sms_receipt(
         kind,
         detail: detail.to_owned(),
     };
+    // `/v1/callbacks/sms/twilio` has its own route; any other name is unknown.
     if provider != "http" {
         return Err(not_found(
             "unknown_provider",
             "receipts are accepted for the `http` provider",
         ));
     }
-    let secret = state
-        .receipt_secret
-        .as_deref()
+    let http = state
+        .receipts
+        .http()
         .ok_or_else(|| not_found("receipts_disabled", "sms.receipt_secret is not set"))?;
+    let secret = &*http.secret;
     let header = headers
         .get("x-orderguard-signature")
         .and_then(|v| v.to_str().ok())
@@ -95,14 +105,117 @@ pub async fn receive_sms_receipt(
     } else {
         receipt.status.as_str()
     });
-    match state
+    let result = state
         .verifier
-        .sms_receipt(&provider, &receipt.reference, delivered, reason)
-        .await?
-    {
-        ReceiptResult::UnknownMessage => {
-            Err(not_found("unknown_message", "no SMS with this reference"))
-        }
+        .sms_receipt(
+            "http",
+            &http.providers,
+            &receipt.reference,
+            delivered,
+            reason,
+        )
+        .await?;
+    receipt_answer(result)
+}
+
+fn receipt_answer(result: ReceiptResult) -> Result<Response, ApiError> {
+    match result {
+        ReceiptResult::UnknownMessage => Err(ApiError::Request {
+            status: StatusCode::NOT_FOUND,
+            kind: "unknown_message",
+            detail: "no SMS with this reference".to_owned(),
+        }),
         result => Ok(axum::Json(serde_json::json!({"result": result.as_str()})).into_response()),
     }
+}
+
+/// A Twilio status callback (form-encoded; only the fields read are listed).
+/// <https://www.twilio.com/docs/messaging/guides/track-outbound-message-status>
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TwilioStatus {
+    /// The message's SID (`SM…`), as the send was answered.
+    #[serde(rename = "MessageSid")]
+    pub message_sid: String,
+    /// `queued`, `sent`, `delivered`, `undelivered`, `failed`, …
+    #[serde(rename = "MessageStatus")]
+    pub message_status: String,
+    /// Twilio's error code when undelivered or failed.
+    #[serde(rename = "ErrorCode", default)]
+    pub error_code: Option<String>,
+}
+
+/// Receive a Twilio status callback (signed with the Auth Token: `X-Twilio-Signature`).
+#[utoipa::path(
+    post, path = "/v1/callbacks/sms/twilio", tag = "callbacks",
+    request_body(content = TwilioStatus, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Recorded (`result`: `recorded`, `duplicate` or `ignored` for a status that is not final)"),
+        (status = 403, description = "`invalid_signature`: missing or wrong `X-Twilio-Signature`; nothing was read"),
+        (status = 404, description = "`unknown_message`, or no Twilio provider is configured (`receipts_disabled`)"),
+    )
+)]
+pub async fn receive_twilio_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state.receipts.has_twilio() {
+        return Err(ApiError::Request {
+            status: StatusCode::NOT_FOUND,
+            kind: "receipts_disabled",
+            detail: "no Twilio provider is configured".to_owned(),
+        });
+    }
+    // The signature covers every parameter: they are parsed as pairs only to verify it,
+    // and nothing is read from them before it holds.
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(providers) = state.receipts.twilio_signer(&params, signature) else {
+        return Err(ApiError::Request {
+            status: StatusCode::FORBIDDEN,
+            kind: "invalid_signature",
+            detail: "X-Twilio-Signature is missing or does not match this URL and body".to_owned(),
+        });
+    };
+    let status = twilio_status(&params)?;
+    let delivered = match status.message_status.as_str() {
+        "delivered" => true,
+        "undelivered" | "failed" => false,
+        // queued, sending, sent, accepted, scheduled, read, …: not a final delivery status.
+        _ => return Ok(axum::Json(serde_json::json!({"result": "ignored"})).into_response()),
+    };
+    let reason = match status.error_code.as_deref().map(str::parse::<i64>) {
+        Some(Ok(code)) => crate::sms::twilio::error_text(code),
+        _ if delivered => String::new(),
+        _ => status.message_status.clone(),
+    };
+    let result = state
+        .verifier
+        .sms_receipt("twilio", providers, &status.message_sid, delivered, &reason)
+        .await?;
+    receipt_answer(result)
+}
+
+/// The callback's fields: a missing or repeated field is a clear 400.
+fn twilio_status(params: &[(String, String)]) -> Result<TwilioStatus, ApiError> {
+    let field = |name: &str| {
+        let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (Some(value), None) => Ok(Some(value.clone())),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(ApiError::invalid(format!("{name} is given twice"))),
+        }
+    };
+    let required =
+        |name: &str| field(name)?.ok_or_else(|| ApiError::invalid(format!("{name} is missing")));
+    Ok(TwilioStatus {
+        message_sid: required("MessageSid")?,
+        message_status: required("MessageStatus")?,
+        error_code: field("ErrorCode")?,
+    })
 }

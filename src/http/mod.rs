@@ -49,8 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The dev inbox; `None` outside dev mode, which also hides `/dev/*`.
     pub inbox: Option<Arc<DevInbox>>,
-    /// Signs delivery receipts; `None` refuses them.
-    pub receipt_secret: Option<Arc<[u8]>>,
+    /// Who may post delivery receipts for which providers.
+    pub receipts: Arc<crate::sms::ReceiptRoutes>,
     /// Signs code page links.
     pub widget: Arc<crate::widget::WidgetSigner>,
     /// Where buyers reach the service, without a trailing slash.

@@ -256,10 +256,16 @@ impl Settings {
             );
         }
         for (index, provider) in self.sms.providers.iter().enumerate() {
-            if let ProviderSettings::Log { .. } = provider {
-                problems.push(format!(
+            match provider {
+                ProviderSettings::Log { .. } => problems.push(format!(
                     "sms.providers[{index}] is the `log` provider, which is for development only"
-                ));
+                )),
+                ProviderSettings::Twilio { base_url, .. } if !base_url.starts_with("https://") => {
+                    problems.push(format!(
+                        "sms.providers[{index}].base_url {base_url:?} is not https: the Auth Token would travel in clear"
+                    ));
+                }
+                _ => {}
             }
         }
         if self.gate.allow_loopback_callbacks == Some(true) {

@@ -200,6 +200,38 @@ pub enum ProviderSettings {
         #[serde(default)]
         body_template: Option<String>,
     },
+    /// Twilio's Messages API. Status callbacks arrive at `/v1/callbacks/sms/twilio`, signed with
+    /// the Auth Token.
+    Twilio {
+        /// Name in metrics and logs.
+        name: String,
+        /// The Account SID (`AC…`).
+        account_sid: String,
+        /// The Auth Token: it signs the status callbacks, so it is always required.
+        #[serde(serialize_with = "serialize_redacted_secret")]
+        auth_token: SecretString,
+        /// An API key's SID (`SK…`) to authenticate sends with instead of the Auth Token.
+        #[serde(default)]
+        api_key_sid: Option<String>,
+        /// The API key's secret.
+        #[serde(default, serialize_with = "serialize_redacted")]
+        api_key_secret: Option<SecretString>,
+        /// `From`: a number or an alphanumeric sender id. Default: the brand's sender.
+        #[serde(default)]
+        from: Option<String>,
+        /// A Messaging Service (`MG…`) instead of `from`.
+        #[serde(default)]
+        messaging_service_sid: Option<String>,
+        /// Default `https://api.twilio.com`.
+        #[serde(default = "default_twilio_base_url")]
+        base_url: String,
+        /// Give up (and fail over) after this long. Default 5000.
+        #[serde(default = "default_sms_timeout_ms")]
+        timeout_ms: u64,
+        /// Ask for status callbacks (`StatusCallback`). Default true.
+        #[serde(default = "default_status_callbacks")]
+        status_callbacks: bool,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -378,6 +410,14 @@ pub enum LogFormat {
 
 fn default_log_name() -> String {
     "log".to_owned()
+}
+
+fn default_status_callbacks() -> bool {
+    true
+}
+
+fn default_twilio_base_url() -> String {
+    "https://api.twilio.com".to_owned()
 }
 
 fn default_sms_timeout_ms() -> u64 {

@@ -1,7 +1,5 @@
 //! The generic HTTP provider: a JSON POST of a templated body to a gateway.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -54,11 +52,7 @@ impl HttpProvider {
                 "sms provider {name}: set both auth_header and auth_value, or neither"
             ),
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(*timeout_ms))
-            .connect_timeout(Duration::from_millis(*timeout_ms))
-            .build()
-            .context("building the HTTP client")?;
+        let client = super::provider_client(*timeout_ms)?;
         Ok(Self {
             name: name.clone(),
             url: url.clone(),
@@ -107,15 +101,7 @@ impl SmsProvider for HttpProvider {
             request = request.header(header.as_str(), value.expose_secret());
         }
         // Errors are described without the URL's query or the body: both may carry secrets.
-        let response = request.send().await.map_err(|error| {
-            if error.is_timeout() {
-                SendError::TimedOut
-            } else if error.is_connect() {
-                SendError::Unavailable(format!("connection failed: {}", error.without_url()))
-            } else {
-                SendError::Broken(format!("transport error: {}", error.without_url()))
-            }
-        })?;
+        let response = request.send().await.map_err(SendError::transport)?;
         let status = response.status();
         if status.is_success() {
             let reference = response

@@ -4,10 +4,14 @@
 
 mod http;
 mod inbox;
+mod receipts;
 pub mod segments;
+pub mod twilio;
 
 pub use http::HttpProvider;
 pub use inbox::{DevInbox, InboxMessage, LogProvider};
+pub use receipts::{HttpReceipts, ReceiptRoutes};
+pub use twilio::TwilioProvider;
 
 use std::sync::Arc;
 
@@ -107,6 +111,17 @@ pub fn compose_within(text: &str, sms: &CodeSms<'_>, max_segments: usize) -> Opt
     })
 }
 
+/// The HTTP client of an HTTP provider: gives up (and fails over) after `timeout_ms`.
+fn provider_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .context("building the HTTP client")
+}
+
 /// One SMS to send. `Debug` leaves the text out: it carries the code.
 pub struct SmsMessage {
     pub message_id: uuid::Uuid,
@@ -145,6 +160,18 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// An HTTP provider's transport error, described without the URL (its query may carry
+    /// secrets): a timeout or a broken connection may have delivered; a refused connect not.
+    pub(crate) fn transport(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::TimedOut
+        } else if error.is_connect() {
+            Self::Unavailable(format!("connection failed: {}", error.without_url()))
+        } else {
+            Self::Broken(format!("transport error: {}", error.without_url()))
+        }
+    }
+
     fn result_label(&self) -> &'static str {
         match self {
             Self::TimedOut => "timeout",
@@ -200,10 +227,12 @@ pub struct SmsSender {
 }
 
 impl SmsSender {
-    /// Builds the providers from settings; `inbox` backs the `log` provider.
+    /// Builds the providers from settings; `inbox` backs the `log` provider, `public_url` is
+    /// where providers post their receipts.
     pub fn from_settings(
         settings: &[ProviderSettings],
         inbox: Option<Arc<DevInbox>>,
+        public_url: &str,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let mut providers: Vec<Arc<dyn SmsProvider>> = Vec::new();
@@ -216,10 +245,18 @@ impl SmsSender {
                     Arc::new(LogProvider::new(name.clone(), inbox))
                 }
                 ProviderSettings::Http { .. } => Arc::new(HttpProvider::from_settings(provider)?),
+                ProviderSettings::Twilio { .. } => {
+                    Arc::new(TwilioProvider::from_settings(provider, public_url)?)
+                }
             });
         }
         anyhow::ensure!(!providers.is_empty(), "no SMS provider configured");
         Ok(Self { providers, metrics })
+    }
+
+    /// The providers' names, in failover order.
+    pub fn provider_names(&self) -> Vec<&str> {
+        self.providers.iter().map(|p| p.name()).collect()
     }
 
     pub async fn send(&self, message: &SmsMessage) -> Result<Delivery, SendFailed> {

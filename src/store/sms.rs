@@ -37,9 +37,11 @@ pub trait SmsStore: Send + Sync {
     /// Whether any SMS (sent or failed) was recorded for verification `id`.
     async fn has_sms(&self, id: &VerificationId) -> StoreResult<bool>;
 
-    /// Applies a delivery receipt for the message with our id or the provider's reference.
+    /// Applies a delivery receipt for the message with our id or the provider's reference,
+    /// sent through one of `providers` (the receipt's sender may only speak for its own).
     async fn sms_receipt(
         &self,
+        providers: &[String],
         reference: &str,
         delivered: bool,
         now: Millis,
@@ -99,36 +101,53 @@ impl SmsStore for SqlStore {
 
     async fn sms_receipt(
         &self,
+        providers: &[String],
         reference: &str,
         delivered: bool,
         now: Millis,
         events: ReceiptEvents<'_>,
     ) -> StoreResult<ReceiptOutcome> {
+        if providers.is_empty() {
+            return Ok(ReceiptOutcome::UnknownMessage);
+        }
         let status = if delivered {
             "delivered"
         } else {
             "undelivered"
         };
+        // `$1` the reference, `$2` the status, `$3` the time, then the providers.
+        let scope = |first: usize| {
+            (first..first + providers.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut tx = self.source.begin().await?;
-        let updated = sqlx::query(
+        let update = format!(
             "UPDATE sms_message SET status = $2, updated_at = $3 \
-             WHERE (message_id = $1 OR provider_reference = $1) AND status = 'sent' \
+             WHERE (message_id = $1 OR provider_reference = $1) AND provider IN ({}) AND status = 'sent' \
              RETURNING message_id, verification_id, brand_id, provider, provider_reference, segments, status, sent_at",
-        )
-        .bind(reference)
-        .bind(status)
-        .bind(now)
-        .fetch_optional(tx.conn().await?)
-        .await
-        .context("applying a delivery receipt")?;
-        let Some(row) = updated else {
-            let known = sqlx::query(
-                "SELECT 1 FROM sms_message WHERE message_id = $1 OR provider_reference = $1",
-            )
-            .bind(reference)
+            scope(4)
+        );
+        let mut query = sqlx::query(&update).bind(reference).bind(status).bind(now);
+        for provider in providers {
+            query = query.bind(provider.as_str());
+        }
+        let updated = query
             .fetch_optional(tx.conn().await?)
-            .await?
-            .is_some();
+            .await
+            .context("applying a delivery receipt")?;
+        let Some(row) = updated else {
+            let known = format!(
+                "SELECT 1 FROM sms_message WHERE (message_id = $1 OR provider_reference = $1) \
+                 AND provider IN ({})",
+                scope(2)
+            );
+            let mut query = sqlx::query(&known).bind(reference);
+            for provider in providers {
+                query = query.bind(provider.as_str());
+            }
+            let known = query.fetch_optional(tx.conn().await?).await?.is_some();
             tx.rollback().await?;
             return Ok(if known {
                 ReceiptOutcome::AlreadyFinal

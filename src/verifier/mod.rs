@@ -201,10 +201,12 @@ impl Verifier {
         Ok(expired.len())
     }
 
-    /// Applies a delivery receipt from a provider.
+    /// Applies a delivery receipt that a provider of kind `kind` (its label in metrics)
+    /// authenticated, for a message sent through one of `providers`.
     pub async fn sms_receipt(
         &self,
-        provider: &str,
+        kind: &str,
+        providers: &[String],
         reference: &str,
         delivered: bool,
         reason: &str,
@@ -230,14 +232,14 @@ impl Verifier {
         };
         let outcome = self
             .store
-            .sms_receipt(reference, delivered, now, &events)
+            .sms_receipt(providers, reference, delivered, now, &events)
             .await?;
         let result = match outcome {
             crate::store::ReceiptOutcome::Recorded => ReceiptResult::Recorded,
             crate::store::ReceiptOutcome::AlreadyFinal => ReceiptResult::Duplicate,
             crate::store::ReceiptOutcome::UnknownMessage => ReceiptResult::UnknownMessage,
         };
-        self.metrics.sms_receipt(provider, result.as_str());
+        self.metrics.sms_receipt(kind, result.as_str());
         Ok(result)
     }
 

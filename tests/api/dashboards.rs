@@ -74,15 +74,6 @@ async fn sim_swap() -> String {
     url
 }
 
-fn sign(body: &str) -> String {
-    use hmac::Mac;
-    let now = orderguard::domain::now_millis() / 1000;
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(RECEIPT_SECRET.as_bytes()).expect("key");
-    mac.update(format!("{now}.{body}").as_bytes());
-    format!("t={now},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// A spread-out number of `prefix` for buyer `n` (no two close together: no number walk).
 fn number(prefix: &str, n: u64, digits: usize) -> String {
     let space = 10u64.pow(digits as u32);
@@ -236,16 +227,10 @@ async fn traffic(app: &TestApp, accepted: &Accepted) {
             "delivered"
         };
         let body = json!({"reference": reference, "status": status}).to_string();
-        let answer = app
-            .client
-            .post(app.url("/v1/callbacks/sms/http"))
-            .header("x-orderguard-signature", sign(&body))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("receipt");
-        assert_eq!(answer.status(), 200);
+        let now = orderguard::domain::now_millis() / 1000;
+        let signature = crate::helpers::sign_receipt(RECEIPT_SECRET, now, &body);
+        let answer = app.post_http_receipt(&body, &signature).await;
+        assert_eq!(answer.status, 200, "{answer:#?}");
     }
 }
 

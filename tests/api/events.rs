@@ -489,15 +489,7 @@ async fn without_clickhouse_events_go_to_rotated_json_lines_files(backend: Backe
     assert_eq!(aborted, 4);
 }
 
-fn sign(secret: &str, timestamp: i64, body: &str) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
-}
+use crate::helpers::sign_receipt as sign;
 
 async fn delivery_receipts_and_failed_sends_become_events(backend: Backend) {
     use crate::helpers::{GatewayBehaviour, SmsGateway};
@@ -521,33 +513,19 @@ async fn delivery_receipts_and_failed_sends_become_events(backend: Backend) {
         .map(|(_, body)| body["reference"].as_str().expect("reference").to_owned())
         .collect();
 
-    let post = |body: String, signature: String| {
-        app.client
-            .post(app.url("/v1/callbacks/sms/http"))
-            .header("x-orderguard-signature", signature)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
     let now = orderguard::domain::now_millis() / 1000;
     let ok = json!({"reference": references[0], "status": "delivered"}).to_string();
-    let answer = crate::helpers::read(
-        post(ok.clone(), sign("receipt-secret-for-tests", now, &ok))
-            .await
-            .expect("send"),
-    )
-    .await;
+    let answer = app
+        .post_http_receipt(&ok, &sign("receipt-secret-for-tests", now, &ok))
+        .await;
     assert_eq!(
         (answer.status, &answer.body["result"]),
         (200, &json!("recorded")),
         "{answer:#?}"
     );
-    let again = crate::helpers::read(
-        post(ok.clone(), sign("receipt-secret-for-tests", now, &ok))
-            .await
-            .expect("send"),
-    )
-    .await;
+    let again = app
+        .post_http_receipt(&ok, &sign("receipt-secret-for-tests", now, &ok))
+        .await;
     assert_eq!(
         again.body["result"], "duplicate",
         "a repeated receipt changes nothing"
@@ -555,15 +533,9 @@ async fn delivery_receipts_and_failed_sends_become_events(backend: Backend) {
     let failed =
         json!({"reference": references[1], "status": "failed", "error": "absent subscriber"})
             .to_string();
-    let answer = crate::helpers::read(
-        post(
-            failed.clone(),
-            sign("receipt-secret-for-tests", now, &failed),
-        )
-        .await
-        .expect("send"),
-    )
-    .await;
+    let answer = app
+        .post_http_receipt(&failed, &sign("receipt-secret-for-tests", now, &failed))
+        .await;
     assert_eq!(answer.status, 200, "{answer:#?}");
 
     for (body, signature, status, kind) in [
@@ -581,21 +553,14 @@ async fn delivery_receipts_and_failed_sends_become_events(backend: Backend) {
         ),
         (ok.clone(), "t=1,v1=zz".to_owned(), 401, "invalid_signature"),
     ] {
-        crate::helpers::read(post(body, signature).await.expect("send"))
+        app.post_http_receipt(&body, &signature)
             .await
             .assert_problem(status, kind);
     }
     let unknown = json!({"reference": "nope", "status": "delivered"}).to_string();
-    crate::helpers::read(
-        post(
-            unknown.clone(),
-            sign("receipt-secret-for-tests", now, &unknown),
-        )
+    app.post_http_receipt(&unknown, &sign("receipt-secret-for-tests", now, &unknown))
         .await
-        .expect("send"),
-    )
-    .await
-    .assert_problem(404, "unknown_message");
+        .assert_problem(404, "unknown_message");
 
     // A send no provider accepted.
     let failing = spawn_app_with(backend, |s| {

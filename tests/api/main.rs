@@ -19,5 +19,6 @@ mod replicas;
 mod requests;
 mod sms;
 mod store;
+mod twilio;
 mod verifications;
 mod webdriver;

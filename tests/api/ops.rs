@@ -199,6 +199,7 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists(ba
         "GET /metrics",
         "GET /openapi.json",
         "GET /dev/inbox",
+        "POST /v1/callbacks/sms/twilio",
         "POST /v1/callbacks/sms/{provider}",
         "GET /w/{id}",
         "POST /w/{id}/check",

@@ -122,23 +122,10 @@ fn digits(phone: &str) -> &str {
 }
 
 async fn receipt(app: &TestApp, reference: &str, status: &str) -> u16 {
-    use hmac::Mac;
     let body = json!({"reference": reference, "status": status}).to_string();
     let now = orderguard::domain::now_millis() / 1000;
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(RECEIPT_SECRET.as_bytes()).expect("key");
-    mac.update(format!("{now}.{body}").as_bytes());
-    let signature = format!("t={now},v1={}", hex::encode(mac.finalize().into_bytes()));
-    app.client
-        .post(app.url("/v1/callbacks/sms/http"))
-        .header("x-orderguard-signature", signature)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("receipt")
-        .status()
-        .as_u16()
+    let signature = crate::helpers::sign_receipt(RECEIPT_SECRET, now, &body);
+    app.post_http_receipt(&body, &signature).await.status
 }
 
 async fn after_the_retention_period_no_number_payload_or_stored_answer_remains(backend: Backend) {

@@ -23,6 +23,6 @@ if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
   cp "$requirements" "$venv/requirements.txt"
 fi
-"$venv/bin/python" -c 'import chdb, lz4.block, clickhouse_cityhash, jwt, cryptography, schemathesis, openapi_spec_validator, yaml, helm_python, kubernetes_validate' \
+"$venv/bin/python" -c 'import chdb, lz4.block, clickhouse_cityhash, jwt, cryptography, schemathesis, openapi_spec_validator, yaml, helm_python, kubernetes_validate, twilio.request_validator' \
   || { echo "[clickhouse/setup.sh] $venv is broken; delete it and run again" >&2; exit 1; }
 echo "$PWD/$venv/bin/python"

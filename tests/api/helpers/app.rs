@@ -218,6 +218,17 @@ pub async fn read(response: reqwest::Response) -> Answer {
     }
 }
 
+/// `X-Orderguard-Signature` of a receipt `body` signed with `secret` at `timestamp` (seconds).
+pub fn sign_receipt(secret: &str, timestamp: i64, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
 pub fn start_body() -> Value {
     json!({"phone": PHONE, "order_reference": "A-1001", "amount": "49.90", "currency": "EUR"})
 }
@@ -253,6 +264,22 @@ impl TestApp {
             response.headers().clone(),
             response.text().await.expect("html"),
         )
+    }
+
+    /// Posts a generic-provider delivery receipt `body` to `/v1/callbacks/sms/http` with the
+    /// header `X-Orderguard-Signature: signature`.
+    pub async fn post_http_receipt(&self, body: &str, signature: &str) -> Answer {
+        read(
+            self.client
+                .post(self.url("/v1/callbacks/sms/http"))
+                .header("x-orderguard-signature", signature)
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await
+                .expect("receipt"),
+        )
+        .await
     }
 
     /// A form post from the code page.

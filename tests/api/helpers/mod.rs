@@ -9,6 +9,7 @@ mod logs;
 mod proxy;
 mod scripted;
 mod sms_gateway;
+mod twilio;
 
 pub use app::*;
 pub use binary::*;
@@ -18,6 +19,7 @@ pub use logs::*;
 pub use proxy::*;
 pub use scripted::*;
 pub use sms_gateway::*;
+pub use twilio::*;
 
 use std::time::Duration;
 
