@@ -1,8 +1,8 @@
 //! Prometheus metrics, registered once in the application's own registry.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -30,6 +30,64 @@ pub struct Metrics {
     sim_swap_checks: IntCounterVec,
     sim_swap_duration: HistogramVec,
     privacy_purged: IntCounterVec,
+    /// The SMPP providers' sessions.
+    pub smpp: SmppMetrics,
+}
+
+/// The SMPP providers' sessions, by provider.
+pub struct SmppMetrics {
+    /// 1 while bound, else 0.
+    pub session_up: IntGaugeVec,
+    /// Bind attempts: `ok` or the SMSC's refusal (`ESME_RINVPASWD`, …) or `connect_failed`.
+    pub binds: IntCounterVec,
+    /// `submit_sm` by outcome: `ok`, `throttled`, `refused`, `timeout`, `lost` (the session
+    /// went down before the answer), `no_session`.
+    pub submits: IntCounterVec,
+    /// Submits awaiting their answer.
+    pub window_in_use: IntGaugeVec,
+    /// From the `submit_sm_resp` to the delivery receipt.
+    pub receipt_lag: HistogramVec,
+}
+
+impl SmppMetrics {
+    fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let session_up = IntGaugeVec::new(
+            Opts::new("smpp_session_up", "1 while the SMPP session is bound"),
+            &["provider"],
+        )?;
+        let binds = IntCounterVec::new(
+            Opts::new("smpp_binds_total", "SMPP bind attempts by result"),
+            &["provider", "result"],
+        )?;
+        let submits = IntCounterVec::new(
+            Opts::new("smpp_submits_total", "SMPP submit_sm by outcome"),
+            &["provider", "outcome"],
+        )?;
+        let window_in_use = IntGaugeVec::new(
+            Opts::new("smpp_window_in_use", "SMPP submits awaiting their answer"),
+            &["provider"],
+        )?;
+        let receipt_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "smpp_receipt_lag_seconds",
+                "Time from an SMPP submit's answer to its delivery receipt",
+            )
+            .buckets(vec![0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
+            &["provider"],
+        )?;
+        registry.register(Box::new(session_up.clone()))?;
+        registry.register(Box::new(binds.clone()))?;
+        registry.register(Box::new(submits.clone()))?;
+        registry.register(Box::new(window_in_use.clone()))?;
+        registry.register(Box::new(receipt_lag.clone()))?;
+        Ok(Self {
+            session_up,
+            binds,
+            submits,
+            window_in_use,
+            receipt_lag,
+        })
+    }
 }
 
 impl Metrics {
@@ -231,6 +289,7 @@ impl Metrics {
         for worker in crate::supervisor::WORKERS {
             worker_restarts.with_label_values(&[worker]);
         }
+        let smpp = SmppMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
@@ -256,6 +315,7 @@ impl Metrics {
             sim_swap_checks,
             sim_swap_duration,
             privacy_purged,
+            smpp,
         })
     }
 

@@ -20,7 +20,7 @@ use crate::gate::webhooks::WebhookSender;
 use crate::http::{AppState, HttpLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Mode, ProviderSettings, Settings};
-use crate::sms::{DevInbox, ReceiptRoutes, SmsSender};
+use crate::sms::{DevInbox, ProviderContext, ReceiptRoutes, SmsSender};
 use crate::store::{SqlStore, Store};
 use crate::verifier::Verifier;
 
@@ -113,10 +113,14 @@ impl Application {
         };
         let public_url = settings.public_url(port);
         let otp_host = otp_host(&public_url)?;
+        let (receipts_in, receipts_out) = tokio::sync::mpsc::unbounded_channel();
         let sms = Arc::new(SmsSender::from_settings(
             &providers,
-            inbox.clone(),
-            &public_url,
+            &ProviderContext {
+                inbox: inbox.clone(),
+                public_url: public_url.clone(),
+                receipts: receipts_in,
+            },
             metrics.clone(),
         )?);
         let brand_ids: Vec<String> = brands.all().iter().map(|b| b.id.to_string()).collect();
@@ -157,7 +161,7 @@ impl Application {
         ));
         let verifier = Arc::new(Verifier::new(crate::verifier::VerifierDeps {
             store: store.clone(),
-            sms,
+            sms: sms.clone(),
             hasher: CodeHasher::new(&code_key),
             events: events.clone(),
             metrics: metrics.clone(),
@@ -166,6 +170,7 @@ impl Application {
             on_approval: wake.clone(),
             fraud: fraud.clone(),
         }));
+        tokio::spawn(verifier.clone().apply_smpp_receipts(receipts_out));
         let approval = Arc::new(ApprovalSigner::new(
             crate::keys::approval_keys(&settings)?,
             public_url.clone(),
@@ -234,6 +239,7 @@ impl Application {
             metrics,
             inbox,
             receipts,
+            sms,
             widget: Arc::new(crate::widget::WidgetSigner::new(&crate::keys::widget_key(
                 &settings,
             )?)),

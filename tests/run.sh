@@ -83,6 +83,19 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 rm -rf test-output
 
+# The tests' SMSC: the npm package smpp (pinned by tests/smpp/package-lock.json), run with the
+# machine's Node.js; installed under target/smpp-node, again only when the lock file changes.
+command -v node >/dev/null && command -v npm >/dev/null \
+  || { log "the SMPP tests need Node.js and npm (the machine's, or Debian's nodejs and npm packages)"; exit 1; }
+if ! cmp -s tests/smpp/package-lock.json target/smpp-node/package-lock.json 2>/dev/null \
+  || ! [ -d target/smpp-node/node_modules/smpp ]; then
+  log "installing the npm package smpp for the test SMSC into target/smpp-node"
+  rm -rf target/smpp-node && mkdir -p target/smpp-node
+  cp tests/smpp/package.json tests/smpp/package-lock.json target/smpp-node/
+  (cd target/smpp-node && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+export ORDERGUARD_TEST_SMSC_MODULES="$PWD/target/smpp-node/node_modules"
+
 # The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.
 ORDERGUARD_TEST_PYTHON="$(bash tests/clickhouse/setup.sh)"
 export ORDERGUARD_TEST_PYTHON

@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The dev inbox; `None` outside dev mode, which also hides `/dev/*`.
     pub inbox: Option<Arc<DevInbox>>,
+    /// The SMS providers (`/readyz` asks whether any can send).
+    pub sms: Arc<crate::sms::SmsSender>,
     /// Who may post delivery receipts for which providers.
     pub receipts: Arc<crate::sms::ReceiptRoutes>,
     /// Signs code page links.

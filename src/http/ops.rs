@@ -26,7 +26,8 @@ pub async fn healthz() -> Response {
 }
 
 /// Readiness: the database answers (within a second), brands and the phone-number metadata
-/// are loaded, and no background worker is down.
+/// are loaded, no background worker is down, and some SMS provider can take a message (an
+/// SMPP provider only while its session is bound).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready"),
     (status = 503, description = "Not ready; the body says which check failed"),
@@ -46,7 +47,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let brands = state.brands.len();
     let phone_metadata = crate::domain::phone::metadata_loaded();
     let workers_down = state.workers.down();
-    let ready = database == "ok" && brands > 0 && phone_metadata && workers_down.is_empty();
+    let sms = state.sms.any_available();
+    let ready = database == "ok" && brands > 0 && phone_metadata && workers_down.is_empty() && sms;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -59,6 +61,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "brands_loaded": brands,
         "phone_metadata": if phone_metadata { "loaded" } else { "loading" },
         "workers_down": workers_down,
+        "sms": if sms { "available" } else { "no_provider_available" },
     });
     (status, axum::Json(body)).into_response()
 }

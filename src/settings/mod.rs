@@ -529,4 +529,32 @@ mod tests {
             .collect();
         assert!(missing.is_empty(), "not in the README: {missing:?}");
     }
+
+    #[test]
+    fn every_provider_example_in_the_readme_is_a_valid_provider() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let examples: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|block| block.starts_with("[[sms.providers]]"))
+            .collect();
+        let mut kinds = Vec::new();
+        for example in examples {
+            #[derive(serde::Deserialize)]
+            struct Sms {
+                sms: SmsSettings,
+            }
+            let parsed: Sms = toml::from_str(example)
+                .unwrap_or_else(|error| panic!("{error}\nin the README's example:\n{example}"));
+            kinds.extend(parsed.sms.providers.iter().map(|provider| match provider {
+                ProviderSettings::Log { .. } => "log",
+                ProviderSettings::Http { .. } => "http",
+                ProviderSettings::Smpp { .. } => "smpp",
+                ProviderSettings::Twilio { .. } => "twilio",
+            }));
+        }
+        assert_eq!(kinds, ["http", "smpp", "twilio"]);
+    }
 }

@@ -200,6 +200,53 @@ pub enum ProviderSettings {
         #[serde(default)]
         body_template: Option<String>,
     },
+    /// SMPP 3.4 to an SMSC: one long-lived `bind_transceiver` session, delivery receipts as
+    /// `deliver_sm`.
+    Smpp {
+        /// Name in metrics and logs.
+        name: String,
+        /// The SMSC's host.
+        host: String,
+        /// Default 2775.
+        #[serde(default = "default_smpp_port")]
+        port: u16,
+        /// The ESME account (`system_id`, at most 15 characters).
+        system_id: String,
+        /// Its password (at most 8 characters in SMPP 3.4).
+        #[serde(serialize_with = "serialize_redacted_secret")]
+        password: SecretString,
+        /// `system_type` of the bind. Default empty.
+        #[serde(default)]
+        system_type: String,
+        /// `source_addr`. Default: the brand's sender.
+        #[serde(default)]
+        source_addr: Option<String>,
+        /// `source_addr_ton`. Default: 5 (alphanumeric) for a sender with letters, else 1
+        /// (international).
+        #[serde(default)]
+        source_ton: Option<u8>,
+        /// `source_addr_npi`. Default: 0 for an alphanumeric sender, else 1 (ISDN/E.164).
+        #[serde(default)]
+        source_npi: Option<u8>,
+        /// Submits awaiting their answer at once. Default 10.
+        #[serde(default = "default_smpp_window")]
+        window: u32,
+        /// Give up on one `submit_sm` answer after this long. Default 5000.
+        #[serde(default = "default_sms_timeout_ms")]
+        submit_timeout_ms: u64,
+        /// `enquire_link` keep-alive interval. Default 30000.
+        #[serde(default = "default_enquire_link_ms")]
+        enquire_link_ms: u64,
+        /// First wait before reconnecting; doubles up to `reconnect_max_ms`. Default 500.
+        #[serde(default = "default_reconnect_initial_ms")]
+        reconnect_initial_ms: u64,
+        /// Default 30000.
+        #[serde(default = "default_reconnect_max_ms")]
+        reconnect_max_ms: u64,
+        /// Ask for delivery receipts (`registered_delivery`). Default true.
+        #[serde(default = "default_status_callbacks")]
+        delivery_receipts: bool,
+    },
     /// Twilio's Messages API. Status callbacks arrive at `/v1/callbacks/sms/twilio`, signed with
     /// the Auth Token.
     Twilio {
@@ -410,6 +457,26 @@ pub enum LogFormat {
 
 fn default_log_name() -> String {
     "log".to_owned()
+}
+
+fn default_smpp_port() -> u16 {
+    2775
+}
+
+fn default_smpp_window() -> u32 {
+    10
+}
+
+fn default_enquire_link_ms() -> u64 {
+    30_000
+}
+
+fn default_reconnect_initial_ms() -> u64 {
+    500
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
 }
 
 fn default_status_callbacks() -> bool {

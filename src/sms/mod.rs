@@ -6,11 +6,13 @@ mod http;
 mod inbox;
 mod receipts;
 pub mod segments;
+mod smpp;
 pub mod twilio;
 
 pub use http::HttpProvider;
 pub use inbox::{DevInbox, InboxMessage, LogProvider};
 pub use receipts::{HttpReceipts, ReceiptRoutes};
+pub use smpp::{DeliveryReceipt, SmppProvider};
 pub use twilio::TwilioProvider;
 
 use std::sync::Arc;
@@ -189,6 +191,10 @@ impl SendError {
 #[async_trait]
 pub trait SmsProvider: Send + Sync {
     fn name(&self) -> &str;
+    /// Whether the provider can take a message now (an SMPP session is bound).
+    fn is_available(&self) -> bool {
+        true
+    }
     /// Hands the message to the provider; returns the provider's message reference if any.
     async fn send(&self, message: &SmsMessage) -> Result<Option<String>, SendError>;
 }
@@ -220,6 +226,16 @@ impl SendFailed {
     }
 }
 
+/// What providers need beside their settings.
+pub struct ProviderContext {
+    /// Backs the `log` provider (dev mode only).
+    pub inbox: Option<Arc<DevInbox>>,
+    /// Where providers post their receipts (`http.public_url`).
+    pub public_url: String,
+    /// Where SMPP sessions hand their delivery receipts.
+    pub receipts: tokio::sync::mpsc::UnboundedSender<DeliveryReceipt>,
+}
+
 /// Sends through the first provider that accepts, in configured order.
 pub struct SmsSender {
     providers: Vec<Arc<dyn SmsProvider>>,
@@ -227,14 +243,13 @@ pub struct SmsSender {
 }
 
 impl SmsSender {
-    /// Builds the providers from settings; `inbox` backs the `log` provider, `public_url` is
-    /// where providers post their receipts.
+    /// Builds the providers from settings (SMPP sessions start binding in the background).
     pub fn from_settings(
         settings: &[ProviderSettings],
-        inbox: Option<Arc<DevInbox>>,
-        public_url: &str,
+        context: &ProviderContext,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let inbox = &context.inbox;
         let mut providers: Vec<Arc<dyn SmsProvider>> = Vec::new();
         for provider in settings {
             providers.push(match provider {
@@ -245,13 +260,24 @@ impl SmsSender {
                     Arc::new(LogProvider::new(name.clone(), inbox))
                 }
                 ProviderSettings::Http { .. } => Arc::new(HttpProvider::from_settings(provider)?),
-                ProviderSettings::Twilio { .. } => {
-                    Arc::new(TwilioProvider::from_settings(provider, public_url)?)
-                }
+                ProviderSettings::Twilio { .. } => Arc::new(TwilioProvider::from_settings(
+                    provider,
+                    &context.public_url,
+                )?),
+                ProviderSettings::Smpp { .. } => Arc::new(SmppProvider::start(
+                    provider,
+                    context.receipts.clone(),
+                    metrics.clone(),
+                )?),
             });
         }
         anyhow::ensure!(!providers.is_empty(), "no SMS provider configured");
         Ok(Self { providers, metrics })
+    }
+
+    /// Whether any provider can take a message now (`/readyz`).
+    pub fn any_available(&self) -> bool {
+        self.providers.iter().any(|p| p.is_available())
     }
 
     /// The providers' names, in failover order.

@@ -243,6 +243,43 @@ impl Verifier {
         Ok(result)
     }
 
+    /// Applies the SMPP sessions' delivery receipts, each then answered (`deliver_sm_resp`).
+    /// A receipt that overtook the recording of its submit is tried again for five seconds;
+    /// one the database cannot take now is left unanswered, so the SMSC delivers it again.
+    pub async fn apply_smpp_receipts(
+        self: Arc<Self>,
+        mut receipts: tokio::sync::mpsc::UnboundedReceiver<crate::sms::DeliveryReceipt>,
+    ) {
+        while let Some(receipt) = receipts.recv().await {
+            let verifier = self.clone();
+            tokio::spawn(async move {
+                let scope = [receipt.provider.clone()];
+                for attempt in 1..=20 {
+                    let applied = verifier
+                        .sms_receipt(
+                            "smpp",
+                            &scope,
+                            &receipt.reference,
+                            receipt.delivered,
+                            &receipt.reason,
+                        )
+                        .await;
+                    match applied {
+                        Ok(ReceiptResult::UnknownMessage) if attempt < 20 => {
+                            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                        }
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(provider = receipt.provider, error = %format!("{error:#}"), "an SMPP receipt could not be applied; the SMSC will deliver it again");
+                            return;
+                        }
+                    }
+                }
+                receipt.acknowledge().await;
+            });
+        }
+    }
+
     /// Moves a pending verification to `to` with its event; `false` if it was no longer pending.
     async fn finish(
         &self,

@@ -17,6 +17,7 @@ mod pages;
 mod privacy;
 mod replicas;
 mod requests;
+mod smpp;
 mod sms;
 mod store;
 mod twilio;

@@ -95,3 +95,8 @@ fn the_log_audit_finds_a_secret_but_not_inside_a_uuid() {
     assert!(!contains_token("id=0a482913-1111", "482913"));
     assert!(contains_token("to=+4915123456789", PHONE));
 }
+
+/// Everything logged so far in this test process.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}

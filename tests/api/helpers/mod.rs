@@ -9,6 +9,7 @@ mod logs;
 mod proxy;
 mod scripted;
 mod sms_gateway;
+mod smsc;
 mod twilio;
 
 pub use app::*;
@@ -19,6 +20,7 @@ pub use logs::*;
 pub use proxy::*;
 pub use scripted::*;
 pub use sms_gateway::*;
+pub use smsc::*;
 pub use twilio::*;
 
 use std::time::Duration;
