@@ -109,13 +109,15 @@ id = "bench-attack"
 hash = "sha256:$(printf %s "$attack_key" | sha256sum | cut -d' ' -f1)"
 TOML
 
-start_service() { # $1: database URL
+http_providers='[{kind = "http", name = "bench", url = "http://127.0.0.1:19100/sms", timeout_ms = 5000}]'
+smpp_providers='[{kind = "smpp", name = "smsc", host = "127.0.0.1", port = 19102, system_id = "bench", password = "bench", window = 32}]'
+start_service() { # $1: database URL, $2: name, $3: SMS providers (default: the http one)
   ORDERGUARD_HTTP__PORT=18080 \
   ORDERGUARD_DATA_DIR="$work/data-$2" \
   ORDERGUARD_BRANDS_DIR="$work/brands" \
   ORDERGUARD_DATABASE__URL="$1" \
   ORDERGUARD_DATABASE__MAX_CONNECTIONS=16 \
-  ORDERGUARD_SMS__PROVIDERS='[{kind = "http", name = "bench", url = "http://127.0.0.1:19100/sms", timeout_ms = 5000}]' \
+  ORDERGUARD_SMS__PROVIDERS="${3:-$http_providers}" \
   ORDERGUARD_GATE__POLL_INTERVAL_MS=50 \
   ORDERGUARD_LOG__FILTER=warn \
   "$bin" serve >"$work/service-$2.log" 2>&1 &
@@ -161,6 +163,27 @@ start_service "sqlite://$work/data-sqlite/orderguard.db?mode=rwc" sqlite
 load sqlite-verify verify --model closed --concurrency 64 --duration "$long" --phone-prefix +49160
 kill "$service"; wait "$service" 2>/dev/null || true
 
+# 3b. The same verify through the SMPP provider: the test SMSC (the npm package smpp's server,
+#     installed by tests/run.sh) takes the submits, sends delivery receipts, and forwards each
+#     message to the load tool's sink, where the buyer reads the code.
+if [ -d target/smpp-node/node_modules/smpp ] && command -v node >/dev/null; then
+  NODE_PATH=target/smpp-node/node_modules node tests/smpp/server.js \
+    '{"system_id": "bench", "password": "bench", "port": 19102, "detached": true, "forward": "http://127.0.0.1:19100/sms"}' \
+    >"$work/smsc.log" 2>&1 &
+  smsc=$!
+  pids+=("$smsc")
+  for _ in $(seq 1 50); do grep -q smpp "$work/smsc.log" && break; sleep 0.1; done
+  psql "$pg" -qc "CREATE DATABASE ${service_db}_smpp" >/dev/null
+  start_service "$base/${service_db}_smpp" smpp "$smpp_providers"
+  for _ in $(seq 1 100); do curl -s http://127.0.0.1:18080/metrics | grep -q 'smpp_session_up{provider="smsc"} 1' && break; sleep 0.1; done
+  load smpp-verify verify --model closed --concurrency 64 --duration "$long" --phone-prefix +49162
+  kill "$service"; wait "$service" 2>/dev/null || true
+  kill "$smsc"; wait "$smsc" 2>/dev/null || true
+  psql "$pg" -qc "DROP DATABASE IF EXISTS ${service_db}_smpp WITH (FORCE)" >/dev/null 2>&1 || true
+else
+  echo "no test SMSC (run bash tests/run.sh once): the SMPP run is left out" >&2
+fi
+
 tps_after="$(bound after)"
 
 # 4. The relay, outbox → the test ClickHouse.
@@ -182,7 +205,10 @@ print("CPU ms/flow is the service's own CPU time (from /proc) per completed flow
 print("lowers flows/s and the bound together; a slower service raises CPU ms/flow.")
 print()
 print(f"{'run':<15} {'flows/s':>8} {'vs before':>9} {'vs after':>9} {'CPU ms/flow':>11} {'p50/p99 start ms':>17} {'p50/p99 check ms':>17} {'errors':>7} {'CPU %':>6} {'RSS MB':>7}")
-for name in ["verify-closed", "verify-rules-off", "verify-open", "mixed", "gate", "verify-memory", "sqlite-verify"]:
+names = ["verify-closed", "verify-rules-off", "verify-open", "mixed", "gate", "verify-memory", "sqlite-verify"]
+if os.path.exists(os.path.join(work, "smpp-verify.json")):
+    names.append("smpp-verify")
+for name in names:
     r = load(name)
     first = r["calls"].get("start") or r["calls"].get("hold_order") or {}
     check = r["calls"].get("check", {})

@@ -449,7 +449,9 @@ pub(super) fn load_brand(dir: &Path, base: &Base, name: &str) -> Result<Brand, V
     if !fallback {
         assets.extend(read_assets(dir, name, &mut problems));
     }
-    if !is_asset_name(&theme.logo) || !assets.contains_key(&theme.logo) {
+    // An empty logo is the brand's name as a text wordmark.
+    if !theme.logo.is_empty() && (!is_asset_name(&theme.logo) || !assets.contains_key(&theme.logo))
+    {
         problems.push(at(
             "theme.logo",
             format!(

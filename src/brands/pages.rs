@@ -99,6 +99,15 @@ pub struct DemoView {
     pub inbox_url: String,
     pub amount: String,
     pub order_reference: String,
+    /// The brand's offered locales, the one shown marked `current`.
+    pub locales: Vec<DemoLocale>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoLocale {
+    pub code: String,
+    pub url: String,
+    pub current: bool,
 }
 
 impl PageModel {
@@ -148,6 +157,18 @@ impl PageModel {
                 inbox_url: "/dev/inbox".into(),
                 amount: "€49.90".into(),
                 order_reference: "A-1001".into(),
+                locales: vec![
+                    DemoLocale {
+                        code: "en".into(),
+                        url: "?locale=en".into(),
+                        current: true,
+                    },
+                    DemoLocale {
+                        code: "de".into(),
+                        url: "?locale=de".into(),
+                        current: false,
+                    },
+                ],
             }),
         }
     }

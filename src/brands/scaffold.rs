@@ -46,6 +46,8 @@ locales = ["en"]
 [theme]
 primary = "#1f4e79"
 accent = "#f2a541"
+# No logo yet: the header shows display_name as text. Put one in assets/ and name it here.
+logo = ""
 
 [[api_keys]]
 id = "main"

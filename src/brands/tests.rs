@@ -376,3 +376,31 @@ fn loopback_frame_origins_are_honoured_only_in_dev_mode() {
         );
     }
 }
+
+#[test]
+fn theme_pairs_under_wcag_aa_are_reported_with_their_ratio() {
+    // WCAG's own extremes, and a grey on white just under and just over 4.5:1.
+    let ratio = |a, b| super::validate::contrast_ratio(a, b).expect("colours");
+    assert!((ratio("#000", "#fff") - 21.0).abs() < 1e-9);
+    assert!((ratio("#777777", "#777") - 1.0).abs() < 1e-9);
+    assert!(ratio("#777777", "#ffffff") < 4.5 && ratio("#767676", "#ffffff") >= 4.5);
+
+    let dir = fixture();
+    write(
+        dir.path(),
+        "acme/brand.toml",
+        &format!(
+            "{ACME}[theme]\nprimary = \"#0b2545\"\nmuted = \"#9aa0aa\"\non_primary = \"#1f2a44\"\n"
+        ),
+    );
+    let problems = check(dir.path());
+    assert_eq!(
+        problems,
+        [
+            "acme/brand.toml: theme.muted: #9aa0aa on theme.surface #ffffff has a contrast of 2.63:1, under WCAG AA's 4.5:1 for text",
+            "acme/brand.toml: theme.muted: #9aa0aa on theme.background #f3f5f8 has a contrast of 2.41:1, under WCAG AA's 4.5:1 for text",
+            "acme/brand.toml: theme.on_primary: #1f2a44 on theme.primary #0b2545 has a contrast of 1.08:1, under WCAG AA's 4.5:1 for text",
+        ],
+        "{problems:#?}"
+    );
+}

@@ -163,6 +163,7 @@ pub(super) fn theme_problems(theme: &Theme, file: &str) -> Vec<String> {
             ));
         }
     }
+    problems.extend(contrast_problems(theme, file));
     if !is_radius(&theme.radius) {
         problems.push(at(
             "theme.radius",
@@ -180,6 +181,72 @@ pub(super) fn theme_problems(theme: &Theme, file: &str) -> Vec<String> {
     }
 
     problems
+}
+
+/// The text/background pairs the pages draw, each held to WCAG 2.1 AA's 4.5:1 for text
+/// (success criterion 1.4.3): body text and secondary text on the card and the page, button
+/// labels on the primary colour, headings and links in the primary colour, errors on the card.
+const TEXT_PAIRS: [(&str, &str); 8] = [
+    ("text", "surface"),
+    ("text", "background"),
+    ("muted", "surface"),
+    ("muted", "background"),
+    ("on_primary", "primary"),
+    ("primary", "surface"),
+    ("primary", "background"),
+    ("error", "surface"),
+];
+
+/// Every text/background pair of the theme under 4.5:1, with its ratio.
+fn contrast_problems(theme: &Theme, file: &str) -> Vec<String> {
+    let colour = |key: &str| match key {
+        "primary" => &theme.primary,
+        "on_primary" => &theme.on_primary,
+        "background" => &theme.background,
+        "surface" => &theme.surface,
+        "text" => &theme.text,
+        "muted" => &theme.muted,
+        _ => &theme.error,
+    };
+    TEXT_PAIRS
+        .iter()
+        .filter_map(|(text, on)| {
+            let ratio = contrast_ratio(colour(text), colour(on))?;
+            (ratio < 4.5).then(|| {
+                format!(
+                    "{file}: theme.{text}: {} on theme.{on} {} has a contrast of {ratio:.2}:1, under WCAG AA's 4.5:1 for text",
+                    colour(text),
+                    colour(on)
+                )
+            })
+        })
+        .collect()
+}
+
+/// WCAG 2.1's contrast ratio of two `#rgb` / `#rrggbb` colours; `None` if one is malformed
+/// (reported by the colour check).
+pub(super) fn contrast_ratio(a: &str, b: &str) -> Option<f64> {
+    let (a, b) = (relative_luminance(a)?, relative_luminance(b)?);
+    Some((a.max(b) + 0.05) / (a.min(b) + 0.05))
+}
+
+/// <https://www.w3.org/TR/WCAG21/#dfn-relative-luminance>
+fn relative_luminance(colour: &str) -> Option<f64> {
+    let hex = colour.strip_prefix('#')?;
+    let hex: String = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex.to_owned(),
+        _ => return None,
+    };
+    let channel = |at: usize| -> Option<f64> {
+        let value = f64::from(u8::from_str_radix(hex.get(at..at + 2)?, 16).ok()?) / 255.0;
+        Some(if value <= 0.03928 {
+            value / 12.92
+        } else {
+            ((value + 0.055) / 1.055).powf(2.4)
+        })
+    };
+    Some(0.2126 * channel(0)? + 0.7152 * channel(2)? + 0.0722 * channel(4)?)
 }
 
 /// The API keys: each hash must be `sha256:` and 64 hex digits.

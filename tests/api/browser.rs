@@ -2,7 +2,7 @@
 //! page in an iframe; the buyer types the code from the dev inbox; the shop hears the outcome.
 //! Screenshots of each brand's page land in `test-output/` (not committed).
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{Backend, DEV_KEY, TestApp, spawn_app_with, start_body};
 use crate::webdriver::Browser;
@@ -336,4 +336,115 @@ async fn a_shop_on_an_origin_not_allowed_cannot_frame_the_page() {
         .await;
     browser.wait_for("#og-code").await;
     assert_eq!(app.status(&id).await.body["status"], "pending");
+}
+
+/// The pages' layout in every brand's every offered locale, at a desktop and a phone width:
+/// no sideways scrolling on the demo or in the code page, the demo's iframe sized by the code
+/// page's `orderguard.resize` message so that every button is inside it, and a screenshot of
+/// each (`test-output/<brand>-<locale>-<width>x<height>.png`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_brand_and_locale_fits_a_phone_and_a_desktop() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let registry = orderguard::brands::BrandRegistry::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("brands"),
+        true,
+    )
+    .expect("brands");
+    let browser = Browser::start(true).await;
+    // What the current frame's document measures.
+    let measure = "var d = document.documentElement;
+        var buttons = Array.prototype.map.call(document.querySelectorAll('button'),
+          function (b) { return b.getBoundingClientRect().bottom; });
+        return {scroll_width: d.scrollWidth, inner_width: window.innerWidth,
+                scroll_height: d.scrollHeight, inner_height: window.innerHeight,
+                lowest_button: Math.max.apply(null, buttons.concat([0])), buttons: buttons.length};";
+    let mut shots = 0;
+    for brand in ["nordwind", "fjallnet"] {
+        let locales = registry.get(brand).expect("brand").locales.clone();
+        for locale in &locales {
+            for (width, height) in [(1280, 900), (390, 844)] {
+                browser.set_viewport(width, height).await;
+                // At the public URL (http://localhost:<port>), the origin the page's
+                // messages are addressed to.
+                browser
+                    .goto(
+                        &app.url(&format!("/demo/{brand}?locale={locale}"))
+                            .replace("127.0.0.1", "localhost"),
+                    )
+                    .await;
+                let frame = browser.wait_for(".og-demo-frame").await;
+                // The code page reported its height and the demo applied it.
+                let mut sized = Value::Null;
+                crate::helpers::eventually("the iframe sized by orderguard.resize", 20, async || {
+                    sized = browser
+                        .execute(
+                            "var f = document.querySelector('.og-demo-frame');
+                             return {style: f.style.height, height: f.getBoundingClientRect().height};",
+                            json!([]),
+                        )
+                        .await;
+                    sized["style"].as_str().is_some_and(|s| s.ends_with("px"))
+                })
+                .await;
+                let demo = browser.execute(measure, json!([])).await;
+                let at = format!("{brand} {locale} {width}x{height}");
+                assert!(
+                    demo["scroll_width"].as_i64() <= demo["inner_width"].as_i64(),
+                    "{at}: the demo scrolls sideways: {demo}"
+                );
+                browser.enter_frame(&frame).await;
+                browser.wait_for("#og-code").await;
+                let page = browser.execute(measure, json!([])).await;
+                assert!(
+                    page["scroll_width"].as_i64() <= page["inner_width"].as_i64(),
+                    "{at}: the code page scrolls sideways: {page}"
+                );
+                assert!(
+                    page["scroll_height"].as_i64() <= page["inner_height"].as_i64(),
+                    "{at}: the iframe ({sized}) is shorter than the code page: {page}"
+                );
+                assert!(
+                    page["buttons"].as_i64() >= Some(3)
+                        && page["lowest_button"].as_f64() <= page["inner_height"].as_f64(),
+                    "{at}: a button is outside the iframe: {page}"
+                );
+                browser.leave_frame().await;
+                browser
+                    .screenshot(&format!("{brand}-{locale}-{width}x{height}"))
+                    .await;
+                shots += 1;
+            }
+        }
+    }
+    assert!(
+        shots >= 6,
+        "every brand's every locale at both widths: {shots}"
+    );
+
+    // Without JavaScript (no resize message), the code page fits the 3-D Secure challenge
+    // window a shop reserves, 390 × 600, in every locale.
+    let plain = Browser::start(false).await;
+    plain.set_viewport(390, 600).await;
+    for (brand, key) in [("nordwind", DEV_KEY), ("fjallnet", FJALLNET_KEY)] {
+        for locale in &registry.get(brand).expect("brand").locales.clone() {
+            let mut body = start_body();
+            if brand == "fjallnet" {
+                body["phone"] = json!("+46701234567");
+                body["currency"] = json!("SEK");
+            }
+            let answer = app.post("/v1/verifications", key, &body).await;
+            assert_eq!(answer.status, 201, "{answer:#?}");
+            let widget = answer.body["widget_url"].as_str().expect("widget_url");
+            plain.goto(&format!("{widget}&locale={locale}")).await;
+            plain.wait_for("#og-code").await;
+            // Layout is measured by the browser, not by page script: WebDriver's script runs
+            // with the page's own JavaScript off.
+            let page = plain.execute(measure, json!([])).await;
+            assert!(
+                page["scroll_width"].as_i64() <= page["inner_width"].as_i64()
+                    && page["scroll_height"].as_i64() <= page["inner_height"].as_i64(),
+                "{brand} {locale} without JavaScript at 390x600: {page}"
+            );
+        }
+    }
 }

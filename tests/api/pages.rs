@@ -403,22 +403,59 @@ async fn the_demo_checkout_embeds_a_fresh_code_page_with_its_sms() {
         csp.contains("frame-src 'self'") && csp.contains("frame-ancestors 'none'"),
         "{csp}"
     );
-    let src = html
-        .split("src=\"")
-        .find(|s| s.starts_with("http"))
-        .expect("iframe src")
-        .split('"')
-        .next()
-        .expect("src");
-    // Attribute values are HTML-escaped; a browser decodes them.
-    let (status, _, page) = app
-        .page(&src.replace("&amp;", "&").replace("&#x3D;", "="))
-        .await;
+    let (status, _, page) = app.page(&demo_frame_src(&html)).await;
     assert_eq!(status, 200);
     assert!(
         page.contains("Bekräfta ditt köp") && page.contains("kr"),
         "{page}"
     );
     assert_eq!(app.page("/demo/nobrand").await.0, 404);
+    // It says which locale it shows and links the brand's others; the events list is not empty.
+    assert!(
+        html.contains("Visas: <strong>sv</strong>")
+            && html.contains(r#"href="/demo/fjallnet?locale&#x3D;en" hreflang="en""#)
+            && !html.contains("hreflang=\"sv\""),
+        "{html}"
+    );
+    assert!(html.contains("Inga än"), "{html}");
+    let (_, _, english) = app.page("/demo/fjallnet?locale=en").await;
+    assert!(
+        english.contains("Showing: <strong>en</strong>") && english.contains("None yet"),
+        "{english}"
+    );
     let _ = json!({});
+}
+
+/// The code page URL the demo's iframe loads (attribute values are HTML-escaped; a browser
+/// decodes them).
+fn demo_frame_src(html: &str) -> String {
+    html.split("src=\"")
+        .find(|s| s.starts_with("http"))
+        .expect("iframe src")
+        .split('"')
+        .next()
+        .expect("src")
+        .replace("&amp;", "&")
+        .replace("&#x3D;", "=")
+}
+
+/// `brands new` makes a brand whose pages show its own name, not orderguard's logo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_brand_shows_its_name_as_a_text_wordmark() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        orderguard::brands::scaffold::new_brand(&s.brands_dir, "acme-tel").expect("scaffolded");
+    })
+    .await;
+    let (status, _, html) = app.page("/demo/acme-tel").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains(r#"<span class="og-wordmark">Acme Tel</span>"#),
+        "{html}"
+    );
+    assert!(!html.contains("logo.svg"), "no orderguard logo: {html}");
+    let (_, _, page) = app.page(&demo_frame_src(&html)).await;
+    assert!(
+        page.contains(r#"<span class="og-wordmark">Acme Tel</span>"#) && !page.contains("logo.svg"),
+        "{page}"
+    );
 }

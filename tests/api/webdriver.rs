@@ -208,6 +208,36 @@ impl Browser {
         }
     }
 
+    /// Runs `script` (a function body; `arguments` holds `args`) in the current frame.
+    pub async fn execute(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": args}))
+            .await
+    }
+
+    /// Sizes the window so that the page's viewport is `width` × `height` CSS pixels.
+    pub async fn set_viewport(&self, width: i64, height: i64) {
+        let (mut outer_width, mut outer_height) = (width, height);
+        for _ in 0..3 {
+            self.post(
+                "/window/rect",
+                json!({"width": outer_width, "height": outer_height}),
+            )
+            .await;
+            let inner = self
+                .execute("return [window.innerWidth, window.innerHeight];", json!([]))
+                .await;
+            let (w, h) = (
+                inner[0].as_i64().unwrap_or(width),
+                inner[1].as_i64().unwrap_or(height),
+            );
+            if (w, h) == (width, height) {
+                return;
+            }
+            outer_width += width - w;
+            outer_height += height - h;
+        }
+    }
+
     /// Saves a PNG of the viewport under `test-output/`.
     pub async fn screenshot(&self, name: &str) -> std::path::PathBuf {
         let data = self.call(reqwest::Method::GET, "/screenshot", None).await;

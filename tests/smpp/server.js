@@ -13,6 +13,11 @@
 //                 {"refuse_bind": true}  answer binds with ESME_RBINDFAIL
 //                 {"receipts": false}    stop sending delivery receipts
 // Numbers ending in 99 are undeliverable: their receipt says stat:UNDELIV.
+//
+// Options beside system_id and password: "port" (default 0: any free one) and "forward": a URL
+// each whole message (concatenated parts joined) is POSTed to as {"to", "text", "reference"},
+// the load tool's SMS sink (bench/run.sh runs `verify` through the SMPP provider this way);
+// with "forward" set the SMSC keeps no list of submits (a long run would fill its memory).
 'use strict';
 const http = require('http');
 const smpp = require('smpp');
@@ -25,6 +30,28 @@ const state = {
   receipts_sent: 0, receipts_answered: 0,
 };
 const sessions = new Set();
+const forwardAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+const partsWaiting = new Map();
+
+// Posts a whole message to options.forward once its last part arrived.
+function forward(submit) {
+  let text = submit.text;
+  if (submit.udh) {
+    const key = `${submit.destination}/${submit.udh.reference}`;
+    const parts = partsWaiting.get(key) || [];
+    parts[submit.udh.part - 1] = submit.text;
+    if (parts.filter((p) => p !== undefined).length < submit.udh.total) { partsWaiting.set(key, parts); return; }
+    partsWaiting.delete(key);
+    text = parts.join('');
+  }
+  const body = JSON.stringify({ to: `+${submit.destination}`, text, reference: submit.message_id });
+  const request = http.request(options.forward, {
+    method: 'POST', agent: forwardAgent,
+    headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+  }, (response) => response.resume());
+  request.on('error', () => {});
+  request.end(body);
+}
 // Receipts whose session was cut wait for the next bind, as an SMSC keeps them for the account.
 const pendingReceipts = [];
 let nextId = 1;
@@ -101,7 +128,8 @@ const server = smpp.createServer({ debug: false }, (session) => {
         : { reference: udh.readUInt16BE(2), total: udh[4], part: udh[5] }) : null,
       answered: false,
     };
-    state.submits.push(submit);
+    if (options.forward) state.submits_forwarded = (state.submits_forwarded || 0) + 1;
+    else state.submits.push(submit);
     // A submit read from a session just cut is never answered (its socket is gone).
     if (!sessions.has(session)) return;
     if (config.drop_after !== null) {
@@ -110,6 +138,7 @@ const server = smpp.createServer({ debug: false }, (session) => {
     }
     submit.answered = true;
     session.send(pdu.response({ message_id: submit.message_id }));
+    if (options.forward) forward(submit);
     if (config.receipts && (pdu.registered_delivery & 0x03)) {
       setTimeout(() => sendReceipt(session, submit), 20);
     }
@@ -133,11 +162,14 @@ const control = http.createServer((request, response) => {
   });
 });
 
-server.listen(0, '127.0.0.1', () => {
+server.listen(options.port || 0, '127.0.0.1', () => {
   control.listen(0, '127.0.0.1', () => {
     process.stdout.write(JSON.stringify({ smpp: server.address().port, control: control.address().port }) + '\n');
   });
 });
-// The test that started it owns its stdin: when the test ends, the SMSC ends.
-process.stdin.on('end', () => process.exit(0));
-process.stdin.resume();
+// The test that started it owns its stdin: when the test ends, the SMSC ends. A script that
+// kills it itself passes "detached": true.
+if (!options.detached) {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+}

@@ -17,6 +17,28 @@
     );
   }
 
+  // The page's height, posted to the shop's origin whenever it changes, so the shop can size
+  // its iframe: {type: "orderguard.resize", height: <CSS pixels>} (see the README's snippet).
+  var lastHeight = 0;
+  function reportHeight() {
+    var origin = document.body.getAttribute("data-parent-origin");
+    if (!origin || window.parent === window) {
+      return;
+    }
+    var style = window.getComputedStyle(document.body);
+    var height = Math.ceil(document.body.getBoundingClientRect().height +
+      parseFloat(style.marginTop) + parseFloat(style.marginBottom));
+    if (height === lastHeight) {
+      return;
+    }
+    lastHeight = height;
+    window.parent.postMessage({ type: "orderguard.resize", height: height }, origin);
+  }
+  if (window.ResizeObserver) {
+    new ResizeObserver(reportHeight).observe(document.body);
+  }
+  window.addEventListener("load", reportHeight);
+
   var timer = null;
   function countdown() {
     if (timer) {
@@ -73,6 +95,7 @@
         }
         notifyShop();
         countdown();
+        reportHeight();
       })
       .catch(function () {
         form.submit();
@@ -80,9 +103,22 @@
   });
 
   if (document.body.getAttribute("data-page") === "demo") {
+    // The demo is a shop: it sizes the iframe to the code page and lists the outcomes.
     window.addEventListener("message", function (event) {
-      if (event.origin !== window.location.origin) {
+      if (event.origin !== window.location.origin || !event.data) {
         return;
+      }
+      if (event.data.type === "orderguard.resize") {
+        var frame = document.querySelector(".og-demo-frame");
+        if (frame && event.data.height > 0) {
+          // The height is the page's; the frame's own borders come on top.
+          frame.style.height = (event.data.height + frame.offsetHeight - frame.clientHeight) + "px";
+        }
+        return;
+      }
+      var none = document.getElementById("og-demo-none");
+      if (none) {
+        none.parentNode.removeChild(none);
       }
       var item = document.createElement("li");
       item.textContent = JSON.stringify(event.data);
@@ -92,4 +128,5 @@
 
   notifyShop();
   countdown();
+  reportHeight();
 })();

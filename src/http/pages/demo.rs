@@ -91,6 +91,15 @@ pub async fn demo_checkout(
         inbox_url: format!("/dev/inbox?verification_id={}", record.id),
         amount: record.amount.localized(&locale),
         order_reference: record.order_reference.clone(),
+        locales: brand
+            .locales
+            .iter()
+            .map(|code| crate::brands::pages::DemoLocale {
+                code: code.clone(),
+                url: format!("/demo/{}?locale={code}", brand.id),
+                current: *code == locale,
+            })
+            .collect(),
     });
     Ok(html(
         &state,

@@ -124,7 +124,12 @@ pub(super) fn brand_view(brand: &Brand) -> BrandView {
     BrandView {
         id: brand.id.to_string(),
         name: brand.display_name.clone(),
-        logo_url: asset(&brand.theme.logo),
+        // Empty: the header shows the brand's name as text.
+        logo_url: if brand.theme.logo.is_empty() {
+            String::new()
+        } else {
+            asset(&brand.theme.logo)
+        },
         stylesheet_url: asset("style.css"),
         theme_url: asset("theme.css"),
     }
