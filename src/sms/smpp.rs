@@ -49,11 +49,28 @@ pub struct DeliveryReceipt {
     /// `stat:… err:…` of an undelivered message.
     pub reason: String,
     ack: Option<(Client, u32)>,
+    /// When it came in, and where its submit's answer time is kept (the receipt lag).
+    received: Option<(Instant, Arc<Shared>, Arc<Metrics>)>,
 }
 
 impl DeliveryReceipt {
-    /// Answers the `deliver_sm` (`deliver_sm_resp`), once the receipt is applied.
+    /// Answers the `deliver_sm` (`deliver_sm_resp`), once the receipt is applied, and records
+    /// the receipt lag. By now the send that took the message has recorded its answer's time,
+    /// even for a receipt that overtook it (a lag of 0).
     pub async fn acknowledge(mut self) {
+        if let Some((received_at, shared, metrics)) = self.received.take() {
+            if let Some(answered_at) = shared.take_answered(&self.reference) {
+                metrics
+                    .smpp
+                    .receipt_lag
+                    .with_label_values(&[&self.provider])
+                    .observe(
+                        received_at
+                            .saturating_duration_since(answered_at)
+                            .as_secs_f64(),
+                    );
+            }
+        }
         if let Some((client, sequence_number)) = self.ack.take() {
             if let Err(error) = client
                 .deliver_sm_resp(sequence_number, DeliverSmResp::default())
@@ -115,12 +132,11 @@ impl Shared {
         answered.insert(id.to_owned(), Instant::now());
     }
 
-    fn receipt_lag(&self, id: &str) -> Option<Duration> {
+    fn take_answered(&self, id: &str) -> Option<Instant> {
         self.answered
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id)
-            .map(|at| at.elapsed())
     }
 }
 
@@ -383,7 +399,11 @@ impl SmsProvider for SmppProvider {
         for (index, part) in parts.iter().enumerate() {
             match self.submit(part, index).await {
                 Ok(id) => {
-                    first.get_or_insert(id);
+                    if first.is_none() {
+                        // At once: its receipt may follow the answer within milliseconds.
+                        self.shared.answered(&id);
+                        first = Some(id);
+                    }
                 }
                 Err(error) => {
                     outcome = Err(error);
@@ -393,9 +413,6 @@ impl SmsProvider for SmppProvider {
         }
         gauge.set((self.window_size - self.window.available_permits() - 1) as i64);
         outcome?;
-        if let Some(id) = &first {
-            self.shared.answered(id);
-        }
         Ok(first)
     }
 }
@@ -445,8 +462,8 @@ async fn keep_session(
                 tracing::warn!(provider = name, "SMPP session lost; reconnecting");
             }
             Err((result, reason)) => {
-                metrics.smpp.binds.with_label_values(&[name, &result]).inc();
                 tracing::error!(provider = name, result, %reason, "SMPP bind failed");
+                metrics.smpp.binds.with_label_values(&[name, &result]).inc();
             }
         }
         tokio::select! {
@@ -516,9 +533,9 @@ async fn bind(session: &Session) -> Result<(Client, Events), (String, String)> {
 async fn deliver(
     provider: &str,
     client: &Client,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     receipts: &mpsc::UnboundedSender<DeliveryReceipt>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     command: rusmpp::Command,
 ) {
     let sequence_number = command.sequence_number();
@@ -532,19 +549,15 @@ async fn deliver(
             .await;
         return;
     };
-    if let Some(lag) = shared.receipt_lag(&reference) {
-        metrics
-            .smpp
-            .receipt_lag
-            .with_label_values(&[provider])
-            .observe(lag.as_secs_f64());
-    }
     let receipt = DeliveryReceipt {
         provider: provider.to_owned(),
         reference,
         delivered: state.delivered.unwrap_or_default(),
         reason: state.reason,
         ack: Some((client.clone(), sequence_number)),
+        received: state
+            .delivered
+            .map(|_| (Instant::now(), shared.clone(), metrics.clone())),
     };
     if state.delivered.is_none() {
         // An intermediate state (ENROUTE, ACCEPTD): nothing to record.
