@@ -166,8 +166,8 @@ kill "$service"; wait "$service" 2>/dev/null || true
 # 3b. The same verify through the SMPP provider: the test SMSC (the npm package smpp's server,
 #     installed by tests/run.sh) takes the submits, sends delivery receipts, and forwards each
 #     message to the load tool's sink, where the buyer reads the code.
-if [ -d target/smpp-node/node_modules/smpp ] && command -v node >/dev/null; then
-  NODE_PATH=target/smpp-node/node_modules node tests/smpp/server.js \
+if [ -d target/npm/node_modules/smpp ] && command -v node >/dev/null; then
+  NODE_PATH=target/npm/node_modules node tests/smpp/server.js \
     '{"system_id": "bench", "password": "bench", "port": 19102, "detached": true, "forward": "http://127.0.0.1:19100/sms"}' \
     >"$work/smsc.log" 2>&1 &
   smsc=$!

@@ -83,18 +83,19 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 rm -rf test-output
 
-# The tests' SMSC: the npm package smpp (pinned by tests/smpp/package-lock.json), run with the
-# machine's Node.js; installed under target/smpp-node, again only when the lock file changes.
+# The tests' npm peers (pinned by tests/npm/package-lock.json), run with the machine's Node.js:
+# the SMSC (the package smpp's server) and axe-core (accessibility checks in Chromium).
+# Installed under target/npm, again only when the lock file changes.
 command -v node >/dev/null && command -v npm >/dev/null \
-  || { log "the SMPP tests need Node.js and npm (the machine's, or Debian's nodejs and npm packages)"; exit 1; }
-if ! cmp -s tests/smpp/package-lock.json target/smpp-node/package-lock.json 2>/dev/null \
-  || ! [ -d target/smpp-node/node_modules/smpp ]; then
-  log "installing the npm package smpp for the test SMSC into target/smpp-node"
-  rm -rf target/smpp-node && mkdir -p target/smpp-node
-  cp tests/smpp/package.json tests/smpp/package-lock.json target/smpp-node/
-  (cd target/smpp-node && npm ci --no-audit --no-fund --loglevel=error >&2)
+  || { log "the SMPP and accessibility tests need Node.js and npm (the machine's, or Debian's nodejs and npm packages)"; exit 1; }
+if ! cmp -s tests/npm/package-lock.json target/npm/package-lock.json 2>/dev/null \
+  || ! [ -d target/npm/node_modules/smpp ] || ! [ -f target/npm/node_modules/axe-core/axe.min.js ]; then
+  log "installing the npm packages smpp and axe-core into target/npm"
+  rm -rf target/npm && mkdir -p target/npm
+  cp tests/npm/package.json tests/npm/package-lock.json target/npm/
+  (cd target/npm && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
-export ORDERGUARD_TEST_SMSC_MODULES="$PWD/target/smpp-node/node_modules"
+export ORDERGUARD_TEST_NODE_MODULES="$PWD/target/npm/node_modules"
 
 # The test ClickHouse: the real engine from PyPI (chdb-core) behind tests/clickhouse/server.py.
 ORDERGUARD_TEST_PYTHON="$(bash tests/clickhouse/setup.sh)"

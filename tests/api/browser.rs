@@ -448,3 +448,80 @@ async fn every_brand_and_locale_fits_a_phone_and_a_desktop() {
         }
     }
 }
+
+/// axe-core in Chromium finds no WCAG 2.1 A/AA violation on the code page in any state
+/// (entry, wrong code, locked, expired, approved, aborted) nor on the demo, for each brand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_of_the_code_page_and_the_demo_pass_axe() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let browser = Browser::start(true).await;
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for example in &EXAMPLES {
+        let mut check = async |state: &str| {
+            let violations = browser.axe_violations().await;
+            checked.push(format!("{} {state}", example.brand));
+            if !violations.is_empty() {
+                failures.push(format!("{} {state}: {violations:#?}", example.brand));
+            }
+        };
+        // Entry, a wrong code, then locked.
+        let (id, widget) = start_for(&app, example).await;
+        browser.goto(&widget).await;
+        browser.wait_for("#og-code").await;
+        check("entry").await;
+        let wrong = app.wrong_code(&id).await;
+        browser.submit_code(&wrong).await;
+        browser.wait_for_text("#og-message", example.wrong).await;
+        check("wrong code").await;
+        while browser.find(".og-result-locked").await.is_none() {
+            browser.wait_for("#og-code, .og-result-locked").await;
+            if browser.find(".og-result-locked").await.is_some() {
+                break;
+            }
+            browser.submit_code(&wrong).await;
+            // Each answer replaces the page; wait for it before the next try.
+            browser
+                .wait_for("[data-og-confirm], .og-result-locked")
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        }
+        check("locked").await;
+        // Approved.
+        let (id, widget) = start_for(&app, example).await;
+        browser.goto(&widget).await;
+        browser.submit_code(&app.latest_code(&id).await).await;
+        browser
+            .wait_for_text(".og-result-approved", example.approved)
+            .await;
+        check("approved").await;
+        // Aborted.
+        let (_, widget) = start_for(&app, example).await;
+        browser.goto(&widget).await;
+        browser
+            .click(&browser.wait_for("[data-og-cancel]").await)
+            .await;
+        browser.wait_for(".og-result-aborted").await;
+        check("aborted").await;
+        // Expired.
+        let (id, widget) = start_for(&app, example).await;
+        app.travel(&id, 3_600_000).await;
+        browser.goto(&widget).await;
+        browser.wait_for(".og-result-expired").await;
+        check("expired").await;
+        // The demo.
+        browser
+            .goto(
+                &app.url(&format!(
+                    "/demo/{}?locale={}",
+                    example.brand, example.locale
+                ))
+                .replace("127.0.0.1", "localhost"),
+            )
+            .await;
+        browser.wait_for(".og-demo-frame").await;
+        check("demo").await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(checked.len(), 14, "{checked:?}");
+}

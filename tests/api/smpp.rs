@@ -423,3 +423,55 @@ async fn a_wrong_password_is_a_clear_error_and_readiness_follows_the_providers()
         .await;
     assert_eq!(sent.status, 201, "{sent:#?}");
 }
+
+/// rusmppc handles five queued calls per poll of its connection and is polled again only by
+/// the socket or its keep-alive: a burst of concurrent submits (and the receipts' answers) must
+/// not wait for the next `enquire_link`, here an hour away (so a stalled call fails the test by
+/// nextest's per-test bound, not by a clock of ours). The sends go to the provider itself, all
+/// at once (through HTTP a debug build spaces them out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_sends_does_not_wait_for_the_keep_alive() {
+    use orderguard::sms::{SmppProvider, SmsMessage, SmsProvider};
+    let smsc = Smsc::start();
+    let mut settings = smsc.provider("smsc", SMSC_PASSWORD);
+    if let orderguard::settings::ProviderSettings::Smpp {
+        enquire_link_ms,
+        window,
+        submit_timeout_ms,
+        ..
+    } = &mut settings
+    {
+        *enquire_link_ms = 3_600_000;
+        *window = 64;
+        *submit_timeout_ms = 3_600_000;
+    }
+    let (receipts, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = std::sync::Arc::new(orderguard::metrics::Metrics::new().expect("metrics"));
+    let provider = SmppProvider::start(&settings, receipts, metrics).expect("provider");
+    eventually("bound", 20, async || provider.is_bound()).await;
+    let messages: Vec<SmsMessage> = (0..64)
+        .map(|n| SmsMessage {
+            message_id: uuid::Uuid::now_v7(),
+            verification_id: orderguard::domain::VerificationId::new(),
+            to: orderguard::domain::PhoneNumber::parse_valid(&spread_number(n), None)
+                .expect("number")
+                .0,
+            sender: "Nordwind".to_owned(),
+            text: format!("Nordwind: code {n:06}\n\n@localhost #{n:06}"),
+        })
+        .collect();
+    let sent = futures_util::future::join_all(messages.iter().map(|m| provider.send(m))).await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    // All receipts held, then answered at once: 64 calls queued on a quiet socket, the case
+    // that stalled (the first five went out, the rest waited for the keep-alive).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(received.recv().await.expect("a receipt"));
+    }
+    futures_util::future::join_all(held.into_iter().map(|r| r.acknowledge())).await;
+    eventually("every receipt answered", 10, async || {
+        smsc.state().await["receipts_answered"] == 64
+    })
+    .await;
+    assert_eq!(smsc.state().await["binds"], 1, "all on the one session");
+}

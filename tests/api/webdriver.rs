@@ -208,10 +208,48 @@ impl Browser {
         }
     }
 
+    /// Types `code` into the code page's input and presses confirm.
+    pub async fn submit_code(&self, code: &str) {
+        self.type_into(&self.wait_for("#og-code").await, code).await;
+        self.click(&self.wait_for("[data-og-confirm]").await).await;
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) in the current frame.
     pub async fn execute(&self, script: &str, args: Value) -> Value {
         self.post("/execute/sync", json!({"script": script, "args": args}))
             .await
+    }
+
+    /// The WCAG 2.1 A and AA violations axe-core (npm, installed by tests/run.sh) finds in the
+    /// current frame's document, each as `id (impact): help` and the elements it names.
+    pub async fn axe_violations(&self) -> Vec<String> {
+        let path = format!("{}/axe-core/axe.min.js", crate::helpers::node_modules());
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (bash tests/run.sh installs axe-core)"));
+        // WebDriver's scripts are not the page's: the page's CSP does not apply to them.
+        self.execute(
+            &format!("{source}\n;window.axe = axe; return true;"),
+            json!([]),
+        )
+        .await;
+        let script = "var done = arguments[arguments.length - 1];
+            axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})
+              .then(function (r) {
+                done(r.violations.map(function (v) {
+                  return v.id + ' (' + v.impact + '): ' + v.help + ' — ' + v.nodes.map(function (n) {
+                    return n.target.join(' ') + ': ' + n.failureSummary;
+                  }).join(' | ');
+                }));
+              }, function (e) { done(['axe failed: ' + e]); });";
+        let found = self
+            .post("/execute/async", json!({"script": script, "args": []}))
+            .await;
+        found
+            .as_array()
+            .unwrap_or_else(|| panic!("axe-core answered {found}"))
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 
     /// Sizes the window so that the page's viewport is `width` × `height` CSS pixels.

@@ -32,6 +32,12 @@ pub const OTHER_KEY: &str = "og_test_otherbrand_0123456789abcdef";
 /// A German mobile number (libphonenumber's example).
 pub const PHONE: &str = "+4915123456789";
 
+/// Where tests/run.sh installed the tests' npm packages (smpp, axe-core).
+pub fn node_modules() -> String {
+    std::env::var("ORDERGUARD_TEST_NODE_MODULES")
+        .unwrap_or_else(|_| format!("{}/target/npm/node_modules", env!("CARGO_MANIFEST_DIR")))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

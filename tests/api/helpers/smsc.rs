@@ -1,5 +1,5 @@
 //! The tests' SMSC: `tests/smpp/server.js`, the npm package `smpp`'s server run with the
-//! machine's Node.js (tests/run.sh installs it under target/smpp-node).
+//! machine's Node.js (tests/run.sh installs it under target/npm).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -28,8 +28,7 @@ impl Drop for Smsc {
 impl Smsc {
     pub fn start() -> Self {
         let root = env!("CARGO_MANIFEST_DIR");
-        let modules = std::env::var("ORDERGUARD_TEST_SMSC_MODULES")
-            .unwrap_or_else(|_| format!("{root}/target/smpp-node/node_modules"));
+        let modules = crate::helpers::node_modules();
         let mut child = Command::new("node")
             .arg(format!("{root}/tests/smpp/server.js"))
             .arg(json!({"system_id": SMSC_SYSTEM_ID, "password": SMSC_PASSWORD}).to_string())
