@@ -58,42 +58,20 @@ pub struct AccessReport {
     pub fraud_counters: u64,
 }
 
+/// Built once at start (see `startup.rs`).
 pub struct Privacy {
-    store: Arc<dyn Store>,
-    sink: Arc<dyn EventSink>,
+    pub store: Arc<dyn Store>,
+    pub sink: Arc<dyn EventSink>,
     /// The current event pepper first, then the retired ones still within retention.
-    peppers: Vec<Pseudonymizer>,
-    events: EventFactory,
-    brands: Arc<BrandRegistry>,
-    metrics: Arc<Metrics>,
-    clock: Arc<Clock>,
-    retention: Retention,
+    pub peppers: Vec<Pseudonymizer>,
+    pub events: EventFactory,
+    pub brands: Arc<BrandRegistry>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<Clock>,
+    pub retention: Retention,
 }
 
 impl Privacy {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<dyn Store>,
-        sink: Arc<dyn EventSink>,
-        peppers: Vec<Pseudonymizer>,
-        events: EventFactory,
-        brands: Arc<BrandRegistry>,
-        metrics: Arc<Metrics>,
-        clock: Arc<Clock>,
-        retention: Retention,
-    ) -> Self {
-        Self {
-            store,
-            sink,
-            peppers,
-            events,
-            brands,
-            metrics,
-            clock,
-            retention,
-        }
-    }
-
     /// The person as the store finds them: the number, and its (or the reference's)
     /// pseudonym under every pepper.
     fn person(&self, subject: &Subject) -> Person {

@@ -214,16 +214,16 @@ impl Application {
                 .iter()
                 .map(|retired| Pseudonymizer::new(retired.expose_secret().as_bytes())),
         );
-        let privacy = Arc::new(crate::privacy::Privacy::new(
-            store.clone(),
-            sink.clone(),
+        let privacy = Arc::new(crate::privacy::Privacy {
+            store: store.clone(),
+            sink: sink.clone(),
             peppers,
-            events.clone(),
-            brands.clone(),
-            metrics.clone(),
-            clock.clone(),
-            settings.privacy.retention(),
-        ));
+            events: events.clone(),
+            brands: brands.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            retention: settings.privacy.retention(),
+        });
         let relay = Relay::new(
             store.clone(),
             sink,

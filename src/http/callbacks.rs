@@ -57,11 +57,6 @@ pub async fn receive_sms_receipt(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let not_found = |kind, detail: &str| ApiError::Request {
-        status: StatusCode::NOT_FOUND,
-        kind,
-        detail: detail.to_owned(),
-    };
     // `/v1/callbacks/sms/twilio` has its own route; any other name is unknown.
     if provider != "http" {
         return Err(not_found(
@@ -118,13 +113,20 @@ pub async fn receive_sms_receipt(
     receipt_answer(result)
 }
 
+/// A 404 problem of kind `kind`.
+fn not_found(kind: &'static str, detail: &str) -> ApiError {
+    ApiError::Request {
+        status: StatusCode::NOT_FOUND,
+        kind,
+        detail: detail.to_owned(),
+    }
+}
+
 fn receipt_answer(result: ReceiptResult) -> Result<Response, ApiError> {
     match result {
-        ReceiptResult::UnknownMessage => Err(ApiError::Request {
-            status: StatusCode::NOT_FOUND,
-            kind: "unknown_message",
-            detail: "no SMS with this reference".to_owned(),
-        }),
+        ReceiptResult::UnknownMessage => {
+            Err(not_found("unknown_message", "no SMS with this reference"))
+        }
         result => Ok(axum::Json(serde_json::json!({"result": result.as_str()})).into_response()),
     }
 }
@@ -160,11 +162,10 @@ pub async fn receive_twilio_status(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if !state.receipts.has_twilio() {
-        return Err(ApiError::Request {
-            status: StatusCode::NOT_FOUND,
-            kind: "receipts_disabled",
-            detail: "no Twilio provider is configured".to_owned(),
-        });
+        return Err(not_found(
+            "receipts_disabled",
+            "no Twilio provider is configured",
+        ));
     }
     // The signature covers every parameter: they are parsed as pairs only to verify it,
     // and nothing is read from them before it holds.

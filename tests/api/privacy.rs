@@ -116,6 +116,17 @@ async fn operator(app: &TestApp, path: &str, token: Option<&str>, body: &Value) 
     (answer.status, answer.body)
 }
 
+/// An erasure or access request (`what`) with the privacy-scope token.
+async fn privacy(app: &TestApp, what: &str, body: &Value) -> (u16, Value) {
+    operator(
+        app,
+        &format!("/v1/admin/privacy/{what}"),
+        Some(PRIVACY_TOKEN),
+        body,
+    )
+    .await
+}
+
 /// The national digits of `phone` (what a scan looks for: `+4915…` or `015…` or the rest).
 fn digits(phone: &str) -> &str {
     &phone[5..]
@@ -333,23 +344,16 @@ async fn an_erasure_removes_every_trace_of_one_person_and_nothing_else(backend: 
         (status, body["type"].as_str()),
         (403, Some("urn:orderguard:problem:wrong_scope"))
     );
-    let (status, body) = operator(
+    let (status, body) = privacy(
         &app,
-        "/v1/admin/privacy/access",
-        Some(PRIVACY_TOKEN),
+        "access",
         &json!({"brand": "otherbrand", "phone": person, "customer_reference": "x"}),
     )
     .await;
     assert_eq!(status, 422, "one of phone and customer_reference: {body}");
 
     // Access first: everything held.
-    let (status, held) = operator(
-        &app,
-        "/v1/admin/privacy/access",
-        Some(PRIVACY_TOKEN),
-        &request,
-    )
-    .await;
+    let (status, held) = privacy(&app, "access", &request).await;
     assert_eq!(status, 200, "{held}");
     assert_eq!(
         held["verifications"].as_array().map(Vec::len),
@@ -368,13 +372,7 @@ async fn an_erasure_removes_every_trace_of_one_person_and_nothing_else(backend: 
         "{held}"
     );
 
-    let (status, erased) = operator(
-        &app,
-        "/v1/admin/privacy/erasure",
-        Some(PRIVACY_TOKEN),
-        &request,
-    )
-    .await;
+    let (status, erased) = privacy(&app, "erasure", &request).await;
     assert_eq!(status, 200, "{erased}");
     assert_eq!(erased["database"]["verifications"], 3, "{erased}");
     assert_eq!(
@@ -432,25 +430,13 @@ async fn an_erasure_removes_every_trace_of_one_person_and_nothing_else(backend: 
     );
 
     // A second erasure finds nothing.
-    let (status, again) = operator(
-        &app,
-        "/v1/admin/privacy/erasure",
-        Some(PRIVACY_TOKEN),
-        &request,
-    )
-    .await;
+    let (status, again) = privacy(&app, "erasure", &request).await;
     assert_eq!(status, 200);
     assert_eq!(again["events"], 0, "{again}");
     for (what, count) in again["database"].as_object().expect("counts") {
         assert_eq!(count, 0, "{what}: {again}");
     }
-    let (_, held) = operator(
-        &app,
-        "/v1/admin/privacy/access",
-        Some(PRIVACY_TOKEN),
-        &request,
-    )
-    .await;
+    let (_, held) = privacy(&app, "access", &request).await;
     assert_eq!(held["verifications"], json!([]), "{held}");
 }
 
@@ -497,10 +483,9 @@ async fn an_erasure_rewrites_the_json_lines_files_without_the_person() {
         .count();
     assert!(files >= 2, "rotated files: {files}");
     let before = lines(&app);
-    let (status, held) = operator(
+    let (status, held) = privacy(
         &app,
-        "/v1/admin/privacy/access",
-        Some(PRIVACY_TOKEN),
+        "access",
         &json!({"brand": "otherbrand", "phone": person}),
     )
     .await;
@@ -515,10 +500,9 @@ async fn an_erasure_rewrites_the_json_lines_files_without_the_person() {
         theirs >= 12,
         "the person's events, counted in the files: {held}"
     );
-    let (status, erased) = operator(
+    let (status, erased) = privacy(
         &app,
-        "/v1/admin/privacy/erasure",
-        Some(PRIVACY_TOKEN),
+        "erasure",
         &json!({"brand": "otherbrand", "phone": person}),
     )
     .await;
