@@ -12,7 +12,8 @@
 //                 {"drop_now": true}     cut every session now
 //                 {"refuse_bind": true}  answer binds with ESME_RBINDFAIL
 //                 {"receipts": false}    stop sending delivery receipts
-// Numbers ending in 99 are undeliverable: their receipt says stat:UNDELIV.
+// Numbers ending in 99 are undeliverable: their receipt says stat:UNDELIV. A receipt whose
+// deliver_sm was not answered before its session closed is sent again on the next session.
 //
 // Options beside system_id and password: "port" (default 0: any free one) and "forward": a URL
 // each whole message (concatenated parts joined) is POSTed to as {"to", "text", "reference"},
@@ -79,18 +80,33 @@ function sendReceipt(session, submit) {
   const stat = delivered ? 'DELIVRD' : 'UNDELIV';
   const text = `id:${submit.message_id} sub:001 dlvrd:${delivered ? '001' : '000'} submit date:${now} done date:${now} stat:${stat} err:${delivered ? '000' : '001'} text:`;
   state.receipts_sent += 1;
+  // Kept until answered: a receipt lost with its session is delivered again on the next one,
+  // as an SMSC does with an unanswered deliver_sm.
+  session.outstanding = session.outstanding || new Set();
+  session.outstanding.add(submit);
+  const target = session;
   session.deliver_sm({
     source_addr: submit.destination, source_addr_ton: 1, source_addr_npi: 1,
     destination_addr: submit.source, esm_class: smpp.ESM_CLASS.MC_DELIVERY_RECEIPT,
     short_message: text,
     receipted_message_id: submit.message_id,
     message_state: delivered ? smpp.MESSAGE_STATE.DELIVERED : smpp.MESSAGE_STATE.UNDELIVERABLE,
-  }, (resp) => { if (resp.command_status === 0) state.receipts_answered += 1; });
+  }, (resp) => {
+    target.outstanding.delete(submit);
+    if (resp.command_status === 0) state.receipts_answered += 1;
+  });
 }
 
 const server = smpp.createServer({ debug: false }, (session) => {
   session.on('error', () => {});
-  session.on('close', () => sessions.delete(session));
+  session.on('close', () => {
+    sessions.delete(session);
+    for (const submit of session.outstanding || []) {
+      state.receipts_redelivered = (state.receipts_redelivered || 0) + 1;
+      sendReceipt(session, submit);
+    }
+    session.outstanding = new Set();
+  });
   session.on('bind_transceiver', (pdu) => {
     session.pause();
     const wrong = pdu.system_id !== options.system_id || pdu.password !== options.password;
