@@ -211,6 +211,21 @@ impl Verifier {
         delivered: bool,
         reason: &str,
     ) -> anyhow::Result<ReceiptResult> {
+        let result = self
+            .apply_receipt(providers, reference, delivered, reason)
+            .await?;
+        self.metrics.sms_receipt(kind, result.as_str());
+        Ok(result)
+    }
+
+    /// [`Self::sms_receipt`] without counting it.
+    async fn apply_receipt(
+        &self,
+        providers: &[String],
+        reference: &str,
+        delivered: bool,
+        reason: &str,
+    ) -> anyhow::Result<ReceiptResult> {
         let now = self.now();
         let events = |record: &VerificationRecord, sms: &SmsRecord| {
             let kind = if delivered {
@@ -234,13 +249,11 @@ impl Verifier {
             .store
             .sms_receipt(providers, reference, delivered, now, &events)
             .await?;
-        let result = match outcome {
+        Ok(match outcome {
             crate::store::ReceiptOutcome::Recorded => ReceiptResult::Recorded,
             crate::store::ReceiptOutcome::AlreadyFinal => ReceiptResult::Duplicate,
             crate::store::ReceiptOutcome::UnknownMessage => ReceiptResult::UnknownMessage,
-        };
-        self.metrics.sms_receipt(kind, result.as_str());
-        Ok(result)
+        })
     }
 
     /// Applies the SMPP sessions' delivery receipts, each then answered (`deliver_sm_resp`).
@@ -254,10 +267,10 @@ impl Verifier {
             let verifier = self.clone();
             tokio::spawn(async move {
                 let scope = [receipt.provider.clone()];
+                // Counted once, with its final result, however many tries it took.
                 for attempt in 1..=20 {
                     let applied = verifier
-                        .sms_receipt(
-                            "smpp",
+                        .apply_receipt(
                             &scope,
                             &receipt.reference,
                             receipt.delivered,
@@ -268,7 +281,10 @@ impl Verifier {
                         Ok(ReceiptResult::UnknownMessage) if attempt < 20 => {
                             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                         }
-                        Ok(_) => break,
+                        Ok(result) => {
+                            verifier.metrics.sms_receipt("smpp", result.as_str());
+                            break;
+                        }
                         Err(error) => {
                             tracing::warn!(provider = receipt.provider, error = %format!("{error:#}"), "an SMPP receipt could not be applied; the SMSC will deliver it again");
                             return;

@@ -204,6 +204,10 @@ async fn smpp_sends_gsm7_ucs2_and_concatenated_texts_and_receipts_become_events(
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+    // The two concatenated messages' second parts have receipts of their own, for ids not
+    // kept (the first part's is): each is tried again for a while, and counted once.
+    let unknown = r#"orderguard_sms_receipts_total{provider="smpp",result="unknown_message"} 2"#;
+    assert!(metrics.contains(unknown), "{metrics}");
 }
 
 crate::both_backends!(smpp_sends_gsm7_ucs2_and_concatenated_texts_and_receipts_become_events);
