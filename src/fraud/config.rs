@@ -136,6 +136,12 @@ pub struct Pumping {
     /// window (and known-good numbers) are served: slow pumping spread thin over many prefixes
     /// lowers the whole brand's conversion, while real buyers keep their prefixes converting.
     pub brand_min_approval_ratio: f64,
+    /// Once the brand has a history (`new_prefix_min_approvals` approvals within
+    /// `known_good_days`), starts to prefixes with no approval in that time are slow pumping's
+    /// ground: at most this many of them that have not converted are served per window, then
+    /// only known-good numbers. 0 turns it off (as does `brand_min_starts = 0`).
+    pub new_prefix_budget: u32,
+    pub new_prefix_min_approvals: u32,
 }
 
 /// What happens when the SIM was swapped recently.

@@ -204,6 +204,24 @@ impl Fraud {
         }
     }
 
+    /// Approvals this instance counted in a hot counter and has not written yet.
+    pub(super) fn pending_approvals(&self, brand: &str, bucket: &str) -> i64 {
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{brand}\0{bucket}"))
+            .map_or(0, |counter| counter.pending_approvals)
+    }
+
+    /// Counts a served start in a hot counter it was only read from.
+    pub(super) fn count_served_hot(&self, brand: &str, bucket: &str) {
+        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        counters
+            .entry(format!("{brand}\0{bucket}"))
+            .or_default()
+            .pending += 1;
+    }
+
     /// Takes a start back out of a hot counter (a refused start).
     pub(super) fn uncount_hot(&self, brand: &str, bucket: &str) {
         let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,7 +7,9 @@
 //!    prefix is refused by its range, before anything is counted;
 //! 4. one statement on the shared database that counts the start in every counter it belongs
 //!    to and returns them: rate limits per number, customer, IP, IP range, order reference and
-//!    brand; the SMS-pumping guard per number prefix; the brand's budget of unconverted starts;
+//!    brand; the SMS-pumping guard per number prefix; the brand-wide conversion guard; the
+//!    new-prefix budget (a brand with a history serves few unconverted starts to prefixes none
+//!    of its buyers converted in);
 //! 5. the SIM-swap check (a call to the operator), only when everything else passed.
 //!
 //! Every rule has a mode: `enforce` refuses; `monitor` serves the start and records what the
@@ -34,7 +36,7 @@ pub use crate::clock::Clock;
 pub use config::{FraudConfig, RuleMode, Window};
 use hot::Hot;
 pub use limits::ip_range;
-use pumping::BRAND_STARTS;
+use pumping::{BRAND_SEEN, BRAND_STARTS, NEW_PREFIX_STARTS, PREFIX_SEEN};
 
 use crate::brands::Brand;
 use crate::domain::{Millis, PhoneNumber};
@@ -92,6 +94,8 @@ pub struct Fraud {
     hot: Mutex<HashMap<String, Hot>>,
     /// The latest numbers started per prefix, to tell a walked range.
     walks: walk::Walks,
+    /// `brand \0 number` of starts served on the new-prefix budget: their approval gives it back.
+    on_budget: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Fraud {
@@ -111,6 +115,7 @@ impl Fraud {
             cache: Mutex::new(HashMap::new()),
             hot: Mutex::new(HashMap::new()),
             walks: walk::Walks::default(),
+            on_budget: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -249,6 +254,30 @@ impl Fraud {
                 count: 1,
                 approvals: 0,
             });
+            if pumping.new_prefix_budget > 0 {
+                // Read here; a start is counted in it once it is served (`decide`).
+                hot.push(CounterHit {
+                    bucket: NEW_PREFIX_STARTS.to_owned(),
+                    window_ms,
+                    count: 0,
+                    approvals: 0,
+                });
+                // Whether the prefix had an approval in `known_good_days`: read, and counted
+                // by approvals only.
+                let history_ms = Millis::from(config.known_good_days) * 86_400_000;
+                hot.push(CounterHit {
+                    bucket: format!("{PREFIX_SEEN}{prefix}"),
+                    window_ms: history_ms,
+                    count: 0,
+                    approvals: 0,
+                });
+                hot.push(CounterHit {
+                    bucket: BRAND_SEEN.to_owned(),
+                    window_ms: history_ms,
+                    count: 0,
+                    approvals: 0,
+                });
+            }
         }
         let mut hits: Vec<CounterHit> = limits
             .iter()
@@ -378,10 +407,21 @@ impl Fraud {
         }
         let key = format!("{}\0{}", brand.id, record.number_prefix);
         self.walks.converted(&key, record.phone.e164());
+        let on_budget = self
+            .on_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{}\0{}", brand.id, record.phone.e164()));
+        if on_budget {
+            // A buyer, not a pumper: the start is given back to the budget.
+            self.approve_hot(brand.id.as_str(), &[NEW_PREFIX_STARTS.to_owned()]);
+        }
         self.approve_hot(
             brand.id.as_str(),
             &[
                 format!("prefix:{}", record.number_prefix),
+                format!("{PREFIX_SEEN}{}", record.number_prefix),
+                BRAND_SEEN.to_owned(),
                 BRAND_STARTS.to_owned(),
             ],
         );

@@ -48,6 +48,17 @@ fn previous(counter: &CounterState) -> (i64, i64) {
 /// The brand's counter of all starts and their approvals in the pumping window.
 pub(super) const BRAND_STARTS: &str = "brand_starts";
 
+/// The brand's counter of the starts it served to prefixes without an approval in the
+/// pumping window and the one before (the new-prefix budget).
+pub(super) const NEW_PREFIX_STARTS: &str = "new_prefix_starts";
+
+/// A prefix's counter of approvals over `known_good_days` (`prefix_seen:+49151`): a prefix the
+/// brand's buyers use.
+pub(super) const PREFIX_SEEN: &str = "prefix_seen:";
+
+/// The brand's approvals over `known_good_days`: how much history its prefixes' memory holds.
+pub(super) const BRAND_SEEN: &str = "brand_seen";
+
 impl Fraud {
     /// Judges the counters of a start after its hit.
     pub(super) async fn decide(
@@ -132,6 +143,42 @@ impl Fraud {
                 {
                     return Ok(());
                 }
+            } else if let Some(budget) = state(NEW_PREFIX_STARTS)
+                && let Some(history) = state(BRAND_SEEN)
+                && let Some(seen) = state(&format!("{PREFIX_SEEN}{prefix}"))
+                && counter.approvals + counter.prev_approvals == 0
+                && seen.approvals + seen.prev_approvals == 0
+                && history.approvals + history.prev_approvals
+                    >= i64::from(pumping.new_prefix_min_approvals)
+            {
+                // The brand has a history (enough approvals in `known_good_days` for its
+                // buyers' prefixes to have shown), and this prefix had no approval in it: a
+                // prefix its buyers do not use, where a slow pumper spread over many prefixes
+                // hides. Only so many such starts are served per window; a real buyer who
+                // converts in the prefix opens it again.
+                // Starts served on it that converted since are given back.
+                let spent = budget.hits
+                    - budget.approvals
+                    - self.pending_approvals(brand_id, NEW_PREFIX_STARTS);
+                if spent >= i64::from(pumping.new_prefix_budget) {
+                    let refusal = Refusal {
+                        rule: "new_prefix",
+                        key_type: "prefix",
+                        problem: "prefix_blocked",
+                        retry_at: Some((budget.window_start + budget.window_ms).min(now + 60_000)),
+                    };
+                    if !self.known_good(brand, facts, now).await?
+                        && self.judge(brand_id, pumping.mode, refusal, verdict)
+                    {
+                        return Ok(());
+                    }
+                }
+                self.count_served_hot(brand_id, NEW_PREFIX_STARTS);
+                let mut on_budget = self.on_budget.lock().unwrap_or_else(|e| e.into_inner());
+                if on_budget.len() >= super::hot::CACHE_LIMIT {
+                    on_budget.clear();
+                }
+                on_budget.insert(format!("{brand_id}\0{}", facts.phone.e164()));
             }
         }
 

@@ -80,6 +80,15 @@ impl Verifier {
         self.fraud.clock().now()
     }
 
+    /// A refusal for the caller: its `retry_at`, on the rules' clock, told on the wall clock
+    /// the client reads (the same in production; a test clock runs ahead of it).
+    fn refused(&self, mut refusal: crate::fraud::Refusal) -> VerifyError {
+        refusal.retry_at = refusal
+            .retry_at
+            .map(|at| at - self.now() + crate::domain::now_millis());
+        VerifyError::Refused(refusal)
+    }
+
     pub fn new(deps: VerifierDeps) -> Self {
         let VerifierDeps {
             store,

@@ -38,7 +38,7 @@ impl Verifier {
                 event.rule = refusal.rule.to_owned();
                 event.key_type = refusal.key_type.to_owned();
                 self.store.append_events(&[event]).await?;
-                return Err(VerifyError::Refused(refusal));
+                return Err(self.refused(refusal));
             }
         }
         let code = OtpCode::generate(brand.limits.code_length);

@@ -198,7 +198,7 @@ impl Verifier {
             ));
             self.store.append_events(&events).await?;
             tracing::info!(brand = %brand.id, rule = refusal.rule, key_type = refusal.key_type, "verification blocked");
-            return Err(VerifyError::Refused(refusal));
+            return Err(self.refused(refusal));
         }
         Ok(verdict)
     }

@@ -19,6 +19,7 @@ both_backends!(
     a_walker_is_refused_by_its_range_while_the_rest_of_its_prefix_is_served,
     a_prefix_that_never_converts_is_blocked_serves_known_good_and_doubles_its_cooldown,
     slow_pumping_over_many_prefixes_trips_the_brand_conversion_guard,
+    a_slow_pumper_in_prefixes_the_buyers_do_not_use_gets_the_new_prefix_budget_only,
     a_monitored_rule_serves_and_records_what_it_would_have_refused,
     rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds,
     a_busy_new_prefix_is_served_while_a_walker_beside_it_is_stopped,
@@ -505,6 +506,93 @@ async fn slow_pumping_over_many_prefixes_trips_the_brand_conversion_guard(backen
     );
 }
 
+/// The example brand's default rules. A shop that runs converts in its buyers' prefixes; a slow
+/// pumper spread over the country's other mobile prefixes (too few starts in each for the prefix
+/// guard, too few overall to pull the brand's conversion down) is served only the brand's
+/// new-prefix budget (10 per window), from its first start on, while real buyers in their
+/// prefixes are served. The budget is given again when the window ends, and a prefix where a
+/// buyer converts is open from then on.
+async fn a_slow_pumper_in_prefixes_the_buyers_do_not_use_gets_the_new_prefix_budget_only(
+    backend: Backend,
+) {
+    // The example brand's defaults, but for the history the budget waits for (2,000 approvals),
+    // shortened to 100 to keep the test short.
+    let app = app_with_rules(backend, "[fraud.pumping]\nnew_prefix_min_approvals = 100\n").await;
+    let mut rng = Lcg(7);
+    let busy = ["+49151", "+49160", "+49170", "+49175"];
+    let unused = ["+49150", "+49155", "+49156", "+49157", "+49158"];
+    // The shop has a history: 100 buyers approved in its four prefixes over the last days.
+    for n in 0..100u64 {
+        let phone = number(busy[(n % 4) as usize], rng.next());
+        let answer = app.start(&start_for(&phone)).await;
+        assert_eq!(answer.status, 201, "{answer:#?}");
+        approve(&app, answer.body["id"].as_str().expect("id")).await;
+        app.clock.advance(3_600_000);
+    }
+    // 150 s: a real buyer a second in the busy prefixes, a pumper at 2/s over the other five.
+    let (mut real, mut pumped, mut pumped_sent) = (0, 0, 0);
+    for round in 0..150u64 {
+        let phone = number(busy[(round % 4) as usize], rng.next());
+        let answer = app.start(&start_for(&phone)).await;
+        assert_eq!(answer.status, 201, "a real buyer: {answer:#?}");
+        approve(&app, answer.body["id"].as_str().expect("id")).await;
+        real += 1;
+        for _ in 0..2 {
+            let phone = number(unused[(rng.next() % 5) as usize], rng.next());
+            let answer = app.start(&start_for(&phone)).await;
+            pumped += 1;
+            if answer.status == 201 {
+                pumped_sent += 1;
+            } else {
+                assert_eq!(answer.status, 429, "{answer:#?}");
+                assert_eq!(answer.problem(), "prefix_blocked", "{answer:#?}");
+                let retry: i64 = answer
+                    .header("retry-after")
+                    .expect("Retry-After")
+                    .parse()
+                    .expect("seconds");
+                assert!((1..=600).contains(&retry), "{answer:#?}");
+            }
+        }
+        app.clock.advance(1_000);
+    }
+    assert_eq!(real, 150);
+    assert_eq!(pumped_sent, 10, "the budget, of {pumped} pumped starts");
+    // In +49159, which nobody pumped but where no buyer converted either, a first-time buyer
+    // is refused while the budget is spent.
+    let first_time = app.start(&start_for(&number("+49159", 12_121_212))).await;
+    assert_eq!(first_time.problem(), "prefix_blocked", "{first_time:#?}");
+    assert_eq!(first_time.body["rule"], "new_prefix", "{first_time:#?}");
+    let blocked = blocked_events(&app).await;
+    assert_eq!(blocked.len() as u64, pumped - 10 + 1);
+    // The budget refuses from the pumper's 11th start on; once a pumped prefix has its 15
+    // mature starts, its own guard blocks it too.
+    assert_eq!(blocked[0]["rule"], "new_prefix", "{:#?}", blocked[0]);
+    let rules: std::collections::BTreeSet<&str> = blocked
+        .iter()
+        .map(|e| e["rule"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        rules.is_subset(&["new_prefix", "pumping"].into()),
+        "{rules:?}"
+    );
+    assert!(blocked.iter().all(|e| e["key_type"] == "prefix"));
+    // A new window gives the budget again; a buyer it serves in +49159 converts, and the
+    // prefix is open past the budget from then on.
+    app.clock.advance(600_000);
+    let answer = app.start(&start_for(&number("+49159", 31_313_131))).await;
+    assert_eq!(answer.status, 201, "the next window's budget: {answer:#?}");
+    approve(&app, answer.body["id"].as_str().expect("id")).await;
+    app.clock.advance(1_000);
+    for n in 0..15u64 {
+        let answer = app.start(&start_for(&number("+49159", rng.next()))).await;
+        assert_eq!(
+            answer.status, 201,
+            "a converting prefix is open ({n}): {answer:#?}"
+        );
+    }
+}
+
 async fn a_monitored_rule_serves_and_records_what_it_would_have_refused(backend: Backend) {
     let app = app_with_rules(
         backend,
@@ -939,11 +1027,12 @@ struct Replay {
     walker: u64,
     walker_served: u64,
     slow: u64,
+    slow_served: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walker_is_stopped_while_real_buyers_are_served() {
-    let replay = replay(0).await;
+    let replay = replay(0, None).await;
     assert_eq!(
         replay.regular_refused, 0,
         "known-good buyers in the walked prefix are served"
@@ -969,7 +1058,7 @@ async fn a_walker_is_stopped_while_real_buyers_are_served() {
 /// printed (see the README), not hidden, and no rule refuses real buyers to catch it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_attack_mix_stops_the_walker_and_serves_every_real_buyer() {
-    let replay = replay(5).await;
+    let replay = replay(5, None).await;
     assert_eq!(
         replay.regular_refused, 0,
         "known-good buyers in the walked prefix are served"
@@ -989,11 +1078,43 @@ async fn the_full_attack_mix_stops_the_walker_and_serves_every_real_buyer() {
     assert_eq!(replay.slow, 450);
 }
 
-async fn replay(slow_per_second: u64) -> Replay {
-    let app = spawn_app_with(Backend::Sqlite, |s| {
+/// The full mix, for a shop with a history (300 approvals per brand, and the budget waiting for
+/// 300 instead of 2,000 to keep the test short), with the slow pumper over the German mobile
+/// prefixes its buyers do not use (`+49150`, `+49155` … `+49158`): the new-prefix budget serves
+/// it 10 starts per window, so with the walker at most 1 % of all pumping starts send an SMS,
+/// and no real buyer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_attack_mix_in_prefixes_buyers_do_not_use_sends_at_most_one_percent() {
+    let replay = replay(5, Some(DE_UNUSED_PREFIXES)).await;
+    assert_eq!(replay.regular_refused, 0, "{replay:?}");
+    assert_eq!(
+        replay.walked_first_served, replay.walked_first,
+        "first-time buyers in the walked prefix are served: {replay:?}"
+    );
+    assert_eq!(replay.real_refused, 0, "{replay:?}");
+    assert_eq!(replay.slow, 450);
+    assert!(
+        (replay.walker_served + replay.slow_served) * 100 <= replay.walker + replay.slow,
+        "≤ 1 % of all pumping starts sent: {replay:?}"
+    );
+}
+
+/// German mobile prefixes no buyer of the replay uses.
+const DE_UNUSED_PREFIXES: &[&str] = &["+49150", "+49155", "+49156", "+49157", "+49158"];
+
+async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay {
+    let with_history = slow_prefixes.is_some();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
         // The example brands' own defaults: no test overrides.
         for brand in ["nordwind", "fjallnet"] {
-            set_fraud_rules(&s.brands_dir, brand, "");
+            // With a history, the budget waits for 300 approvals instead of 2,000, to keep the
+            // replay short: its history is 300 approvals per brand.
+            let rules = if with_history {
+                "[fraud.pumping]\nnew_prefix_min_approvals = 300\n"
+            } else {
+                ""
+            };
+            set_fraud_rules(&s.brands_dir, brand, rules);
         }
     })
     .await;
@@ -1017,6 +1138,17 @@ async fn replay(slow_per_second: u64) -> Replay {
         regulars.push(phone);
     }
     app.clock.advance(24 * 3_600_000);
+    if with_history {
+        // A shop with a history: 300 approvals per brand over the days before, in its
+        // buyers' prefixes (what the new-prefix budget waits for).
+        for n in 0..600u64 {
+            let (key, phone) = rng.buyer(n % 2 == 0);
+            let answer = start(key, phone, format!("192.0.{}.{}", n % 200, 1 + n % 250)).await;
+            assert_eq!(answer.status, 201, "history {n}: {answer:#?}");
+            confirm(&app, key, answer.body["id"].as_str().expect("id")).await;
+            app.clock.advance(600_000);
+        }
+    }
     // A shop that has been running: one window of ordinary buyers before the attack.
     for n in 0..200u64 {
         let (key, phone) = rng.buyer(n % 2 == 0);
@@ -1071,7 +1203,13 @@ async fn replay(slow_per_second: u64) -> Replay {
             }
         }
         for k in 0..slow_per_second {
-            let (key, phone) = rng.buyer(k % 2 == 0);
+            let (key, phone) = match slow_prefixes {
+                Some(prefixes) => {
+                    let prefix = rng.pick(prefixes);
+                    (DEV_KEY, format!("{prefix}{:08}", rng.next() % 100_000_000))
+                }
+                None => rng.buyer(k % 2 == 0),
+            };
             let answer = start(key, phone, rng.ip()).await;
             slow += 1;
             if answer.status == 201 {
@@ -1139,6 +1277,7 @@ async fn replay(slow_per_second: u64) -> Replay {
         walker,
         walker_served,
         slow,
+        slow_served,
     }
 }
 
