@@ -144,6 +144,13 @@ pub struct Pumping {
     pub new_prefix_min_approvals: u32,
 }
 
+impl Pumping {
+    /// Whether the new-prefix budget runs: it is part of the brand-wide guard.
+    pub fn budget_runs(&self) -> bool {
+        self.new_prefix_budget > 0 && self.brand_min_starts > 0
+    }
+}
+
 /// What happens when the SIM was swapped recently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -213,20 +213,12 @@ impl Fraud {
             .map_or(0, |counter| counter.pending_approvals)
     }
 
-    /// Counts a served start in a hot counter it was only read from.
-    pub(super) fn count_served_hot(&self, brand: &str, bucket: &str) {
-        let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        counters
-            .entry(format!("{brand}\0{bucket}"))
-            .or_default()
-            .pending += 1;
-    }
-
-    /// Takes a start back out of a hot counter (a refused start).
-    pub(super) fn uncount_hot(&self, brand: &str, bucket: &str) {
+    /// Adds `starts` to a hot counter's unwritten starts: -1 takes a refused start back out,
+    /// +1 counts a served start in a counter it was only read from.
+    pub(super) fn add_hot(&self, brand: &str, bucket: &str, starts: i64) {
         let mut counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(counter) = counters.get_mut(&format!("{brand}\0{bucket}")) {
-            counter.pending -= 1;
+            counter.pending += starts;
         }
     }
 

@@ -254,7 +254,7 @@ impl Fraud {
                 count: 1,
                 approvals: 0,
             });
-            if pumping.new_prefix_budget > 0 {
+            if pumping.budget_runs() {
                 // Read here; a start is counted in it once it is served (`decide`).
                 hot.push(CounterHit {
                     bucket: NEW_PREFIX_STARTS.to_owned(),
@@ -315,10 +315,10 @@ impl Fraud {
                     .as_ref()
                     .is_some_and(|refusal| refusal.rule != "brand_conversion")
             {
-                self.uncount_hot(brand_id, BRAND_STARTS);
+                self.add_hot(brand_id, BRAND_STARTS, -1);
             }
             for limit in limits.iter().filter(|limit| limit.key_type == "brand") {
-                self.uncount_hot(brand_id, &limit.hit.bucket);
+                self.add_hot(brand_id, &limit.hit.bucket, -1);
             }
             let signals = ApprovalSignals {
                 refunds,
@@ -407,24 +407,25 @@ impl Fraud {
         }
         let key = format!("{}\0{}", brand.id, record.number_prefix);
         self.walks.converted(&key, record.phone.e164());
-        let on_budget = self
-            .on_budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&format!("{}\0{}", brand.id, record.phone.e164()));
-        if on_budget {
-            // A buyer, not a pumper: the start is given back to the budget.
-            self.approve_hot(brand.id.as_str(), &[NEW_PREFIX_STARTS.to_owned()]);
+        let mut converted = vec![
+            format!("prefix:{}", record.number_prefix),
+            BRAND_STARTS.to_owned(),
+        ];
+        if brand.fraud.pumping.budget_runs() {
+            // The prefix and the brand have a history of approvals now.
+            converted.push(format!("{PREFIX_SEEN}{}", record.number_prefix));
+            converted.push(BRAND_SEEN.to_owned());
+            let on_budget = self
+                .on_budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&format!("{}\0{}", brand.id, record.phone.e164()));
+            if on_budget {
+                // A buyer, not a pumper: the start is given back to the budget.
+                converted.push(NEW_PREFIX_STARTS.to_owned());
+            }
         }
-        self.approve_hot(
-            brand.id.as_str(),
-            &[
-                format!("prefix:{}", record.number_prefix),
-                format!("{PREFIX_SEEN}{}", record.number_prefix),
-                BRAND_SEEN.to_owned(),
-                BRAND_STARTS.to_owned(),
-            ],
-        );
+        self.approve_hot(brand.id.as_str(), &converted);
     }
 
     /// Every prefix block in force.

@@ -48,8 +48,8 @@ fn previous(counter: &CounterState) -> (i64, i64) {
 /// The brand's counter of all starts and their approvals in the pumping window.
 pub(super) const BRAND_STARTS: &str = "brand_starts";
 
-/// The brand's counter of the starts it served to prefixes without an approval in the
-/// pumping window and the one before (the new-prefix budget).
+/// The brand's counter of the starts it served to prefixes without an approval within
+/// `known_good_days`, less those that converted (the new-prefix budget).
 pub(super) const NEW_PREFIX_STARTS: &str = "new_prefix_starts";
 
 /// A prefix's counter of approvals over `known_good_days` (`prefix_seen:+49151`): a prefix the
@@ -154,9 +154,8 @@ impl Fraud {
                 // The brand has a history (enough approvals in `known_good_days` for its
                 // buyers' prefixes to have shown), and this prefix had no approval in it: a
                 // prefix its buyers do not use, where a slow pumper spread over many prefixes
-                // hides. Only so many such starts are served per window; a real buyer who
-                // converts in the prefix opens it again.
-                // Starts served on it that converted since are given back.
+                // hides. Only so many such starts that did not convert are served per window;
+                // a real buyer who converts in the prefix opens it.
                 let spent = budget.hits
                     - budget.approvals
                     - self.pending_approvals(brand_id, NEW_PREFIX_STARTS);
@@ -173,7 +172,7 @@ impl Fraud {
                         return Ok(());
                     }
                 }
-                self.count_served_hot(brand_id, NEW_PREFIX_STARTS);
+                self.add_hot(brand_id, NEW_PREFIX_STARTS, 1);
                 let mut on_budget = self.on_budget.lock().unwrap_or_else(|e| e.into_inner());
                 if on_budget.len() >= super::hot::CACHE_LIMIT {
                     on_budget.clear();
