@@ -92,6 +92,15 @@ pub struct LoadOptions {
     /// Attack: the prefix the pumper walks (its numbers never confirm).
     #[arg(long, default_value = "+49159")]
     pub pump_prefix: String,
+    /// Attack: instead of `--pump-rate`, this many pumpers each starting again as soon as
+    /// the last start was answered (closed model): the service saturated with pumping, so
+    /// that a start's cost is measured as a served flow's is.
+    #[arg(long, default_value_t = 0)]
+    pub pump_concurrency: u64,
+    /// Attack: the pumper's numbers spread over the prefix as buyers' are, not a walk: against
+    /// a brand whose rules let them through, what a served start costs beside a refused one.
+    #[arg(long)]
+    pub pump_spread: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -391,11 +400,13 @@ pub async fn run_with(
     let started_flows = Arc::new(AtomicU64::new(0));
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(options.duration);
-    let pumper = (scenario == Flow::Attack && options.pump_rate > 0.0).then(|| {
+    let pumping =
+        scenario == Flow::Attack && (options.pump_rate > 0.0 || options.pump_concurrency > 0);
+    let pumper = pumping.then(|| {
         tokio::spawn(pump(
             context.clone(),
-            options.pump_prefix.clone(),
-            options.pump_rate,
+            (options.pump_prefix.clone(), options.pump_spread),
+            (options.pump_rate, options.pump_concurrency),
             begin,
             deadline,
         ))
@@ -538,52 +549,78 @@ fn spread(n: u64) -> u64 {
     n.wrapping_mul(61_803_399) % 100_000_000
 }
 
-/// The pumper: starts to `prefix` at `rate` until `deadline`, open model (a slow answer never
-/// delays the next start), never checking a code.
+/// The pumper: starts to `prefix` until `deadline`, never checking a code. Open model at
+/// `rate` (a slow answer never delays the next start), or closed with `concurrency` pumpers
+/// (each starts again once answered). Its numbers walk the range, or are spread over it.
 async fn pump(
     context: Arc<Context>,
-    prefix: String,
-    rate: f64,
+    (prefix, spread_out): (String, bool),
+    (rate, concurrency): (f64, u64),
     begin: Instant,
     deadline: Instant,
 ) -> PumpReport {
-    let interval = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 20_000.0));
+    let started = Arc::new(AtomicU64::new(0));
+    let start = move |context: Arc<Context>, prefix: Arc<str>, n: u64, intended: Instant| async move {
+        // A walk through the range, number after number, unless spread out.
+        let number = if spread_out {
+            spread(n)
+        } else {
+            n % 100_000_000
+        };
+        let phone = format!("{prefix}{number:08}");
+        let body = json!({"phone": phone, "order_reference": format!("P-{}-{n}", context.run),
+                          "amount": "9.90", "currency": "EUR"});
+        context
+            .call("pump_start", "/v1/verifications", body, intended)
+            .await
+            .map(|(status, _)| status)
+    };
+    let prefix: Arc<str> = prefix.into();
     let mut tasks = Vec::new();
-    let mut n = 0u64;
-    loop {
-        let intended = begin + interval.mul_f64(n as f64);
-        if intended >= deadline {
-            break;
+    if concurrency > 0 {
+        for _ in 0..concurrency {
+            let (context, prefix, started) = (context.clone(), prefix.clone(), started.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while Instant::now() < deadline {
+                    let n = started.fetch_add(1, Ordering::Relaxed);
+                    answers.push(start(context.clone(), prefix.clone(), n, Instant::now()).await);
+                }
+                answers
+            }));
         }
-        tokio::time::sleep_until(intended.into()).await;
-        let context = context.clone();
-        // A walk through the range, number after number.
-        let phone = format!("{prefix}{:08}", n % 100_000_000);
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"phone": phone, "order_reference": format!("P-{}-{n}", context.run),
-                              "amount": "9.90", "currency": "EUR"});
-            context
-                .call("pump_start", "/v1/verifications", body, intended)
-                .await
-                .map(|(status, _)| status)
-        }));
-        n += 1;
+    } else {
+        let interval = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 20_000.0));
+        for n in 0.. {
+            let intended = begin + interval.mul_f64(n as f64);
+            if intended >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(intended.into()).await;
+            let answer = start(context.clone(), prefix.clone(), n, intended);
+            tasks.push(tokio::spawn(async move { vec![answer.await] }));
+        }
     }
     let mut report = PumpReport::default();
     for task in futures_util::future::join_all(tasks).await {
-        report.starts += 1;
-        match task {
-            Ok(Ok(201)) => report.sent += 1,
-            Ok(Ok(403 | 429)) => report.refused += 1,
-            Ok(Ok(status)) => {
-                report.errors += 1;
-                context.recorder.error(format!("pump_start: {status}"));
+        let Ok(answers) = task else {
+            report.errors += 1;
+            continue;
+        };
+        for answer in answers {
+            report.starts += 1;
+            match answer {
+                Ok(201) => report.sent += 1,
+                Ok(403 | 429) => report.refused += 1,
+                Ok(status) => {
+                    report.errors += 1;
+                    context.recorder.error(format!("pump_start: {status}"));
+                }
+                Err(error) => {
+                    report.errors += 1;
+                    context.recorder.error(format!("pump_start: {error}"));
+                }
             }
-            Ok(Err(error)) => {
-                report.errors += 1;
-                context.recorder.error(format!("pump_start: {error}"));
-            }
-            Err(_) => report.errors += 1,
         }
     }
     report

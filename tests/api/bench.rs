@@ -69,6 +69,8 @@ fn options(app: &TestApp, model: Model, flows: u64) -> LoadOptions {
         expiry_wait: 0,
         pump_rate: 0.0,
         pump_prefix: "+49159".to_owned(),
+        pump_concurrency: 0,
+        pump_spread: false,
         json: false,
     }
 }
@@ -154,11 +156,11 @@ async fn every_scenario_runs_and_every_flow_ends_as_intended() {
     assert_eq!(mixed.calls["resend"].count, 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
+/// A bench app under the default fraud rules, only the brand-wide ceiling raised, with the SMS
+/// sink and upstream it sends to.
+async fn attack_app() -> (SmsSink, Upstream, TestApp) {
     let sink = SmsSink::bind("127.0.0.1:0").await.expect("sink");
     let upstream = Upstream::bind("127.0.0.1:0").await.expect("upstream");
-    // The default rules, only the brand-wide ceiling raised.
     let app = bench_app_with(
         &sink,
         &upstream,
@@ -166,6 +168,12 @@ async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
         "[fraud.rate_limits]\nbrand = [\"10000000/1m\"]\n",
     )
     .await;
+    (sink, upstream, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
+    let (sink, _upstream, app) = attack_app().await;
     let mut attack = options(&app, Model::Closed, 4);
     attack.flows = 0;
     attack.duration = 3;
@@ -185,6 +193,38 @@ async fn the_attack_scenario_reports_what_the_default_rules_refuse() {
     );
     assert_eq!(pump.sent + pump.refused, pump.starts);
     assert!(report.calls.contains_key("pump_start"), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_pumpers_are_refused_when_walking_and_served_when_spread() {
+    // The refusal-cost runs of the bench: 4 pumpers each starting again once answered, a walk
+    // (refused by the default rules) and numbers spread as buyers' are (served).
+    let (sink, _upstream, app) = attack_app().await;
+    for spread in [false, true] {
+        let mut attack = options(&app, Model::Open, 0);
+        attack.rate = 0.1;
+        attack.duration = 2;
+        attack.pump_concurrency = 4;
+        attack.pump_spread = spread;
+        attack.pump_prefix = if spread { "+49160" } else { "+49177" }.to_owned();
+        let report = run_with(Flow::Attack, attack, sink.clone(), None)
+            .await
+            .expect("attack");
+        let pump = report.pumping.as_ref().expect("pumping report");
+        assert_eq!(pump.errors, 0, "spread {spread}: {pump:?}");
+        assert!(pump.starts >= 4, "spread {spread}: {pump:?}");
+        assert_eq!(pump.sent + pump.refused, pump.starts, "{pump:?}");
+        if spread {
+            // Spread numbers are buyers' to the rules: served until the prefix guard has
+            // mature starts to judge (30 s), which a 2 s run never reaches.
+            assert_eq!(pump.refused, 0, "spread: {pump:?}");
+        } else {
+            // A walk: refused once the walk shows (six unconverted close numbers), however
+            // many starts the machine fitted in.
+            assert!(pump.sent <= 10, "walk: {pump:?}");
+            assert!(pump.refused + 10 >= pump.starts, "walk: {pump:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
