@@ -21,8 +21,13 @@ esac
 
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-contrib or the server package)" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/orderguard
+# BENCH_BIN: another build to measure (an earlier commit's, for an A/B).
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"
+else
+  cargo build --release --quiet
+  bin=target/release/orderguard
+fi
 
 work="$(mktemp -d)"
 stamp="$(date +%s)_$$"
