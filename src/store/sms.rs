@@ -129,31 +129,48 @@ impl SmsStore for SqlStore {
              RETURNING message_id, verification_id, brand_id, provider, provider_reference, segments, status, sent_at",
             scope(4)
         );
-        let mut query = sqlx::query(&update).bind(reference).bind(status).bind(now);
-        for provider in providers {
-            query = query.bind(provider.as_str());
-        }
-        let updated = query
-            .fetch_optional(tx.conn().await?)
-            .await
-            .context("applying a delivery receipt")?;
-        let Some(row) = updated else {
-            let known = format!(
-                "SELECT 1 FROM sms_message WHERE (message_id = $1 OR provider_reference = $1) \
-                 AND provider IN ({})",
-                scope(2)
-            );
-            let mut query = sqlx::query(&known).bind(reference);
+        // The receipt can overtake the commit of its message's record (a group commit under
+        // load): the update then misses a row that the look-up right after finds still
+        // `sent`. That is not a repeated receipt: the update is tried again, once the row is
+        // there.
+        let mut row = None;
+        for _ in 0..2 {
+            let mut query = sqlx::query(&update).bind(reference).bind(status).bind(now);
             for provider in providers {
                 query = query.bind(provider.as_str());
             }
-            let known = query.fetch_optional(tx.conn().await?).await?.is_some();
+            row = query
+                .fetch_optional(tx.conn().await?)
+                .await
+                .context("applying a delivery receipt")?;
+            if row.is_some() {
+                break;
+            }
+            let known = format!(
+                "SELECT status FROM sms_message WHERE (message_id = $1 OR provider_reference = $1) \
+                 AND provider IN ({})",
+                scope(2)
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&known).bind(reference);
+            for provider in providers {
+                query = query.bind(provider.as_str());
+            }
+            match query.fetch_optional(tx.conn().await?).await? {
+                Some(status) if status == "sent" => continue,
+                known => {
+                    tx.rollback().await?;
+                    return Ok(if known.is_some() {
+                        ReceiptOutcome::AlreadyFinal
+                    } else {
+                        ReceiptOutcome::UnknownMessage
+                    });
+                }
+            }
+        }
+        let Some(row) = row else {
+            // Still not applied after the second try: the caller tries again later.
             tx.rollback().await?;
-            return Ok(if known {
-                ReceiptOutcome::AlreadyFinal
-            } else {
-                ReceiptOutcome::UnknownMessage
-            });
+            return Ok(ReceiptOutcome::UnknownMessage);
         };
         let sms = sms_from_row(&row)?;
         let record = fetch_record(tx.conn().await?, &sms.verification_id)
