@@ -215,8 +215,9 @@ mod tests {
     #[test]
     fn validity_is_the_crates_is_valid_over_a_spread_of_numbers() {
         // Every length from 1 to 16 national digits over the prefixes of several countries
-        // (one code with several regions, +1 and +44, among them), valid or not: classifying
-        // once must accept exactly what `phonenumber::is_valid` accepts.
+        // (codes with several regions, +1 and +7; +7 8…, whose national prefix is read as
+        // leading zeros; the non-geographic +881), valid or not: classifying once must accept
+        // exactly what `phonenumber::is_valid` accepts.
         let mut checked = 0;
         let mut valid = 0;
         for code in ["1", "7", "33", "44", "46", "49", "358", "881", "979"] {

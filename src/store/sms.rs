@@ -133,6 +133,11 @@ impl SmsStore for SqlStore {
         // load): the update then misses a row that the look-up right after finds still
         // `sent`. That is not a repeated receipt: the update is tried again, once the row is
         // there.
+        let known = format!(
+            "SELECT status FROM sms_message WHERE (message_id = $1 OR provider_reference = $1) \
+             AND provider IN ({})",
+            scope(2)
+        );
         let mut row = None;
         for _ in 0..2 {
             let mut query = sqlx::query(&update).bind(reference).bind(status).bind(now);
@@ -146,20 +151,15 @@ impl SmsStore for SqlStore {
             if row.is_some() {
                 break;
             }
-            let known = format!(
-                "SELECT status FROM sms_message WHERE (message_id = $1 OR provider_reference = $1) \
-                 AND provider IN ({})",
-                scope(2)
-            );
             let mut query = sqlx::query_scalar::<_, String>(&known).bind(reference);
             for provider in providers {
                 query = query.bind(provider.as_str());
             }
             match query.fetch_optional(tx.conn().await?).await? {
                 Some(status) if status == "sent" => continue,
-                known => {
+                found => {
                     tx.rollback().await?;
-                    return Ok(if known.is_some() {
+                    return Ok(if found.is_some() {
                         ReceiptOutcome::AlreadyFinal
                     } else {
                         ReceiptOutcome::UnknownMessage
