@@ -17,6 +17,9 @@ case "${1:-}" in
   # --rules N: only verify with the rules on and off, N interleaved pairs of 8 s runs on one
   # service, and each pair's ratio: the rules' cost with less of the disk's drift in it.
   --rules) pairs="${2:?--rules needs a number of pairs}"; long=8; warmup=5; buyers="${3:-64}" ;;
+  # --refusals N: only a refused start's cost against a served start's, N interleaved pairs
+  # of 6 s runs on one service, and each pair's ratio with the median.
+  --refusals) refusal_pairs="${2:?--refusals needs a number of pairs}"; pairs=-1; long=6; warmup=5 ;;
 esac
 
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -154,6 +157,36 @@ psql "$pg" -qc "CREATE DATABASE $service_db" >/dev/null
 start_service "$base/$service_db" pg
 # A warm-up, not reported: the first seconds after pgbench (and a fresh service) vary most.
 load warmup verify --model closed --concurrency 64 --duration "$warmup" --phone-prefix +49170
+if [ "$pairs" = -1 ]; then
+  # Each run its own mobile prefix (a walk refused in one, numbers spread in another): at most 6.
+  walk_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177)
+  spread_prefixes=(+49178 +49179 +49151 +49152 +49157 +49159)
+  [ "$refusal_pairs" -le 6 ] || { echo "--refusals takes at most 6 pairs" >&2; exit 1; }
+  for i in $(seq 1 "$refusal_pairs"); do
+    bench_key="$attack_key" load "refused-$i" attack --model open --rate 0.1 --duration "$long" \
+      --phone-prefix +49173 --pump-prefix "${walk_prefixes[$((i - 1))]}" --pump-concurrency 64
+    load "served-$i" attack --model open --rate 0.1 --duration "$long" \
+      --phone-prefix +49173 --pump-prefix "${spread_prefixes[$((i - 1))]}" --pump-concurrency 64 --pump-spread
+  done
+  python3 - "$work" "$refusal_pairs" <<'PY'
+import json, os, sys
+work, pairs = sys.argv[1], int(sys.argv[2])
+def per_start(name):
+    with open(os.path.join(work, name + ".json")) as f:
+        r = json.load(f)
+    pump = r["pumping"]
+    return 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / max(pump["starts"], 1), pump
+ratios = []
+print(f"{'pair':>4} {'refused ms':>10} {'refused':>8} {'served ms':>9} {'served':>7} {'ratio':>6}")
+for i in range(1, pairs + 1):
+    (refused, r), (served, s) = per_start(f"refused-{i}"), per_start(f"served-{i}")
+    ratios.append(refused / max(served, 1e-9))
+    print(f"{i:>4} {refused:>10.3f} {r['refused']:>8} {served:>9.3f} {s['sent']:>7} {ratios[-1]:>6.3f}")
+ratios.sort()
+print(f"refused / served start: median {ratios[len(ratios) // 2]:.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f} (target <= 0.333)")
+PY
+  exit 0
+fi
 if [ "$pairs" != 0 ]; then
   # Each run its own mobile prefix (numbers are new per run): at most 8 pairs.
   on_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177 +49178 +49179)
