@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use phonenumber::{Mode, Type, country};
+use phonenumber::{Type, country};
 
 /// A valid mobile phone number in E.164 form (`+4915123456789`).
 ///
@@ -92,7 +92,7 @@ impl PhoneNumber {
         // pattern match takes the crate's global regex-cache lock, and the two passes were a
         // sixth of a refused start's CPU). The two differ only for a national number with
         // leading zeros (`number_type` drops them), where `is_valid` still decides.
-        let number_type = number.number_type(&phonenumber::metadata::DATABASE);
+        let number_type = classify(&number);
         let valid = number_type != Type::Unknown
             && (number.national().zeros() == 0 || phonenumber::is_valid(&number));
         if !valid || number.extension().is_some() {
@@ -103,7 +103,10 @@ impl PhoneNumber {
             .id()
             .map(|id| id.as_ref().to_owned())
             .ok_or(PhoneError::Invalid)?;
-        let e164 = number.format().mode(Mode::E164).to_string();
+        // What the crate's E.164 formatter writes, without the national format it looks up
+        // first by matching the region's format patterns, unused in E.164 (a twentieth of a
+        // refused start's CPU).
+        let e164 = format!("+{}{}", number.country().code(), number.national());
         Ok((
             Self {
                 e164,
@@ -147,7 +150,132 @@ impl PhoneNumber {
     }
 }
 
-/// Masks any phone-like string, keeping the leading `+` and three digits and the last two.
+/// One number-type pattern of a region's metadata, compiled once and anchored at the start:
+/// the crate's `Descriptor::is_match` (the possible lengths, then a match from the first
+/// digit) without its global regex cache, whose lock and pattern hashing were most of a
+/// refused start's number parsing.
+struct Pattern {
+    lengths: Vec<u16>,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    fn new(descriptor: &phonenumber::metadata::Descriptor) -> Option<Self> {
+        // `^(?:p)` matches iff some match of `p` starts at 0, which is when the crate's
+        // leftmost `find` starts at 0. The metadata's patterns are laid out over several
+        // lines: the crate compiles them ignoring whitespace, and so does this.
+        let source = format!("^(?:{}\n)", descriptor.national_number().as_str());
+        let regex = regex::RegexBuilder::new(&source)
+            .ignore_whitespace(true)
+            .build()
+            .ok()?;
+        Some(Self {
+            lengths: descriptor.possible_length().to_vec(),
+            regex,
+        })
+    }
+
+    fn is_match(&self, national: &str) -> bool {
+        (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
+            && self.regex.is_match(national)
+    }
+}
+
+/// A region's number types in the order `phonenumber::validator::number_type` tries them.
+struct Patterns {
+    general: Option<Pattern>,
+    /// Premium rate, toll free, shared cost, VoIP, personal, pager, UAN, voicemail.
+    special: Vec<(Type, Pattern)>,
+    fixed_line: Option<Pattern>,
+    mobile: Option<Pattern>,
+    /// The region's fixed-line and mobile patterns are the same text.
+    fixed_is_mobile: bool,
+}
+
+impl Patterns {
+    fn new(meta: &phonenumber::metadata::Metadata) -> Self {
+        let d = meta.descriptors();
+        let special = [
+            (Type::PremiumRate, d.premium_rate()),
+            (Type::TollFree, d.toll_free()),
+            (Type::SharedCost, d.shared_cost()),
+            (Type::Voip, d.voip()),
+            (Type::PersonalNumber, d.personal_number()),
+            (Type::Pager, d.pager()),
+            (Type::Uan, d.uan()),
+            (Type::Voicemail, d.voicemail()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, descriptor)| Some((kind, Pattern::new(descriptor?)?)))
+        .collect();
+        let text = |descriptor: Option<&phonenumber::metadata::Descriptor>| {
+            descriptor.map(|d| d.national_number().as_str().to_owned())
+        };
+        Self {
+            general: Pattern::new(d.general()),
+            special,
+            fixed_line: d.fixed_line().and_then(Pattern::new),
+            mobile: d.mobile().and_then(Pattern::new),
+            fixed_is_mobile: text(d.fixed_line()) == text(d.mobile()),
+        }
+    }
+
+    /// `phonenumber::validator::number_type`, step for step.
+    fn number_type(&self, national: &str) -> Type {
+        if !self.general.as_ref().is_some_and(|p| p.is_match(national)) {
+            return Type::Unknown;
+        }
+        if let Some((kind, _)) = self.special.iter().find(|(_, p)| p.is_match(national)) {
+            return *kind;
+        }
+        let mobile = |national| self.mobile.as_ref().is_some_and(|p| p.is_match(national));
+        if self
+            .fixed_line
+            .as_ref()
+            .is_some_and(|p| p.is_match(national))
+        {
+            if self.fixed_is_mobile || mobile(national) {
+                return Type::FixedLineOrMobile;
+            }
+            return Type::FixedLine;
+        }
+        if mobile(national) {
+            return Type::Mobile;
+        }
+        Type::Unknown
+    }
+}
+
+/// Compiled patterns by region, each compiled on the region's first number. Keyed by the
+/// address of the region's metadata in the crate's static database, which lives as long as
+/// the process (the id "001" names several non-geographic codes).
+static PATTERNS: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<usize, std::sync::Arc<Patterns>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The number's type as `phonenumber::PhoneNumber::number_type` gives it.
+fn classify(number: &phonenumber::PhoneNumber) -> Type {
+    let Some(meta) = number.metadata(&phonenumber::metadata::DATABASE) else {
+        return Type::Unknown;
+    };
+    let key = std::ptr::from_ref(meta) as usize;
+    let known = PATTERNS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let patterns = match known {
+        Some(patterns) => patterns,
+        None => PATTERNS
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| std::sync::Arc::new(Patterns::new(meta)))
+            .clone(),
+    };
+    patterns.number_type(&number.national().value().to_string())
+}
+
 static METADATA_LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Loads the phone-number metadata (the `phonenumber` crate parses it on first use, which
@@ -163,6 +291,7 @@ pub fn metadata_loaded() -> bool {
     METADATA_LOADED.load(std::sync::atomic::Ordering::Acquire)
 }
 
+/// Masks any phone-like string, keeping the leading `+` and three digits and the last two.
 pub fn mask(number: &str) -> String {
     let chars: Vec<char> = number.chars().collect();
     let keep_head = 4.min(chars.len());
@@ -207,6 +336,7 @@ fn is_plain_number(input: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phonenumber::Mode;
 
     fn any() -> Vec<String> {
         Vec::new()
@@ -220,6 +350,7 @@ mod tests {
         // exactly what `phonenumber::is_valid` accepts.
         let mut checked = 0;
         let mut valid = 0;
+        let mut types = std::collections::BTreeSet::new();
         for code in ["1", "7", "33", "44", "46", "49", "358", "881", "979"] {
             for lead in [
                 "1", "15", "151", "17", "2", "20", "212", "3", "4", "5", "6", "70", "76", "8",
@@ -237,8 +368,18 @@ mod tests {
                             && number.extension().is_none()
                             && number.country().id().is_some()
                     });
-                    let ours = PhoneNumber::parse_valid(&input, None).is_ok();
-                    assert_eq!(ours, expected, "{input}");
+                    let ours = PhoneNumber::parse_valid(&input, None);
+                    assert_eq!(ours.is_ok(), expected, "{input}");
+                    if let Ok((ours, _)) = ours {
+                        let number = phonenumber::parse(None, &input).expect("parsed");
+                        assert_eq!(ours.e164, number.format().mode(Mode::E164).to_string());
+                    }
+                    // Our compiled patterns type every number as the crate does.
+                    if let Ok(number) = phonenumber::parse(None, &input) {
+                        let theirs = number.number_type(&phonenumber::metadata::DATABASE);
+                        assert_eq!(classify(&number), theirs, "{input}");
+                        types.insert(format!("{theirs:?}"));
+                    }
                     checked += 1;
                     valid += usize::from(expected);
                 }
@@ -248,6 +389,8 @@ mod tests {
             valid > 50 && valid < checked / 2,
             "{valid} of {checked} valid: the table must hold both kinds"
         );
+        // Mobile, fixed line, the special types and unknown all occur.
+        assert!(types.len() >= 6, "{types:?}");
     }
 
     #[test]
