@@ -2,9 +2,10 @@
 //! cheapest first:
 //!
 //! 1. the brand's allow-list (test numbers pass everything) and deny-list of prefixes;
-//! 2. answers remembered by this instance: counters it saw exhausted, blocks it saw placed;
-//! 3. number walks (`walk.rs`): a number close to several recent unconverted ones of its
-//!    prefix is refused by its range, before anything is counted;
+//! 2. number walks (`walk.rs`): a number close to several recent unconverted ones of its
+//!    prefix is refused by its range, before anything is counted or even keyed (a walk's
+//!    refusal computes no pseudonym of its own);
+//! 3. answers remembered by this instance: counters it saw exhausted, blocks it saw placed;
 //! 4. one statement on the shared database that counts the start in every counter it belongs
 //!    to and returns them: rate limits per number, customer, IP, IP range, order reference and
 //!    brand; the SMS-pumping guard per number prefix; the brand-wide conversion guard; the
@@ -174,33 +175,8 @@ impl Fraud {
             .allow_prefixes
             .iter()
             .any(|p| e164.starts_with(p.as_str()));
-        let limits = if config.rate_limits.mode.runs() {
-            self.limits(config, facts)
-        } else {
-            Vec::new()
-        };
         let pumping = &config.pumping;
-        let prefix_bucket = format!("prefix:{prefix}");
         let guard_prefix = !exempt && !facts.resend && pumping.mode.runs();
-        let brand_guard = guard_prefix && pumping.brand_min_starts > 0;
-
-        // Remembered answers first: no database round trip for a refusal already known.
-        let rate_mode = config.rate_limits.mode;
-        for limit in &limits {
-            if let Some(refusal) = self.cached(brand_id, &limit.hit.bucket, now)
-                && self.judge(brand_id, rate_mode, refusal, &mut verdict)
-            {
-                return Ok(verdict);
-            }
-        }
-        if !exempt
-            && pumping.mode.runs()
-            && let Some(refusal) = self.cached(brand_id, &prefix_bucket, now)
-            && !self.known_good(brand, facts, now).await?
-            && self.judge(brand_id, pumping.mode, refusal, &mut verdict)
-        {
-            return Ok(verdict);
-        }
 
         // A number walking a range (several close numbers that never converted, started in
         // the last two minutes) is refused before anything is counted: only the range is
@@ -227,6 +203,32 @@ impl Fraud {
             if self.judge(brand_id, pumping.mode, refusal, &mut verdict) {
                 return Ok(verdict);
             }
+        }
+
+        let limits = if config.rate_limits.mode.runs() {
+            self.limits(config, facts)
+        } else {
+            Vec::new()
+        };
+        let prefix_bucket = format!("prefix:{prefix}");
+        let brand_guard = guard_prefix && pumping.brand_min_starts > 0;
+
+        // Remembered answers first: no database round trip for a refusal already known.
+        let rate_mode = config.rate_limits.mode;
+        for limit in &limits {
+            if let Some(refusal) = self.cached(brand_id, &limit.hit.bucket, now)
+                && self.judge(brand_id, rate_mode, refusal, &mut verdict)
+            {
+                return Ok(verdict);
+            }
+        }
+        if !exempt
+            && pumping.mode.runs()
+            && let Some(refusal) = self.cached(brand_id, &prefix_bucket, now)
+            && !self.known_good(brand, facts, now).await?
+            && self.judge(brand_id, pumping.mode, refusal, &mut verdict)
+        {
+            return Ok(verdict);
         }
 
         // Counters every start of a brand (or of a busy prefix) shares are hot rows: counted
