@@ -140,12 +140,25 @@ start_service() { # $1: database URL, $2: name, $3: SMS providers (default: the 
   echo "the service did not start:" >&2; cat "$work/service-$2.log" >&2; exit 1
 }
 
+# PostgreSQL's CPU time so far in seconds: every postgres process's user and system time (the
+# service's connections live as long as it does, so a run's difference is its own).
+pg_cpu() {
+  local total=0 pid
+  for pid in $(pgrep -x postgres); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}'
+}
+
 load() { # $1: name, then bench arguments
   local name="$1"; shift
   settle
   echo "$name…" >&2
+  local pg_before
+  pg_before="$(pg_cpu)"
   "$bin" bench "$@" --target http://127.0.0.1:18080 --key "${bench_key:-$key}" --sms-sink 127.0.0.1:19100 \
     --upstream 127.0.0.1:19101 --pid "$service" --json > "$work/$name.json"
+  echo "$pg_before $(pg_cpu)" | awk '{printf "%.2f", $2 - $1}' > "$work/$name.pg-cpu"
   if ! kill -0 "$service" 2>/dev/null; then
     echo "the service died during $name; its log ends:" >&2
     tail -n 40 "$work"/service-*.log >&2
@@ -202,14 +215,18 @@ work, pairs = sys.argv[1], int(sys.argv[2])
 def run(name):
     with open(os.path.join(work, name + ".json")) as f:
         r = json.load(f)
-    cpu = 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / max(r["flows_completed"], 1)
-    return r["flows_per_second"], cpu, sum(r["errors"].values())
+    with open(os.path.join(work, name + ".pg-cpu")) as f:
+        pg = float(f.read())
+    flows = max(r["flows_completed"], 1)
+    cpu = 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / flows
+    return r["flows_per_second"], cpu, 1000 * pg / flows, sum(r["errors"].values())
 ratios = []
-print(f"{'pair':>4} {'on flows/s':>10} {'off flows/s':>11} {'ratio':>6} {'on CPU ms':>9} {'off CPU ms':>10} {'errors':>6}")
+print("CPU ms: per completed flow, the service's own and PostgreSQL's")
+print(f"{'pair':>4} {'on flows/s':>10} {'off flows/s':>11} {'ratio':>6} {'on CPU ms':>9} {'off CPU ms':>10} {'on PG ms':>8} {'off PG ms':>9} {'errors':>6}")
 for i in range(1, pairs + 1):
-    (on, on_cpu, on_err), (off, off_cpu, off_err) = run(f"on-{i}"), run(f"off-{i}")
+    (on, on_cpu, on_pg, on_err), (off, off_cpu, off_pg, off_err) = run(f"on-{i}"), run(f"off-{i}")
     ratios.append(on / max(off, 1e-9))
-    print(f"{i:>4} {on:>10.0f} {off:>11.0f} {ratios[-1]:>6.2f} {on_cpu:>9.3f} {off_cpu:>10.3f} {on_err + off_err:>6}")
+    print(f"{i:>4} {on:>10.0f} {off:>11.0f} {ratios[-1]:>6.2f} {on_cpu:>9.3f} {off_cpu:>10.3f} {on_pg:>8.3f} {off_pg:>9.3f} {on_err + off_err:>6}")
 ratios.sort()
 print(f"rules on / off: median {ratios[len(ratios) // 2]:.2f}, min {ratios[0]:.2f}, max {ratios[-1]:.2f} (target >= 0.9)")
 PY
