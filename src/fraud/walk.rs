@@ -76,6 +76,9 @@ impl Walks {
             .map(|s| s.number.abs_diff(number))
             .filter(|distance| *distance <= SPAN)
             .collect();
+        // A number seen again is moved to the end, never kept twice: one number started over
+        // and over (a flood, refused by its own limit) must not push a walk's numbers out.
+        seen.retain(|s| s.number != number);
         if seen.len() == KEEP {
             seen.pop_front();
         }
@@ -127,6 +130,24 @@ mod tests {
                 "{number}"
             );
         }
+    }
+
+    #[test]
+    fn one_number_started_over_and_over_does_not_hide_a_walk() {
+        let walks = Walks::default();
+        for n in 0..6 {
+            walks.observe("k", &format!("+4915100001{n:03}"), n);
+        }
+        // A flood of one number far from the walk, in the same prefix, between the walk's
+        // steps: more starts than the numbers kept per prefix.
+        for n in 0..(3 * KEEP as i64) {
+            walks.observe("k", "+4915199999999", 10 + n);
+        }
+        assert_eq!(
+            walks.observe("k", "+4915100001006", 200),
+            Walk::Inside,
+            "the walk's numbers are still there"
+        );
     }
 
     #[test]
