@@ -183,7 +183,7 @@ impl Pattern {
 
 /// A region's number types in the order `phonenumber::validator::number_type` tries them.
 struct Patterns {
-    general: Option<Pattern>,
+    general: Pattern,
     /// Premium rate, toll free, shared cost, VoIP, personal, pager, UAN, voicemail.
     special: Vec<(Type, Pattern)>,
     fixed_line: Option<Pattern>,
@@ -193,9 +193,18 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn new(meta: &phonenumber::metadata::Metadata) -> Self {
+    /// The region's patterns, or `None` if one does not compile here (the crate compiled it,
+    /// so this should not happen): a type left out would let, say, a premium-rate number pass
+    /// as mobile, so such a region is typed by the crate instead.
+    fn new(meta: &phonenumber::metadata::Metadata) -> Option<Self> {
         let d = meta.descriptors();
-        let special = [
+        // `Some(None)` for a type the region lacks, `None` for a pattern that did not compile.
+        let compiled = |descriptor: Option<&phonenumber::metadata::Descriptor>| match descriptor {
+            None => Some(None),
+            Some(descriptor) => Pattern::new(descriptor).map(Some),
+        };
+        let mut special = Vec::new();
+        for (kind, descriptor) in [
             (Type::PremiumRate, d.premium_rate()),
             (Type::TollFree, d.toll_free()),
             (Type::SharedCost, d.shared_cost()),
@@ -204,25 +213,26 @@ impl Patterns {
             (Type::Pager, d.pager()),
             (Type::Uan, d.uan()),
             (Type::Voicemail, d.voicemail()),
-        ]
-        .into_iter()
-        .filter_map(|(kind, descriptor)| Some((kind, Pattern::new(descriptor?)?)))
-        .collect();
+        ] {
+            if let Some(pattern) = compiled(descriptor)? {
+                special.push((kind, pattern));
+            }
+        }
         let text = |descriptor: Option<&phonenumber::metadata::Descriptor>| {
             descriptor.map(|d| d.national_number().as_str().to_owned())
         };
-        Self {
-            general: Pattern::new(d.general()),
+        Some(Self {
+            general: Pattern::new(d.general())?,
             special,
-            fixed_line: d.fixed_line().and_then(Pattern::new),
-            mobile: d.mobile().and_then(Pattern::new),
+            fixed_line: compiled(d.fixed_line())?,
+            mobile: compiled(d.mobile())?,
             fixed_is_mobile: text(d.fixed_line()) == text(d.mobile()),
-        }
+        })
     }
 
     /// `phonenumber::validator::number_type`, step for step.
     fn number_type(&self, national: &str) -> Type {
-        if !self.general.as_ref().is_some_and(|p| p.is_match(national)) {
+        if !self.general.is_match(national) {
             return Type::Unknown;
         }
         if let Some((kind, _)) = self.special.iter().find(|(_, p)| p.is_match(national)) {
@@ -250,7 +260,7 @@ impl Patterns {
 /// address of the region's metadata in the crate's static database, which lives as long as
 /// the process (the id "001" names several non-geographic codes).
 static PATTERNS: std::sync::LazyLock<
-    std::sync::RwLock<std::collections::HashMap<usize, std::sync::Arc<Patterns>>>,
+    std::sync::RwLock<std::collections::HashMap<usize, Option<std::sync::Arc<Patterns>>>>,
 > = std::sync::LazyLock::new(Default::default);
 
 /// The number's type as `phonenumber::PhoneNumber::number_type` gives it.
@@ -270,10 +280,13 @@ fn classify(number: &phonenumber::PhoneNumber) -> Type {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key)
-            .or_insert_with(|| std::sync::Arc::new(Patterns::new(meta)))
+            .or_insert_with(|| Patterns::new(meta).map(std::sync::Arc::new))
             .clone(),
     };
-    patterns.number_type(&number.national().value().to_string())
+    match patterns {
+        Some(patterns) => patterns.number_type(&number.national().value().to_string()),
+        None => number.number_type(&phonenumber::metadata::DATABASE),
+    }
 }
 
 static METADATA_LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
