@@ -11,15 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-long=20; memory=60; warmup=10; pairs=0
+long=20; memory=60; warmup=10; only=""; pairs=0
 case "${1:-}" in
   --quick) long=5; memory=10; warmup=3 ;;
   # --rules N: only verify with the rules on and off, N interleaved pairs of 8 s runs on one
   # service, and each pair's ratio: the rules' cost with less of the disk's drift in it.
-  --rules) pairs="${2:?--rules needs a number of pairs}"; long=8; warmup=5; buyers="${3:-64}" ;;
+  --rules) only=rules; pairs="${2:?--rules needs a number of pairs}"; long=8; warmup=5; buyers="${3:-64}" ;;
   # --refusals N: only a refused start's cost against a served start's, N interleaved pairs
   # of 6 s runs on one service, and each pair's ratio with the median.
-  --refusals) refusal_pairs="${2:?--refusals needs a number of pairs}"; pairs=-1; long=6; warmup=5 ;;
+  --refusals) only=refusals; pairs="${2:?--refusals needs a number of pairs}"; long=6; warmup=5 ;;
 esac
 
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -57,7 +57,7 @@ bound() { # $1: before|after
   psql "$pg" -qc "DROP DATABASE $bound_db WITH (FORCE)" >/dev/null
   awk '/^tps = / {print $3; exit}' "$work/pgbench-$1.txt"
 }
-if [ "$pairs" = 0 ]; then tps_before="$(bound before)"; fi
+if [ -z "$only" ]; then tps_before="$(bound before)"; fi
 
 # Each run starts from a settled database: the last run's dead rows vacuumed (CI's PostgreSQL
 # runs with autovacuum off; a production one has it on) and its writes flushed.
@@ -170,65 +170,63 @@ psql "$pg" -qc "CREATE DATABASE $service_db" >/dev/null
 start_service "$base/$service_db" pg
 # A warm-up, not reported: the first seconds after pgbench (and a fresh service) vary most.
 load warmup verify --model closed --concurrency 64 --duration "$warmup" --phone-prefix +49170
-if [ "$pairs" = -1 ]; then
-  # Each run its own mobile prefix (a walk refused in one, numbers spread in another): at most 6.
-  walk_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177)
-  spread_prefixes=(+49178 +49179 +49151 +49152 +49157 +49159)
-  [ "$refusal_pairs" -le 6 ] || { echo "--refusals takes at most 6 pairs" >&2; exit 1; }
-  for i in $(seq 1 "$refusal_pairs"); do
-    bench_key="$attack_key" load "refused-$i" attack --model open --rate 0.1 --duration "$long" \
-      --phone-prefix +49173 --pump-prefix "${walk_prefixes[$((i - 1))]}" --pump-concurrency 64
-    load "served-$i" attack --model open --rate 0.1 --duration "$long" \
-      --phone-prefix +49173 --pump-prefix "${spread_prefixes[$((i - 1))]}" --pump-concurrency 64 --pump-spread
-  done
-  python3 - "$work" "$refusal_pairs" <<'PY'
-import json, os, sys
-work, pairs = sys.argv[1], int(sys.argv[2])
-def per_start(name):
-    with open(os.path.join(work, name + ".json")) as f:
-        r = json.load(f)
-    pump = r["pumping"]
-    return 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / max(pump["starts"], 1), pump
-ratios = []
-print(f"{'pair':>4} {'refused ms':>10} {'refused':>8} {'served ms':>9} {'served':>7} {'ratio':>6}")
-for i in range(1, pairs + 1):
-    (refused, r), (served, s) = per_start(f"refused-{i}"), per_start(f"served-{i}")
-    ratios.append(refused / max(served, 1e-9))
-    print(f"{i:>4} {refused:>10.3f} {r['refused']:>8} {served:>9.3f} {s['sent']:>7} {ratios[-1]:>6.3f}")
-ratios.sort()
-print(f"refused / served start: median {ratios[len(ratios) // 2]:.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f} (target <= 0.333)")
-PY
-  exit 0
-fi
-if [ "$pairs" != 0 ]; then
-  # Each run its own mobile prefix (numbers are new per run): at most 8 pairs.
-  on_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177 +49178 +49179)
-  off_prefixes=(+49151 +49152 +49157 +49159 +49160 +49162 +49163 +49173)
-  [ "$pairs" -le 8 ] || { echo "--rules takes at most 8 pairs" >&2; exit 1; }
+# --rules and --refusals: interleaved pairs, each pair's ratio and the median.
+if [ -n "$only" ]; then
+  if [ "$only" = rules ]; then
+    # Each run its own mobile prefix (numbers are new per run): at most 8 pairs.
+    first_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177 +49178 +49179)
+    second_prefixes=(+49151 +49152 +49157 +49159 +49160 +49162 +49163 +49173)
+  else
+    # Each run its own mobile prefix (a walk refused in one, numbers spread in another).
+    first_prefixes=(+49171 +49172 +49174 +49175 +49176 +49177)
+    second_prefixes=(+49178 +49179 +49151 +49152 +49157 +49159)
+  fi
+  [ "$pairs" -le "${#first_prefixes[@]}" ] || { echo "--$only takes at most ${#first_prefixes[@]} pairs" >&2; exit 1; }
   for i in $(seq 1 "$pairs"); do
-    load "on-$i" verify --model closed --concurrency "$buyers" --duration "$long" --phone-prefix "${on_prefixes[$((i - 1))]}"
-    bench_key="$off_key" load "off-$i" verify --model closed --concurrency "$buyers" --duration "$long" --phone-prefix "${off_prefixes[$((i - 1))]}"
+    first="${first_prefixes[$((i - 1))]}" second="${second_prefixes[$((i - 1))]}"
+    if [ "$only" = rules ]; then
+      load "a-$i" verify --model closed --concurrency "$buyers" --duration "$long" --phone-prefix "$first"
+      bench_key="$off_key" load "b-$i" verify --model closed --concurrency "$buyers" --duration "$long" --phone-prefix "$second"
+    else
+      bench_key="$attack_key" load "a-$i" attack --model open --rate 0.1 --duration "$long" \
+        --phone-prefix +49173 --pump-prefix "$first" --pump-concurrency 64
+      load "b-$i" attack --model open --rate 0.1 --duration "$long" \
+        --phone-prefix +49173 --pump-prefix "$second" --pump-concurrency 64 --pump-spread
+    fi
   done
-  python3 - "$work" "$pairs" <<'PY'
+  python3 - "$work" "$pairs" "$only" <<'PY'
 import json, os, sys
-work, pairs = sys.argv[1], int(sys.argv[2])
+work, pairs, only = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def run(name):
     with open(os.path.join(work, name + ".json")) as f:
         r = json.load(f)
     with open(os.path.join(work, name + ".pg-cpu")) as f:
         pg = float(f.read())
-    flows = max(r["flows_completed"], 1)
-    cpu = 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / flows
-    return r["flows_per_second"], cpu, 1000 * pg / flows, sum(r["errors"].values())
+    count = max(r["pumping"]["starts"] if only == "refusals" else r["flows_completed"], 1)
+    cpu = 1000 * (r.get("service") or {}).get("cpu_seconds", 0) / count
+    return r, cpu, 1000 * pg / count
 ratios = []
-print("CPU ms: per completed flow, the service's own and PostgreSQL's")
-print(f"{'pair':>4} {'on flows/s':>10} {'off flows/s':>11} {'ratio':>6} {'on CPU ms':>9} {'off CPU ms':>10} {'on PG ms':>8} {'off PG ms':>9} {'errors':>6}")
+if only == "rules":
+    print("CPU ms: per completed flow, the service's own and PostgreSQL's")
+    print(f"{'pair':>4} {'on flows/s':>10} {'off flows/s':>11} {'ratio':>6} {'on CPU ms':>9} {'off CPU ms':>10} {'on PG ms':>8} {'off PG ms':>9} {'errors':>6}")
+else:
+    print("CPU ms: the service's own, per start")
+    print(f"{'pair':>4} {'refused ms':>10} {'refused':>8} {'served ms':>9} {'served':>7} {'ratio':>6}")
 for i in range(1, pairs + 1):
-    (on, on_cpu, on_pg, on_err), (off, off_cpu, off_pg, off_err) = run(f"on-{i}"), run(f"off-{i}")
-    ratios.append(on / max(off, 1e-9))
-    print(f"{i:>4} {on:>10.0f} {off:>11.0f} {ratios[-1]:>6.2f} {on_cpu:>9.3f} {off_cpu:>10.3f} {on_pg:>8.3f} {off_pg:>9.3f} {on_err + off_err:>6}")
+    (a, a_cpu, a_pg), (b, b_cpu, b_pg) = run(f"a-{i}"), run(f"b-{i}")
+    if only == "rules":
+        ratios.append(a["flows_per_second"] / max(b["flows_per_second"], 1e-9))
+        errors = sum(a["errors"].values()) + sum(b["errors"].values())
+        print(f"{i:>4} {a['flows_per_second']:>10.0f} {b['flows_per_second']:>11.0f} {ratios[-1]:>6.2f} {a_cpu:>9.3f} {b_cpu:>10.3f} {a_pg:>8.3f} {b_pg:>9.3f} {errors:>6}")
+    else:
+        ratios.append(a_cpu / max(b_cpu, 1e-9))
+        print(f"{i:>4} {a_cpu:>10.3f} {a['pumping']['refused']:>8} {b_cpu:>9.3f} {b['pumping']['sent']:>7} {ratios[-1]:>6.3f}")
 ratios.sort()
-print(f"rules on / off: median {ratios[len(ratios) // 2]:.2f}, min {ratios[0]:.2f}, max {ratios[-1]:.2f} (target >= 0.9)")
+median, low, high = ratios[len(ratios) // 2], ratios[0], ratios[-1]
+if only == "rules":
+    print(f"rules on / off: median {median:.2f}, min {low:.2f}, max {high:.2f} (target >= 0.9)")
+else:
+    print(f"refused / served start: median {median:.3f}, min {low:.3f}, max {high:.3f} (target <= 0.333)")
 PY
   exit 0
 fi
