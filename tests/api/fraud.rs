@@ -23,6 +23,7 @@ both_backends!(
     a_monitored_rule_serves_and_records_what_it_would_have_refused,
     rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds,
     a_busy_new_prefix_is_served_while_a_walker_beside_it_is_stopped,
+    a_flood_of_one_number_does_not_hide_a_walk_beside_it,
 );
 
 const OPERATOR_TOKEN: &str = "og_operator_fraud_team_token_1234";
@@ -301,6 +302,34 @@ async fn a_walker_is_refused_by_its_range_while_the_rest_of_its_prefix_is_served
     assert_eq!(
         app.start(&start_for(&number("+49151", 2_501))).await.status,
         201
+    );
+}
+
+/// The attacker's cover: between the walk's steps, a flood of one number in the same prefix
+/// (refused by its own limit after five), more starts than the walk memory keeps per prefix.
+/// The flood must not push the walk's numbers out: the walk is still refused by its range.
+async fn a_flood_of_one_number_does_not_hide_a_walk_beside_it(backend: Backend) {
+    let app = app_with_rules(backend, PUMPING).await;
+    let flood = start_for(&number("+49151", 99_000_000));
+    let before = app.sms_count().await;
+    let mut walk_statuses = std::collections::BTreeMap::<String, usize>::new();
+    for n in 0..30 {
+        for _ in 0..33 {
+            let answer = app.start(&flood).await;
+            assert!(matches!(answer.status, 201 | 429), "the flood: {answer:#?}");
+        }
+        let answer = app.start(&start_for(&number("+49151", 1_000 + n))).await;
+        *walk_statuses
+            .entry(format!("{} {}", answer.status, answer.body["rule"]))
+            .or_default() += 1;
+        app.clock.advance(40);
+    }
+    // Five SMS to the flooded number (its limit), at most six to the walk.
+    let sent = app.sms_count().await - before;
+    assert!(sent <= 5 + 6, "{sent} SMS ({walk_statuses:?})");
+    assert!(
+        walk_statuses.get("429 \"number_walk\"") >= Some(&24),
+        "{walk_statuses:?}"
     );
 }
 
