@@ -268,7 +268,6 @@ impl Metrics {
             "held_order",
             "idempotency",
             "fraud_counter",
-            "known_good",
             "dead_letter",
         ] {
             privacy_purged.with_label_values(&[table]);

@@ -101,17 +101,9 @@ impl Privacy {
     pub async fn purge_once(&self) -> anyhow::Result<crate::store::Purged> {
         let now = self.clock.now();
         let retention = Millis::from(self.retention.retention_days) * DAY_MS;
-        let known_good_days = self
-            .brands
-            .all()
-            .iter()
-            .map(|brand| brand.fraud.known_good_days)
-            .max()
-            .unwrap_or(90);
         let cutoffs = PurgeCutoffs {
             finished_before: now - retention,
             idempotency_before: now - Millis::from(self.retention.idempotency_hours) * 3_600_000,
-            known_good_before: now - Millis::from(known_good_days) * DAY_MS,
             dead_letters_before: now - retention,
             now,
             limit: i64::from(self.retention.batch_rows),
@@ -224,11 +216,19 @@ impl Privacy {
                 })
             })
             .collect();
+        // Known-good is an approval within `known_good_days` under the current pseudonyms (what
+        // the fraud rules look up).
+        let since = self.clock.now() - Millis::from(brand.fraud.known_good_days) * DAY_MS;
+        let known_good = held.verifications.iter().any(|v| {
+            v.status == crate::domain::Status::Approved
+                && v.finished_at.is_some_and(|at| at >= since)
+                && (!v.phone_pseudonym.is_empty() || !v.customer_pseudonym.is_empty())
+        });
         Ok(AccessReport {
             verifications,
             orders: held.orders,
             events,
-            known_good: held.known_good,
+            known_good,
             fraud_counters: held.fraud_counters,
         })
     }

@@ -326,7 +326,6 @@ impl Fraud {
                 refunds,
                 started_at: now,
                 now,
-                ..ApprovalSignals::default()
             };
             self.store.record_approval(&brand.id, &signals).await?;
             return Ok(verdict);
@@ -376,8 +375,9 @@ impl Fraud {
     }
 
     /// What an approval of `record` tells the rules, written in the approval's own
-    /// transaction: the start from its IP and range was not a pumped one (refunded), the number
-    /// and customer are known-good. `None` when the brand runs no counting rule.
+    /// transaction: the start from its IP and range was not a pumped one (refunded). `None`
+    /// when there is nothing to write: no address, or no rate limit running. (The number and
+    /// customer become known-good by the approval itself: see [`crate::store::KnownGood`].)
     pub fn approval_signals(
         &self,
         brand: &Brand,
@@ -385,17 +385,15 @@ impl Fraud {
         now: Millis,
     ) -> Option<ApprovalSignals> {
         let config = &brand.fraud;
-        if !config.rate_limits.mode.runs() && !config.pumping.mode.runs() {
+        if !config.rate_limits.mode.runs() {
             return None;
         }
-        let mut known_good = vec![format!("phone:{}", record.phone_pseudonym)];
-        if !record.customer_pseudonym.is_empty() {
-            known_good.push(format!("customer:{}", record.customer_pseudonym));
+        let refunds = self.refund_buckets(config, &record.ip_pseudonym, &record.ip_range_pseudonym);
+        if refunds.is_empty() {
+            return None;
         }
         Some(ApprovalSignals {
-            approved: Vec::new(),
-            refunds: self.refund_buckets(config, &record.ip_pseudonym, &record.ip_range_pseudonym),
-            known_good,
+            refunds,
             started_at: record.created_at,
             now,
         })

@@ -8,7 +8,7 @@ use super::{Fraud, Refusal, RuleMode, StartFacts, Verdict};
 use crate::brands::Brand;
 use crate::domain::Millis;
 use crate::events::EventType;
-use crate::store::{CounterHit, CounterState, NewBlock};
+use crate::store::{CounterHit, CounterState, KnownGood, NewBlock};
 
 /// A prefix that trips again within this long after its last block ended gets the next,
 /// doubled cool-down; later it starts over at the first.
@@ -264,17 +264,15 @@ impl Fraud {
         now: Millis,
     ) -> anyhow::Result<bool> {
         let pseudonyms = self.events.pseudonymizer();
-        let mut subjects = vec![format!(
-            "phone:{}",
-            pseudonyms.pseudonym("phone", facts.phone.e164())
-        )];
-        if let Some(customer) = facts.customer_reference {
-            subjects.push(format!(
-                "customer:{}",
-                pseudonyms.pseudonym("customer", customer)
-            ));
-        }
+        let phone = pseudonyms.pseudonym("phone", facts.phone.e164());
+        let customer = facts
+            .customer_reference
+            .map(|customer| pseudonyms.pseudonym("customer", customer));
+        let person = KnownGood {
+            phone_pseudonym: &phone,
+            customer_pseudonym: customer.as_deref(),
+        };
         let since = now - Millis::from(brand.fraud.known_good_days) * 86_400_000;
-        Ok(self.store.known_good(&brand.id, &subjects, since).await?)
+        Ok(self.store.known_good(&brand.id, &person, since).await?)
     }
 }

@@ -1,5 +1,6 @@
-//! The fraud rules' shared state (`fraud_counter`, `known_good`): counters hit in one
-//! statement per start, prefix blocks placed and lifted with their events.
+//! The fraud rules' shared state (`fraud_counter`): counters hit in one statement per start,
+//! prefix blocks placed and lifted with their events; known-good numbers looked up among the
+//! approved verifications.
 
 use anyhow::Context;
 use sqlx::Row;
@@ -380,6 +381,9 @@ pub(super) async fn record_approval(
     brand: &BrandId,
     signals: &ApprovalSignals,
 ) -> anyhow::Result<()> {
+    if signals.refunds.is_empty() {
+        return Ok(());
+    }
     let mut batch = Batch::new(backend);
     approval_statements(&mut batch, brand, signals);
     // Written alone, never merged with other approvals: two approvals in one statement could
@@ -393,72 +397,65 @@ pub(super) async fn record_approval(
 /// The statements that record `signals`, added to `batch`: alone for a refused start's
 /// refunds, or with the approval's own finish (in its transaction).
 pub(super) fn approval_statements(batch: &mut Batch, brand: &BrandId, signals: &ApprovalSignals) {
+    if signals.refunds.is_empty() {
+        return;
+    }
     let brand = batch.bind(brand.as_str());
     let started = batch.bind(signals.started_at);
-    if !signals.known_good.is_empty() {
-        let now = batch.bind(signals.now);
-        let rows: Vec<String> = signals
-            .known_good
-            .iter()
-            .map(|subject| format!("({brand}, {}, {now})", batch.bind(subject.as_str())))
-            .collect();
-        batch.push(format!(
-            "INSERT INTO known_good (brand_id, subject, approved_at) VALUES {} \
-             ON CONFLICT (brand_id, subject) DO UPDATE SET approved_at = excluded.approved_at",
-            rows.join(", ")
-        ));
-    }
-    for (column, buckets) in [
-        ("approvals = approvals + 1", &signals.approved),
-        ("hits = hits - 1", &signals.refunds),
-    ] {
-        if buckets.is_empty() {
-            continue;
-        }
-        let list: Vec<String> = buckets
-            .iter()
-            .map(|bucket| batch.bind(bucket.as_str()))
-            .collect();
-        let floor = if column.starts_with("hits") {
-            " AND hits > 0"
-        } else {
-            ""
-        };
-        batch.push(format!(
-            "UPDATE fraud_counter SET {column} \
-             WHERE brand_id = {brand} AND bucket IN ({}){floor} AND window_start <= {started}",
-            list.join(", ")
-        ));
-    }
+    let list: Vec<String> = signals
+        .refunds
+        .iter()
+        .map(|bucket| batch.bind(bucket.as_str()))
+        .collect();
+    batch.push(format!(
+        "UPDATE fraud_counter SET hits = hits - 1 \
+         WHERE brand_id = {brand} AND bucket IN ({}) AND hits > 0 AND window_start <= {started}",
+        list.join(", ")
+    ));
 }
-
+/// Whether the number (`phone_pseudonym`) or the customer had an approval since `since`:
+/// read from the approved verifications' partial indexes (`verification_known_good_*`).
 pub(super) async fn known_good(
     source: &Source,
     backend: Backend,
     brand: &BrandId,
-    subjects: &[String],
+    person: &KnownGood<'_>,
     since: Millis,
 ) -> anyhow::Result<bool> {
-    let subjects: Vec<&String> = subjects.iter().filter(|s| !s.is_empty()).collect();
-    if subjects.is_empty() {
-        return Ok(false);
-    }
     let mut batch = Batch::new(backend);
     let brand = batch.bind(brand.as_str());
     let since = batch.bind(since);
-    let list: Vec<String> = subjects
+    let phone = batch.bind(person.phone_pseudonym);
+    // The status is a literal, so that both databases see each partial index's predicate.
+    let mut lookups = vec![format!(
+        "SELECT 1 AS known FROM verification WHERE brand_id = {brand} AND phone_pseudonym = {phone} \
+         AND status = 'approved' AND finished_at >= {since}"
+    )];
+    if let Some(customer) = person.customer_pseudonym.filter(|c| !c.is_empty()) {
+        let customer = batch.bind(customer);
+        lookups.push(format!(
+            "SELECT 1 AS known FROM verification WHERE brand_id = {brand} \
+             AND customer_pseudonym = {customer} AND customer_pseudonym <> '' \
+             AND status = 'approved' AND finished_at >= {since}"
+        ));
+    }
+    let lookups: Vec<String> = lookups
         .iter()
-        .map(|subject| batch.bind(subject.as_str()))
+        .enumerate()
+        .map(|(n, lookup)| format!("SELECT known FROM ({lookup} LIMIT 1) AS l{n}"))
         .collect();
-    batch.push(format!(
-        "SELECT subject FROM known_good WHERE brand_id = {brand} AND subject IN ({}) \
-         AND approved_at >= {since} LIMIT 1",
-        list.join(", ")
-    ));
+    batch.push(lookups.join(" UNION ALL "));
     Ok(!run(source, batch)
         .await
         .context("looking up known-good numbers")?
         .is_empty())
+}
+
+/// Whom a known-good lookup asks about: pseudonyms of the number and of the customer.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownGood<'a> {
+    pub phone_pseudonym: &'a str,
+    pub customer_pseudonym: Option<&'a str>,
 }
 
 /// One counter a start hits: a rate-limit bucket or a number prefix (see the `fraud_counter`
@@ -521,13 +518,8 @@ pub struct BlockRecord {
 /// What an approval tells the fraud rules, written together.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalSignals {
-    /// Counters whose approvals rise (the prefix, the brand), where the start was counted in
-    /// their window.
-    pub approved: Vec<String>,
     /// Counters of unconverted starts (IP, range, the brand's budget) the start is refunded to.
     pub refunds: Vec<String>,
-    /// Number and customer pseudonyms that become known-good.
-    pub known_good: Vec<String>,
     /// When the verification started: only counters whose window holds it change.
     pub started_at: Millis,
     pub now: Millis,
@@ -570,11 +562,11 @@ pub trait FraudStore: Send + Sync {
     /// Records what an approval tells the fraud rules.
     async fn record_approval(&self, brand: &BrandId, signals: &ApprovalSignals) -> StoreResult<()>;
 
-    /// Whether any of `subjects` (pseudonyms) had an approval since `since`.
+    /// Whether the number or the customer had an approval since `since`.
     async fn known_good(
         &self,
         brand: &BrandId,
-        subjects: &[String],
+        person: &KnownGood<'_>,
         since: Millis,
     ) -> StoreResult<bool>;
 }
@@ -627,9 +619,9 @@ impl FraudStore for SqlStore {
     async fn known_good(
         &self,
         brand: &BrandId,
-        subjects: &[String],
+        person: &KnownGood<'_>,
         since: Millis,
     ) -> StoreResult<bool> {
-        Ok(super::fraud::known_good(&self.counters, self.backend, brand, subjects, since).await?)
+        Ok(super::fraud::known_good(&self.counters, self.backend, brand, person, since).await?)
     }
 }

@@ -29,7 +29,9 @@ mod sql;
 mod verifications;
 
 pub use error::{StoreError, StoreErrorKind, StoreResult};
-pub use fraud::{ApprovalSignals, BlockRecord, CounterHit, CounterState, FraudStore, NewBlock};
+pub use fraud::{
+    ApprovalSignals, BlockRecord, CounterHit, CounterState, FraudStore, KnownGood, NewBlock,
+};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore};
 pub use orders::{ForwardOutcome, LeasedWork, OrderStore, WebhookJob, WebhookOutcome};
 pub use outbox::{OutboxRow, OutboxStats, OutboxStore};

@@ -19,8 +19,6 @@ pub struct PurgeCutoffs {
     pub finished_before: Millis,
     /// Idempotency keys created before this are deleted.
     pub idempotency_before: Millis,
-    /// Known-good numbers approved before this are forgotten.
-    pub known_good_before: Millis,
     /// Dead letters failed before this are deleted.
     pub dead_letters_before: Millis,
     pub now: Millis,
@@ -35,19 +33,17 @@ pub struct Purged {
     pub order_payloads: u64,
     pub idempotency_keys: u64,
     pub fraud_counters: u64,
-    pub known_good: u64,
     pub dead_letters: u64,
 }
 
 impl Purged {
     /// `(what, rows)` for the metrics and the log.
-    pub fn by_table(&self) -> [(&'static str, u64); 6] {
+    pub fn by_table(&self) -> [(&'static str, u64); 5] {
         [
             ("verification", self.phone_numbers),
             ("held_order", self.order_payloads),
             ("idempotency", self.idempotency_keys),
             ("fraud_counter", self.fraud_counters),
-            ("known_good", self.known_good),
             ("dead_letter", self.dead_letters),
         ]
     }
@@ -110,7 +106,6 @@ pub struct PersonOrder {
 pub struct Held {
     pub verifications: Vec<VerificationRecord>,
     pub orders: Vec<PersonOrder>,
-    pub known_good: bool,
     pub fraud_counters: u64,
 }
 
@@ -176,7 +171,7 @@ impl PrivacyStore for SqlStore {
     async fn purge(&self, cutoffs: &PurgeCutoffs) -> StoreResult<Purged> {
         // Each step is one bounded statement (its own short transaction): `{before}` is the
         // step's cutoff, `{limit}` the batch size.
-        let steps: [(&str, Millis, &str); 6] = [
+        let steps: [(&str, Millis, &str); 5] = [
             // A finished verification keeps its row (counts, audit, the pseudonym its events
             // carry) but not the number.
             (
@@ -213,13 +208,6 @@ impl PrivacyStore for SqlStore {
                   AND blocked_until + 86400000 < {before} LIMIT {limit}) RETURNING bucket",
             ),
             (
-                "known-good numbers",
-                cutoffs.known_good_before,
-                "DELETE FROM known_good WHERE (brand_id, subject) IN \
-                 (SELECT brand_id, subject FROM known_good WHERE approved_at < {before} \
-                  LIMIT {limit}) RETURNING subject",
-            ),
-            (
                 "dead letters",
                 cutoffs.dead_letters_before,
                 "DELETE FROM dead_letter WHERE dead_letter_id IN \
@@ -227,7 +215,7 @@ impl PrivacyStore for SqlStore {
                   LIMIT {limit}) RETURNING dead_letter_id",
             ),
         ];
-        let mut counts = [0u64; 6];
+        let mut counts = [0u64; 5];
         for ((what, cutoff, statement), count) in steps.into_iter().zip(&mut counts) {
             let mut batch = Batch::new(self.backend);
             let (before, limit) = (batch.bind(cutoff), batch.bind(cutoffs.limit));
@@ -243,7 +231,6 @@ impl PrivacyStore for SqlStore {
             order_payloads,
             idempotency_keys,
             fraud_counters,
-            known_good,
             dead_letters,
         ] = counts;
         Ok(Purged {
@@ -251,7 +238,6 @@ impl PrivacyStore for SqlStore {
             order_payloads,
             idempotency_keys,
             fraud_counters,
-            known_good,
             dead_letters,
         })
     }
@@ -300,20 +286,6 @@ impl PrivacyStore for SqlStore {
             .collect::<anyhow::Result<Vec<_>>>()?;
 
         let mut batch = Batch::new(self.backend);
-        let brand_value = batch.bind(brand.as_str());
-        let subjects: Vec<String> = subjects(person);
-        let subjects = list(&mut batch, &subjects);
-        batch.push(format!(
-            "SELECT subject FROM known_good WHERE brand_id = {brand_value} AND subject IN {subjects}"
-        ));
-        let known_good = !self
-            .source
-            .fetch(batch)
-            .await
-            .context("finding a person's known-good mark")?
-            .is_empty();
-
-        let mut batch = Batch::new(self.backend);
         let condition = bucket_condition(&mut batch, brand, person);
         batch.push(format!(
             "SELECT bucket FROM fraud_counter WHERE {condition}"
@@ -327,7 +299,6 @@ impl PrivacyStore for SqlStore {
         Ok(Held {
             verifications,
             orders,
-            known_good,
             fraud_counters,
         })
     }
@@ -393,6 +364,15 @@ impl PrivacyStore for SqlStore {
              RETURNING message_id"
         ));
         erased.sms_references = count(tx.run(batch).await.context("blanking SMS")?);
+        // The approvals that made the person known-good: blanking their pseudonyms below
+        // forgets the mark (the fraud rules look it up by pseudonym).
+        let mut batch = Batch::new(self.backend);
+        let condition = person_condition(&mut batch, brand, person);
+        batch.push(format!(
+            "SELECT verification_id FROM verification WHERE status = 'approved' \
+             AND (phone_pseudonym <> '' OR customer_pseudonym <> '') AND {condition}"
+        ));
+        erased.known_good = count(tx.run(batch).await.context("finding known-good marks")?);
         let mut batch = Batch::new(self.backend);
         let condition = person_condition(&mut batch, brand, person);
         batch.push(format!(
@@ -417,14 +397,6 @@ impl PrivacyStore for SqlStore {
             }
         }
         let mut batch = Batch::new(self.backend);
-        let brand_value = batch.bind(brand.as_str());
-        let subjects = list(&mut batch, &subjects(person));
-        batch.push(format!(
-            "DELETE FROM known_good WHERE brand_id = {brand_value} AND subject IN {subjects} \
-             RETURNING subject"
-        ));
-        erased.known_good = count(tx.run(batch).await.context("deleting known-good")?);
-        let mut batch = Batch::new(self.backend);
         let condition = bucket_condition(&mut batch, brand, person);
         batch.push(format!(
             "DELETE FROM fraud_counter WHERE {condition} RETURNING bucket"
@@ -441,20 +413,6 @@ impl PrivacyStore for SqlStore {
 }
 
 /// The person's known-good subjects.
-fn subjects(person: &Person) -> Vec<String> {
-    person
-        .phone_pseudonyms
-        .iter()
-        .map(|p| format!("phone:{p}"))
-        .chain(
-            person
-                .customer_pseudonyms
-                .iter()
-                .map(|c| format!("customer:{c}")),
-        )
-        .collect()
-}
-
 /// The fraud counters keyed by one of the person's pseudonyms (`phone:5/600s:<pseudonym>`).
 fn bucket_condition(batch: &mut Batch, brand: &BrandId, person: &Person) -> String {
     let brand = batch.bind(brand.as_str());

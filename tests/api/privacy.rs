@@ -438,6 +438,7 @@ async fn an_erasure_removes_every_trace_of_one_person_and_nothing_else(backend: 
     }
     let (_, held) = privacy(&app, "access", &request).await;
     assert_eq!(held["verifications"], json!([]), "{held}");
+    assert_eq!(held["known_good"], false, "{held}");
 }
 
 /// The embedded default keeps its events in JSON-lines files: an erasure rewrites them without
