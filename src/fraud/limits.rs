@@ -19,11 +19,29 @@ pub fn ip_range(ip: &str) -> String {
     }
 }
 
-/// A rate-limit counter of this start: its bucket, window and what it counts by.
+/// A rate-limit counter of this start: one row of its key, counting up to two of the key's
+/// windows, and what it counts by.
 pub(super) struct Limit {
     pub(super) hit: CounterHit,
-    pub(super) limit: i64,
+    /// The limit of the row's first window, and of its second (when `hit.window2_ms` > 0).
+    pub(super) limits: [i64; 2],
     pub(super) key_type: &'static str,
+}
+
+/// A key's counter rows: its windows two by two (a number's "5/10m" and "10/1d" on one row,
+/// so a start writes one row, not two), each row's bucket naming its windows
+/// (`phone:5/600s+10/86400s:<pseudonym>`: a changed window starts a new counter). The brand's
+/// own ceiling is a hot counter (gathered in memory, see `hot.rs`), one window per row.
+fn rows<'a>(
+    key_type: &'static str,
+    windows: &'a [Window],
+    key: &'a str,
+) -> impl Iterator<Item = (String, &'a [Window])> + 'a {
+    let per_row = if key_type == "brand" { 1 } else { 2 };
+    windows.chunks(per_row).map(move |windows| {
+        let labels: Vec<String> = windows.iter().map(Window::label).collect();
+        (format!("{key_type}:{}:{key}", labels.join("+")), windows)
+    })
 }
 
 impl Fraud {
@@ -61,21 +79,24 @@ impl Fraud {
             ));
             keys.push(("brand", &limits.brand, "all".to_owned()));
         }
-        keys.into_iter()
-            .filter(|(_, _, key)| !key.is_empty())
-            .flat_map(|(key_type, windows, key)| {
-                windows.iter().map(move |window| Limit {
+        let mut limits = Vec::new();
+        for (key_type, windows, key) in keys.iter().filter(|(_, _, key)| !key.is_empty()) {
+            for (bucket, windows) in rows(key_type, windows, key) {
+                let second = windows.get(1);
+                limits.push(Limit {
                     hit: CounterHit {
-                        bucket: format!("{key_type}:{}:{key}", window.label()),
-                        window_ms: window.window_ms,
+                        bucket,
+                        window_ms: windows[0].window_ms,
+                        window2_ms: second.map_or(0, |w| w.window_ms),
                         count: 1,
                         approvals: 0,
                     },
-                    limit: window.limit,
+                    limits: [windows[0].limit, second.map_or(i64::MAX, |w| w.limit)],
                     key_type,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        limits
     }
 
     /// The counters that count only starts that never converted: an approval refunds them.
@@ -86,18 +107,37 @@ impl Fraud {
         range: &str,
     ) -> Vec<String> {
         let limits = &config.rate_limits;
-        let mut buckets = Vec::new();
-        for (key_type, windows, key) in [
+        [
             ("ip", &limits.ip, ip),
             ("ip_range", &limits.ip_range, range),
-        ] {
-            if key.is_empty() {
-                continue;
-            }
-            for window in windows {
-                buckets.push(format!("{key_type}:{}:{key}", window.label()));
-            }
-        }
-        buckets
+        ]
+        .into_iter()
+        .filter(|(_, _, key)| !key.is_empty())
+        .flat_map(|(key_type, windows, key)| rows(key_type, windows, key).map(|(bucket, _)| bucket))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_windows_share_rows_two_by_two_and_the_brands_do_not() {
+        let windows: Vec<Window> = ["5/10m", "10/1d", "50/30d"]
+            .iter()
+            .map(|w| Window::parse(w).expect("window"))
+            .collect();
+        let phone: Vec<(String, usize)> = rows("phone", &windows, "k")
+            .map(|(bucket, windows)| (bucket, windows.len()))
+            .collect();
+        assert_eq!(
+            phone,
+            [
+                ("phone:5/600s+10/86400s:k".to_owned(), 2),
+                ("phone:50/2592000s:k".to_owned(), 1)
+            ]
+        );
+        assert_eq!(rows("brand", &windows, "all").count(), 3);
     }
 }

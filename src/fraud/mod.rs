@@ -245,6 +245,7 @@ impl Fraud {
             hot.push(CounterHit {
                 bucket: prefix_bucket.clone(),
                 window_ms,
+                window2_ms: 0,
                 count: 1,
                 approvals: 0,
             });
@@ -253,6 +254,7 @@ impl Fraud {
             hot.push(CounterHit {
                 bucket: BRAND_STARTS.to_owned(),
                 window_ms,
+                window2_ms: 0,
                 count: 1,
                 approvals: 0,
             });
@@ -261,6 +263,7 @@ impl Fraud {
                 hot.push(CounterHit {
                     bucket: NEW_PREFIX_STARTS.to_owned(),
                     window_ms,
+                    window2_ms: 0,
                     count: 0,
                     approvals: 0,
                 });
@@ -270,12 +273,14 @@ impl Fraud {
                 hot.push(CounterHit {
                     bucket: format!("{PREFIX_SEEN}{prefix}"),
                     window_ms: history_ms,
+                    window2_ms: 0,
                     count: 0,
                     approvals: 0,
                 });
                 hot.push(CounterHit {
                     bucket: BRAND_SEEN.to_owned(),
                     window_ms: history_ms,
+                    window2_ms: 0,
                     count: 0,
                     approvals: 0,
                 });

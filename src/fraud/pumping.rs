@@ -82,8 +82,15 @@ impl Fraud {
             let Some(counter) = state(&limit.hit.bucket) else {
                 continue;
             };
-            if counter.hits > limit.limit {
-                let until = counter.window_start + counter.window_ms;
+            // The windows over their limit: refused until the last of them ends.
+            let mut over = None;
+            if counter.hits > limit.limits[0] {
+                over = Some(counter.window_start + counter.window_ms);
+            }
+            if counter.window2_ms > 0 && counter.hits2 > limit.limits[1] {
+                over = over.max(Some(counter.window2_start + counter.window2_ms));
+            }
+            if let Some(until) = over {
                 let refusal = Refusal {
                     rule: "rate_limit",
                     key_type: limit.key_type,
@@ -246,6 +253,7 @@ impl Fraud {
             let hit = CounterHit {
                 bucket: block.bucket.clone(),
                 window_ms: Millis::from(pumping.window_seconds) * 1000,
+                window2_ms: 0,
                 count: 0,
                 approvals: 0,
             };

@@ -24,8 +24,12 @@ const RESTARTS: &str = "(fraud_counter.window_start + fraud_counter.window_ms <=
      OR (fraud_counter.blocked_until > fraud_counter.window_start \
          AND fraud_counter.blocked_until <= excluded.window_start))";
 
+/// A counter's second window has ended (or it had none): the next hit starts a new one.
+const RESTARTS_2: &str =
+    "(fraud_counter.window2_start + fraud_counter.window2_ms <= excluded.window2_start)";
+
 const STATE_COLUMNS: &str = "bucket, window_start, window_ms, hits, approvals, prev_hits, prev_approvals, \
-    blocked_at, blocked_until, block_level";
+    blocked_at, blocked_until, block_level, window2_start, window2_ms, hits2";
 
 fn state_from_row(row: &AnyRow) -> anyhow::Result<CounterState> {
     Ok(CounterState {
@@ -39,6 +43,9 @@ fn state_from_row(row: &AnyRow) -> anyhow::Result<CounterState> {
         blocked_at: row.try_get("blocked_at")?,
         blocked_until: row.try_get("blocked_until")?,
         block_level: row.try_get("block_level")?,
+        window2_start: row.try_get("window2_start")?,
+        window2_ms: row.try_get("window2_ms")?,
+        hits2: row.try_get("hits2")?,
         pending: 0,
         settled: 0,
     })
@@ -117,6 +124,7 @@ impl HitCombiner {
 /// A counter as one merged statement hits it: the sums of its group.
 struct MergedHit {
     window_ms: Millis,
+    window2_ms: Millis,
     count: i64,
     approvals: i64,
     now: Millis,
@@ -132,11 +140,13 @@ async fn hit_group(source: &Source, backend: Backend, group: Vec<HitJob>) {
                 .entry((job.brand.clone(), hit.bucket.clone()))
                 .or_insert(MergedHit {
                     window_ms: hit.window_ms,
+                    window2_ms: hit.window2_ms,
                     count: 0,
                     approvals: 0,
                     now: job.now,
                 });
             entry.window_ms = hit.window_ms;
+            entry.window2_ms = hit.window2_ms;
             entry.count += hit.count;
             entry.approvals += hit.approvals;
             entry.now = entry.now.max(job.now);
@@ -200,6 +210,7 @@ async fn hit_alone(
             (job.brand.clone(), hit.bucket.clone()),
             MergedHit {
                 window_ms: hit.window_ms,
+                window2_ms: hit.window2_ms,
                 count: hit.count,
                 approvals: hit.approvals,
                 now: job.now,
@@ -230,24 +241,28 @@ async fn hit_counters(
         .iter()
         .map(|((brand, bucket), hit)| {
             serde_json::json!({"b": brand, "k": bucket, "n": hit.now, "w": hit.window_ms,
-                               "c": hit.count, "a": hit.approvals})
+                               "v": hit.window2_ms, "c": hit.count, "a": hit.approvals})
         })
         .collect();
     let mut batch = Batch::new(backend);
     let rows = batch.bind(serde_json::Value::Array(rows).to_string());
     let source_rows = match backend {
         Backend::Postgres => format!(
-            "SELECT r.b, r.k, r.n, r.w, r.c, r.a FROM jsonb_to_recordset({rows}::jsonb) \
-             AS r(b text, k text, n bigint, w bigint, c bigint, a bigint)"
+            "SELECT r.b, r.k, r.n, r.w, r.c, r.a, r.n, r.v, CASE WHEN r.v > 0 THEN r.c ELSE 0 END \
+             FROM jsonb_to_recordset({rows}::jsonb) \
+             AS r(b text, k text, n bigint, w bigint, v bigint, c bigint, a bigint)"
         ),
         // `WHERE true`: SQLite's upsert after a SELECT needs it to parse.
         Backend::Sqlite => format!(
             "SELECT value ->> '$.b', value ->> '$.k', value ->> '$.n', value ->> '$.w', \
-             value ->> '$.c', value ->> '$.a' FROM json_each({rows}) WHERE true"
+             value ->> '$.c', value ->> '$.a', value ->> '$.n', value ->> '$.v', \
+             CASE WHEN value ->> '$.v' > 0 THEN value ->> '$.c' ELSE 0 END \
+             FROM json_each({rows}) WHERE true"
         ),
     };
     batch.push(format!(
-        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits, approvals) {source_rows} \
+        "INSERT INTO fraud_counter (brand_id, bucket, window_start, window_ms, hits, approvals, \
+           window2_start, window2_ms, hits2) {source_rows} \
          ON CONFLICT (brand_id, bucket) DO UPDATE SET \
            hits = CASE WHEN {RESTARTS} THEN excluded.hits ELSE fraud_counter.hits + excluded.hits END, \
            approvals = CASE WHEN {RESTARTS} THEN excluded.approvals \
@@ -261,7 +276,12 @@ async fn hit_counters(
               THEN fraud_counter.approvals ELSE 0 END) \
              ELSE fraud_counter.prev_approvals END, \
            window_start = CASE WHEN {RESTARTS} THEN excluded.window_start ELSE fraud_counter.window_start END, \
-           window_ms = excluded.window_ms \
+           window_ms = excluded.window_ms, \
+           hits2 = CASE WHEN excluded.window2_ms = 0 THEN 0 WHEN {RESTARTS_2} THEN excluded.hits2 \
+             ELSE fraud_counter.hits2 + excluded.hits2 END, \
+           window2_start = CASE WHEN {RESTARTS_2} THEN excluded.window2_start \
+             ELSE fraud_counter.window2_start END, \
+           window2_ms = excluded.window2_ms \
          RETURNING brand_id, {STATE_COLUMNS}"
     ));
     let rows = run(source, batch).await.context("counting starts")?;
@@ -407,9 +427,14 @@ pub(super) fn approval_statements(batch: &mut Batch, brand: &BrandId, signals: &
         .iter()
         .map(|bucket| batch.bind(bucket.as_str()))
         .collect();
+    // Each window gives the start back if the start was counted in it.
     batch.push(format!(
-        "UPDATE fraud_counter SET hits = hits - 1 \
-         WHERE brand_id = {brand} AND bucket IN ({}) AND hits > 0 AND window_start <= {started}",
+        "UPDATE fraud_counter SET \
+           hits = CASE WHEN hits > 0 AND window_start <= {started} THEN hits - 1 ELSE hits END, \
+           hits2 = CASE WHEN hits2 > 0 AND window2_start <= {started} THEN hits2 - 1 ELSE hits2 END \
+         WHERE brand_id = {brand} AND bucket IN ({}) \
+           AND ((hits > 0 AND window_start <= {started}) \
+             OR (hits2 > 0 AND window2_start <= {started}))",
         list.join(", ")
     ));
 }
@@ -464,6 +489,8 @@ pub struct KnownGood<'a> {
 pub struct CounterHit {
     pub bucket: String,
     pub window_ms: Millis,
+    /// A second window counted on the same row (a key's second limit); 0 for none.
+    pub window2_ms: Millis,
     /// Starts to add: 1 for one start, more for a batch an instance gathered, 0 to read.
     pub count: i64,
     /// Approvals to add (hot counters gather them too).
@@ -485,6 +512,10 @@ pub struct CounterState {
     /// 0 when never blocked; a block is in force while it is in the future.
     pub blocked_until: Millis,
     pub block_level: i64,
+    /// The second window, if the counter has one (`window2_ms` > 0).
+    pub window2_start: Millis,
+    pub window2_ms: Millis,
+    pub hits2: i64,
     /// Starts an instance counted and has not written yet (included in `hits`).
     pub pending: i64,
     /// Of `hits`, those this instance saw written long enough ago to have converted by now

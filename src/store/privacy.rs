@@ -205,6 +205,7 @@ impl PrivacyStore for SqlStore {
                 "DELETE FROM fraud_counter WHERE (brand_id, bucket) IN \
                  (SELECT brand_id, bucket FROM fraud_counter \
                   WHERE window_start + 2 * window_ms < {before} \
+                  AND window2_start + 2 * window2_ms < {before} \
                   AND blocked_until + 86400000 < {before} LIMIT {limit}) RETURNING bucket",
             ),
             (

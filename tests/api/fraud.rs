@@ -143,11 +143,23 @@ async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(ba
     assert_eq!(app.start(&start_for(PHONE)).await.status, 201);
     let daily = app.start(&start_for(PHONE)).await;
     daily.assert_problem(429, "rate_limited");
+    // Both windows live on one counter row: the refusal waits for the day's window, and the
+    // next 10-minute window does not lift it.
+    let retry: i64 = daily
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(retry > 23 * 3_600, "the day's window: {retry}");
+    app.clock.advance(10 * 60_000 + 1);
+    app.start(&start_for(PHONE))
+        .await
+        .assert_problem(429, "rate_limited");
     app.clock.advance(24 * 3_600_000);
     assert_eq!(app.start(&start_for(PHONE)).await.status, 201, "a new day");
 
     let blocked = blocked_events(&app).await;
-    assert_eq!(blocked.len(), 2, "one event per refusal: {blocked:#?}");
+    assert_eq!(blocked.len(), 3, "one event per refusal: {blocked:#?}");
     for event in &blocked {
         assert_eq!(
             (&event["rule"], &event["key_type"], &event["outcome"]),
@@ -161,7 +173,7 @@ async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(ba
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(
-            r#"orderguard_fraud_refusals_total{brand="nordwind",mode="enforce",rule="rate_limit"} 2"#
+            r#"orderguard_fraud_refusals_total{brand="nordwind",mode="enforce",rule="rate_limit"} 3"#
         ),
         "{metrics}"
     );

@@ -465,6 +465,7 @@ async fn parallel_counter_hits_each_see_their_own_count(backend: Backend) {
     let now = now_millis();
     let brands = [brand(), BrandId::parse("fjallnet").expect("id")];
     let hit = |bucket: String, count: i64| CounterHit {
+        window2_ms: 0,
         bucket,
         window_ms: 600_000,
         count,
