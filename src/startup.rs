@@ -232,7 +232,7 @@ impl Application {
             format!("{instance}:{}", uuid::Uuid::now_v7()),
         )
         .with_clock(clock);
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             verifier,
             store,
             brands,
@@ -256,7 +256,7 @@ impl Application {
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
             trusted_proxies: crate::http::TrustedProxies::parse(&settings.http.trusted_proxies)
                 .map_err(anyhow::Error::msg)?,
-        };
+        });
         let limits = HttpLimits {
             body_limit_bytes: settings.http.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.http.request_timeout_ms),

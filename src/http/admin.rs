@@ -266,10 +266,10 @@ impl PersonRequest {
 }
 
 /// Erase every trace of a person in a brand (privacy scope): the database (pending
-/// verifications aborted; numbers, pseudonyms, payloads and answers blanked; keys, unshipped
-/// events, known-good marks and counters deleted) and the event store (ClickHouse or the
-/// JSON-lines files). An audit event records that an erasure happened and who asked, never
-/// whom. Erasing again finds nothing.
+/// verifications aborted; numbers, pseudonyms, payloads and answers blanked, which forgets
+/// the known-good mark; keys, unshipped events and counters deleted) and the event store
+/// (ClickHouse or the JSON-lines files). An audit event records that an erasure happened and
+/// who asked, never whom. Erasing again finds nothing.
 #[utoipa::path(
     post, path = "/v1/admin/privacy/erasure", tag = "admin",
     request_body = PersonRequest,

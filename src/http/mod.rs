@@ -40,9 +40,27 @@ use crate::verifier::Verifier;
 
 pub use client_ip::TrustedProxies;
 
-/// Everything handlers share, built once at start.
+/// Everything handlers share, built once at start. Cloned for every extractor and middleware
+/// of every request, so it is one reference count, not a copy of each field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub verifier: Arc<Verifier>,
     pub store: Arc<dyn Store>,
     pub brands: Arc<BrandRegistry>,
