@@ -3,6 +3,7 @@
 
 pub mod code;
 pub mod event;
+pub mod id;
 pub mod money;
 pub mod order;
 pub mod phone;

@@ -13,7 +13,7 @@ pub struct OrderId(Uuid);
 
 impl OrderId {
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self(crate::domain::id::new_v7())
     }
 
     pub fn as_uuid(&self) -> &Uuid {

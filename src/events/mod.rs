@@ -123,7 +123,7 @@ impl EventFactory {
         now: Millis,
     ) -> Event {
         Event {
-            event_id: Uuid::now_v7(),
+            event_id: crate::domain::id::new_v7(),
             ts: now,
             brand: brand.to_owned(),
             event_type: kind.as_str().to_owned(),
@@ -158,7 +158,7 @@ impl EventFactory {
     /// An event about `record` at `now`.
     pub fn verification(&self, record: &VerificationRecord, kind: EventType, now: Millis) -> Event {
         Event {
-            event_id: Uuid::now_v7(),
+            event_id: crate::domain::id::new_v7(),
             ts: now,
             brand: record.brand.clone(),
             event_type: kind.as_str().to_owned(),
@@ -211,11 +211,11 @@ impl EventFactory {
             ),
         };
         Event {
-            event_id: Uuid::now_v7(),
+            event_id: crate::domain::id::new_v7(),
             ts: now,
             brand: brand.to_owned(),
             event_type: EventType::VerificationBlocked.as_str().to_owned(),
-            verification_id: Uuid::now_v7(),
+            verification_id: crate::domain::id::new_v7(),
             order_id: Uuid::nil(),
             channel: "sms".to_owned(),
             country,

@@ -134,7 +134,7 @@ impl SimSwapClient {
             .post(url)
             .timeout(Duration::from_millis(config.timeout_ms))
             .bearer_auth(token)
-            .header("x-correlator", uuid::Uuid::now_v7().to_string())
+            .header("x-correlator", crate::domain::id::new_v7().to_string())
             .json(&serde_json::json!({"phoneNumber": e164, "maxAge": config.max_age_hours}))
             .send()
             .await;

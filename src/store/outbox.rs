@@ -151,7 +151,7 @@ impl OutboxStore for SqlStore {
         // One batch id for exactly these rows (a uuid: safe to write inline).
         let statement = format!(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = 0, batch = '{}'",
-            uuid::Uuid::now_v7().simple()
+            crate::domain::id::new_v7().simple()
         );
         self.for_outbox_ids(&statement, ids, "giving an outbox batch up")
             .await?;

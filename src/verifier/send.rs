@@ -79,7 +79,7 @@ impl Verifier {
         code: &OtpCode,
     ) -> Result<(), VerifyError> {
         let message = SmsMessage {
-            message_id: uuid::Uuid::now_v7(),
+            message_id: crate::domain::id::new_v7(),
             verification_id: record.id,
             to: record.phone.clone(),
             sender: brand.sms_sender.clone(),
