@@ -417,15 +417,24 @@ async fn every_panel_query_runs_on_real_events_and_every_alert_rule_holds() {
     let metrics_file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(metrics_file.path(), &metrics).expect("write metrics");
     // Scraped for long enough that every rate over a 5-minute window (the checker's `$__rate_interval`) has samples
-    // of the traffic.
+    // of the traffic: every series the traffic created exists by now, and a rate needs two
+    // samples of it, so two scrapes (1 s apart) after this moment. Waiting for some series
+    // only let those created last (refusals, finished verifications) have one sample when the
+    // machine was quiet and the run fast.
+    let traffic_done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs_f64();
+    let two_scrapes_later = format!("timestamp(up) > {}", traffic_done + 2.0);
     eventually("Prometheus scraped the service's traffic", 60, async || {
-        prometheus
-            .series(
-                &app.client,
-                "rate(orderguard_verifications_started_total[5m]) > 0",
-            )
-            .await
-            > 0
+        prometheus.series(&app.client, &two_scrapes_later).await > 0
+            && prometheus
+                .series(
+                    &app.client,
+                    "rate(orderguard_verifications_started_total[5m]) > 0",
+                )
+                .await
+                > 0
             && prometheus
                 .series(
                     &app.client,
