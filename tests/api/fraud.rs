@@ -1082,27 +1082,38 @@ struct Replay {
     walker_served: u64,
     slow: u64,
     slow_served: u64,
+    /// The slow pumper's refusals by problem type.
+    slow_refusals: std::collections::BTreeMap<String, u64>,
+}
+
+impl Replay {
+    /// What every replay keeps: known-good buyers and first-time buyers of the walked prefix
+    /// served, at most 1 % of the walker's starts sent, fewer than 0.1 % of real buyers refused.
+    fn assert_buyers_served_and_walker_stopped(&self) {
+        assert_eq!(
+            self.regular_refused, 0,
+            "known-good buyers in the walked prefix are served: {self:?}"
+        );
+        assert_eq!(
+            self.walked_first_served, self.walked_first,
+            "first-time buyers in the walked prefix are served: {self:?}"
+        );
+        assert!(
+            self.walker_served * 100 <= self.walker,
+            "≤ 1 % of the walker's starts sent: {self:?}"
+        );
+        assert!(
+            self.real_refused * 1000 < self.real,
+            "fewer than 0.1 % of real buyers refused: {self:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walker_is_stopped_while_real_buyers_are_served() {
-    let replay = replay(0, None).await;
-    assert_eq!(
-        replay.regular_refused, 0,
-        "known-good buyers in the walked prefix are served"
-    );
-    assert_eq!(
-        replay.walked_first_served, replay.walked_first,
-        "first-time buyers in the walked prefix are served: {replay:?}"
-    );
-    assert!(
-        replay.real_refused * 1000 < replay.real,
-        "fewer than 0.1 % of real buyers refused: {replay:?}"
-    );
-    assert!(
-        replay.walker_served * 100 <= replay.walker,
-        "≤ 1 % of the walker's starts sent: {replay:?}"
-    );
+    replay(0, Slow::LikeBuyers)
+        .await
+        .assert_buyers_served_and_walker_stopped();
 }
 
 /// The full mix, slow pumper included: the walker is stopped, known-good buyers are served and
@@ -1112,23 +1123,8 @@ async fn a_walker_is_stopped_while_real_buyers_are_served() {
 /// printed (see the README), not hidden, and no rule refuses real buyers to catch it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_attack_mix_stops_the_walker_and_serves_every_real_buyer() {
-    let replay = replay(5, None).await;
-    assert_eq!(
-        replay.regular_refused, 0,
-        "known-good buyers in the walked prefix are served"
-    );
-    assert_eq!(
-        replay.walked_first_served, replay.walked_first,
-        "first-time buyers in the walked prefix are served: {replay:?}"
-    );
-    assert!(
-        replay.walker_served * 100 <= replay.walker,
-        "≤ 1 % of the walker's starts sent: {replay:?}"
-    );
-    assert!(
-        replay.real_refused * 1000 < replay.real,
-        "fewer than 0.1 % of real buyers refused: {replay:?}"
-    );
+    let replay = replay(5, Slow::LikeBuyers).await;
+    replay.assert_buyers_served_and_walker_stopped();
     assert_eq!(replay.slow, 450);
 }
 
@@ -1139,12 +1135,8 @@ async fn the_full_attack_mix_stops_the_walker_and_serves_every_real_buyer() {
 /// and no real buyer is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_attack_mix_in_prefixes_buyers_do_not_use_sends_at_most_one_percent() {
-    let replay = replay(5, Some(DE_UNUSED_PREFIXES)).await;
-    assert_eq!(replay.regular_refused, 0, "{replay:?}");
-    assert_eq!(
-        replay.walked_first_served, replay.walked_first,
-        "first-time buyers in the walked prefix are served: {replay:?}"
-    );
+    let replay = replay(5, Slow::UnusedPrefixesWithHistory).await;
+    replay.assert_buyers_served_and_walker_stopped();
     assert_eq!(replay.real_refused, 0, "{replay:?}");
     assert_eq!(replay.slow, 450);
     assert!(
@@ -1153,11 +1145,90 @@ async fn the_full_attack_mix_in_prefixes_buyers_do_not_use_sends_at_most_one_per
     );
 }
 
+/// The full mix for a shop without a history, with the slow pumper over every mobile prefix
+/// of each brand's allowed countries (most of which its buyers do not use): what the rules
+/// stop of it is printed for the README; the walker is stopped, and no real buyer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_attack_mix_with_the_slow_pumper_over_the_allowed_countries() {
+    let replay = replay(5, Slow::AllowedCountries).await;
+    replay.assert_buyers_served_and_walker_stopped();
+    assert_eq!(replay.slow, 450);
+    // Every number it drew is a valid mobile number: what refused it were the fraud rules.
+    assert!(
+        replay
+            .slow_refusals
+            .keys()
+            .all(|problem| problem == "rate_limited" || problem == "prefix_blocked"),
+        "{replay:?}"
+    );
+}
+
 /// German mobile prefixes no buyer of the replay uses.
 const DE_UNUSED_PREFIXES: &[&str] = &["+49150", "+49155", "+49156", "+49157", "+49158"];
 
-async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay {
-    let with_history = slow_prefixes.is_some();
+/// Where the slow pumper draws its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slow {
+    /// From the buyers' own prefixes: nothing tells its starts from a first-time buyer's.
+    LikeBuyers,
+    /// From the German mobile prefixes no buyer uses, for a shop with a history.
+    UnusedPrefixesWithHistory,
+    /// From every mobile prefix of each brand's allowed countries (Nordwind: Germany and
+    /// Austria; Fjällnät: Sweden, Norway and Finland), for a shop without a history.
+    AllowedCountries,
+}
+
+/// Mobile number starts of Nordwind's allowed countries, each with the digits that follow.
+const NORDWIND_MOBILE: &[(&str, u32)] = &[
+    ("+49150", 8),
+    ("+49151", 8),
+    ("+49152", 8),
+    ("+49155", 8),
+    ("+49156", 8),
+    ("+49157", 8),
+    ("+49159", 8),
+    ("+49160", 8),
+    ("+49162", 8),
+    ("+49163", 8),
+    ("+49170", 8),
+    ("+49171", 8),
+    ("+49172", 8),
+    ("+49173", 8),
+    ("+49174", 8),
+    ("+49175", 8),
+    ("+49176", 8),
+    ("+49177", 8),
+    ("+49178", 8),
+    ("+49179", 8),
+    ("+43650", 7),
+    ("+43660", 7),
+    ("+43664", 7),
+    ("+43676", 7),
+    ("+43680", 7),
+    ("+43681", 7),
+    ("+43688", 7),
+    ("+43699", 7),
+];
+
+/// Mobile number starts of Fjällnät's allowed countries.
+const FJALLNET_MOBILE: &[(&str, u32)] = &[
+    ("+4670", 7),
+    ("+4672", 7),
+    ("+4673", 7),
+    ("+4676", 7),
+    ("+4679", 7),
+    ("+474", 7),
+    ("+479", 7),
+    ("+35840", 7),
+    ("+35841", 7),
+    ("+35844", 7),
+    ("+35845", 7),
+    ("+35846", 7),
+    ("+35850", 7),
+];
+
+async fn replay(slow_per_second: u64, slow_from: Slow) -> Replay {
+    let with_history = slow_from == Slow::UnusedPrefixesWithHistory;
     let app = spawn_app_with(Backend::Sqlite, move |s| {
         // The example brands' own defaults: no test overrides.
         for brand in ["nordwind", "fjallnet"] {
@@ -1222,6 +1293,7 @@ async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay 
     let (mut walked_first, mut walked_first_served) = (0u64, 0u64);
     let mut walk = 0u64;
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    let mut slow_refusals = std::collections::BTreeMap::<String, u64>::new();
     for second in 0..90u64 {
         for n in 0..10u64 {
             let (key, phone) = rng.buyer(n % 2 == 0);
@@ -1257,17 +1329,31 @@ async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay 
             }
         }
         for k in 0..slow_per_second {
-            let (key, phone) = match slow_prefixes {
-                Some(prefixes) => {
-                    let prefix = rng.pick(prefixes);
+            let (key, phone) = match slow_from {
+                Slow::UnusedPrefixesWithHistory => {
+                    let prefix = rng.pick(DE_UNUSED_PREFIXES);
                     (DEV_KEY, format!("{prefix}{:08}", rng.next() % 100_000_000))
                 }
-                None => rng.buyer(k % 2 == 0),
+                Slow::LikeBuyers => rng.buyer(k % 2 == 0),
+                Slow::AllowedCountries => {
+                    let (key, starts) = if k % 2 == 0 {
+                        (DEV_KEY, NORDWIND_MOBILE)
+                    } else {
+                        (FJALLNET_KEY, FJALLNET_MOBILE)
+                    };
+                    let (start, digits) = starts[(rng.next() % starts.len() as u64) as usize];
+                    let n = rng.next() % 10u64.pow(digits);
+                    (key, format!("{start}{n:0width$}", width = digits as usize))
+                }
             };
             let answer = start(key, phone, rng.ip()).await;
             slow += 1;
             if answer.status == 201 {
                 slow_served += 1;
+            } else {
+                *slow_refusals
+                    .entry(answer.problem().to_owned())
+                    .or_default() += 1;
             }
         }
         if second % 3 == 1 {
@@ -1319,7 +1405,8 @@ async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay 
         "replay: real {real} (refused {real_refused}); walker {walker} (sent {walker_served}); \
          slow {slow} (sent {slow_served}); pumping sent {pumping_served} of {pumping} \
          ({:.2} %); regulars refused {regular_refused}; first-time buyers in the walked prefix \
-         served {walked_first_served} of {walked_first}; SMS {sent}; real refusals {reasons:?}",
+         served {walked_first_served} of {walked_first}; SMS {sent}; real refusals {reasons:?}; \
+         slow pumper refused by {slow_refusals:?}",
         pumping_served as f64 * 100.0 / pumping as f64
     );
     Replay {
@@ -1332,6 +1419,7 @@ async fn replay(slow_per_second: u64, slow_prefixes: Option<&[&str]>) -> Replay 
         walker_served,
         slow,
         slow_served,
+        slow_refusals,
     }
 }
 
