@@ -216,14 +216,14 @@ impl Privacy {
                 })
             })
             .collect();
-        // Known-good is an approval within `known_good_days` under the current pseudonyms (what
-        // the fraud rules look up).
+        // Whether the fraud rules see the person as known-good: their lookup, under the current
+        // pepper's pseudonyms (listed first).
         let since = self.clock.now() - Millis::from(brand.fraud.known_good_days) * DAY_MS;
-        let known_good = held.verifications.iter().any(|v| {
-            v.status == crate::domain::Status::Approved
-                && v.finished_at.is_some_and(|at| at >= since)
-                && (!v.phone_pseudonym.is_empty() || !v.customer_pseudonym.is_empty())
-        });
+        let current = crate::store::KnownGood {
+            phone_pseudonym: person.phone_pseudonyms.first().map(String::as_str),
+            customer_pseudonym: person.customer_pseudonyms.first().map(String::as_str),
+        };
+        let known_good = self.store.known_good(&brand.id, &current, since).await?;
         Ok(AccessReport {
             verifications,
             orders: held.orders,

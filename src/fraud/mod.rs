@@ -330,7 +330,6 @@ impl Fraud {
             let signals = ApprovalSignals {
                 refunds,
                 started_at: now,
-                now,
             };
             self.store.record_approval(&brand.id, &signals).await?;
             return Ok(verdict);
@@ -387,7 +386,6 @@ impl Fraud {
         &self,
         brand: &Brand,
         record: &crate::domain::VerificationRecord,
-        now: Millis,
     ) -> Option<ApprovalSignals> {
         let config = &brand.fraud;
         if !config.rate_limits.mode.runs() {
@@ -400,7 +398,6 @@ impl Fraud {
         Some(ApprovalSignals {
             refunds,
             started_at: record.created_at,
-            now,
         })
     }
 

@@ -277,7 +277,7 @@ impl Fraud {
             .customer_reference
             .map(|customer| pseudonyms.pseudonym("customer", customer));
         let person = KnownGood {
-            phone_pseudonym: &phone,
+            phone_pseudonym: Some(&phone),
             customer_pseudonym: customer.as_deref(),
         };
         let since = now - Millis::from(brand.fraud.known_good_days) * 86_400_000;

@@ -438,6 +438,7 @@ pub(super) fn approval_statements(batch: &mut Batch, brand: &BrandId, signals: &
         list.join(", ")
     ));
 }
+
 /// Whether the number (`phone_pseudonym`) or the customer had an approval since `since`:
 /// read from the approved verifications' partial indexes (`verification_known_good_*`).
 pub(super) async fn known_good(
@@ -450,25 +451,25 @@ pub(super) async fn known_good(
     let mut batch = Batch::new(backend);
     let brand = batch.bind(brand.as_str());
     let since = batch.bind(since);
-    let phone = batch.bind(person.phone_pseudonym);
-    // The status is a literal, so that both databases see each partial index's predicate.
-    let mut lookups = vec![format!(
-        "SELECT 1 AS known FROM verification WHERE brand_id = {brand} AND phone_pseudonym = {phone} \
-         AND status = 'approved' AND finished_at >= {since}"
-    )];
-    if let Some(customer) = person.customer_pseudonym.filter(|c| !c.is_empty()) {
-        let customer = batch.bind(customer);
-        lookups.push(format!(
-            "SELECT 1 AS known FROM verification WHERE brand_id = {brand} \
-             AND customer_pseudonym = {customer} AND customer_pseudonym <> '' \
-             AND status = 'approved' AND finished_at >= {since}"
-        ));
+    // An erased verification's pseudonyms are blank: a blank one names nobody. The status is
+    // a literal, so that both databases see each partial index's predicate.
+    let mut lookups = Vec::new();
+    for (column, pseudonym) in [
+        ("phone_pseudonym", person.phone_pseudonym),
+        ("customer_pseudonym", person.customer_pseudonym),
+    ] {
+        if let Some(pseudonym) = pseudonym.filter(|p| !p.is_empty()) {
+            let value = batch.bind(pseudonym);
+            lookups.push(format!(
+                "SELECT known FROM (SELECT 1 AS known FROM verification \
+                 WHERE brand_id = {brand} AND {column} = {value} AND {column} <> '' \
+                 AND status = 'approved' AND finished_at >= {since} LIMIT 1) AS {column}"
+            ));
+        }
     }
-    let lookups: Vec<String> = lookups
-        .iter()
-        .enumerate()
-        .map(|(n, lookup)| format!("SELECT known FROM ({lookup} LIMIT 1) AS l{n}"))
-        .collect();
+    if lookups.is_empty() {
+        return Ok(false);
+    }
     batch.push(lookups.join(" UNION ALL "));
     Ok(!run(source, batch)
         .await
@@ -476,10 +477,11 @@ pub(super) async fn known_good(
         .is_empty())
 }
 
-/// Whom a known-good lookup asks about: pseudonyms of the number and of the customer.
+/// Whom a known-good lookup asks about: pseudonyms of the number and of the customer, under
+/// the current event pepper.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownGood<'a> {
-    pub phone_pseudonym: &'a str,
+    pub phone_pseudonym: Option<&'a str>,
     pub customer_pseudonym: Option<&'a str>,
 }
 
@@ -553,7 +555,6 @@ pub struct ApprovalSignals {
     pub refunds: Vec<String>,
     /// When the verification started: only counters whose window holds it change.
     pub started_at: Millis,
-    pub now: Millis,
 }
 
 /// The fraud rules' shared state: counters, prefix blocks, known-good numbers.

@@ -44,7 +44,7 @@ impl Verifier {
             };
             let mut events = vec![checked];
             let approval = if correct {
-                self.fraud.approval_signals(brand, record, now)
+                self.fraud.approval_signals(brand, record)
             } else {
                 None
             };
