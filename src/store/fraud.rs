@@ -182,6 +182,10 @@ async fn hit_group(source: &Source, backend: Backend, group: Vec<HitJob>) {
                 let mut view = total.clone();
                 view.hits -= count;
                 view.approvals -= approvals;
+                // The second window counted the same starts.
+                if view.window2_ms > 0 {
+                    view.hits2 -= count;
+                }
                 views.push(view);
             }
         }
