@@ -3,7 +3,7 @@
 //! `testing.clock_offset_ms` sets for a test of the real binary; refused in production), so
 //! windows, cool-downs, retries and retention are tested without waiting.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use crate::domain::{Millis, now_millis};
 
@@ -11,6 +11,8 @@ use crate::domain::{Millis, now_millis};
 #[derive(Debug, Default)]
 pub struct Clock {
     offset: AtomicI64,
+    /// Stopped (tests): the time is the offset alone and moves only by [`Clock::advance`].
+    frozen: AtomicBool,
 }
 
 impl Clock {
@@ -18,15 +20,47 @@ impl Clock {
     pub fn with_offset(offset_ms: Millis) -> Self {
         Self {
             offset: AtomicI64::new(offset_ms),
+            frozen: AtomicBool::new(false),
         }
     }
 
     pub fn now(&self) -> Millis {
-        now_millis() + self.offset.load(Ordering::Relaxed)
+        if self.frozen.load(Ordering::Relaxed) {
+            self.offset.load(Ordering::Relaxed)
+        } else {
+            now_millis() + self.offset.load(Ordering::Relaxed)
+        }
     }
 
     /// Moves this clock forward by `ms` (tests).
     pub fn advance(&self, ms: Millis) {
         self.offset.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Stops this clock at the present (tests): from now on only [`Clock::advance`] moves it,
+    /// so a replay of traffic measured in simulated seconds is not stretched by a busy
+    /// machine's real ones.
+    pub fn freeze(&self) {
+        if !self.frozen.load(Ordering::Relaxed) {
+            self.offset.store(self.now(), Ordering::Relaxed);
+            self.frozen.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_clock_moves_only_when_advanced() {
+        let clock = Clock::with_offset(5_000);
+        clock.freeze();
+        let at = clock.now();
+        assert!((at - now_millis() - 5_000).abs() < 60_000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(clock.now(), at);
+        clock.advance(1_000);
+        assert_eq!(clock.now(), at + 1_000);
     }
 }

@@ -70,6 +70,7 @@ const BRAND_KEYS: &[&str] = &[
     "fraud.pumping.brand_min_approval_ratio",
     "fraud.pumping.new_prefix_budget",
     "fraud.pumping.new_prefix_min_approvals",
+    "fraud.pumping.new_prefix_recent_approvals",
     "fraud.sim_swap",
     "fraud.sim_swap.base_url",
     "fraud.sim_swap.token_secret",

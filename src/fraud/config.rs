@@ -136,12 +136,17 @@ pub struct Pumping {
     /// window (and known-good numbers) are served: slow pumping spread thin over many prefixes
     /// lowers the whole brand's conversion, while real buyers keep their prefixes converting.
     pub brand_min_approval_ratio: f64,
-    /// Once the brand has a history (`new_prefix_min_approvals` approvals within
-    /// `known_good_days`), starts to prefixes with no approval in that time are slow pumping's
-    /// ground: at most this many of them that have not converted are served per window, then
-    /// only known-good numbers. 0 turns it off (as does `brand_min_starts = 0`).
+    /// Once the brand's buyers' prefixes have shown (`new_prefix_min_approvals` approvals
+    /// within `known_good_days`, or `new_prefix_recent_approvals` in the pumping window and the
+    /// one before), starts to prefixes with no approval within `known_good_days` are slow
+    /// pumping's ground: at most this many of them that have not converted are served per
+    /// window, then only known-good numbers. 0 turns it off (as does `brand_min_starts = 0`).
     pub new_prefix_budget: u32,
+    /// A history: approvals within `known_good_days`.
     pub new_prefix_min_approvals: u32,
+    /// A shop without that history that is busy now (a new shop, a fresh database): approvals
+    /// in the pumping window and the one before. 0: only a history counts.
+    pub new_prefix_recent_approvals: u32,
 }
 
 impl Pumping {

@@ -299,7 +299,10 @@ impl Fraud {
         local.retain(|state| !written.iter().any(|w| w.bucket == state.bucket));
         let mut states: Vec<CounterState> = written.into_iter().chain(local).collect();
         for state in &mut states {
-            if state.bucket == prefix_bucket || state.bucket == BRAND_STARTS {
+            if state.bucket == prefix_bucket
+                || state.bucket == BRAND_STARTS
+                || state.bucket == NEW_PREFIX_STARTS
+            {
                 self.settle(brand_id, state, now);
             }
         }

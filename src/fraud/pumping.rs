@@ -2,6 +2,7 @@
 //! approvals is blocked for a cool-down that doubles when it trips again; known-good numbers
 //! and customers pass it.
 
+use super::config::Pumping;
 use super::hot::BLOCK_CACHE_MS;
 use super::limits::Limit;
 use super::{Fraud, Refusal, RuleMode, StartFacts, Verdict};
@@ -58,6 +59,58 @@ pub(super) const PREFIX_SEEN: &str = "prefix_seen:";
 
 /// The brand's approvals over `known_good_days`: how much history its prefixes' memory holds.
 pub(super) const BRAND_SEEN: &str = "brand_seen";
+
+/// How the brand's buyers' prefixes have shown, so that a prefix without an approval is one
+/// they do not use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// A history: `new_prefix_min_approvals` approvals within `known_good_days`.
+    History,
+    /// A shop without one that is busy now: `new_prefix_recent_approvals` approvals in the
+    /// pumping window and the one before (a new shop's buyers convert in their prefixes within
+    /// a minute, but its rarer prefixes have not all shown yet).
+    Recent,
+}
+
+/// Whether and how the brand's buyers' prefixes have shown: from the brand's approvals within
+/// `known_good_days` (`history`) or in the pumping windows (`recent`, the brand's counter).
+fn buyers_prefixes_shown(
+    pumping: &Pumping,
+    history: &CounterState,
+    recent: Option<&CounterState>,
+) -> Option<Shown> {
+    let approvals = |counter: &CounterState| counter.approvals + counter.prev_approvals;
+    if approvals(history) >= i64::from(pumping.new_prefix_min_approvals) {
+        Some(Shown::History)
+    } else if pumping.new_prefix_recent_approvals > 0
+        && recent
+            .is_some_and(|all| approvals(all) >= i64::from(pumping.new_prefix_recent_approvals))
+    {
+        Some(Shown::Recent)
+    } else {
+        None
+    }
+}
+
+/// The unconverted starts the new-prefix budget has spent in its window (`budget`, with
+/// `pending_approvals` this instance has not written yet).
+///
+/// With a history, a prefix without an approval in `known_good_days` is none of the buyers':
+/// every start served on the budget counts from the moment it is served. Without one, an
+/// unseen prefix may be a buyer's whose first buyers are still typing their codes, so only
+/// starts old enough to have converted count (`settled`), and the window before's unconverted
+/// starts up to the whole budget: a pumper that spent the last window's budget does not find a
+/// fresh one at the window's turn.
+fn budget_spent(shown: Shown, budget: &CounterState, pending_approvals: i64, limit: i64) -> i64 {
+    let converted = budget.approvals + pending_approvals;
+    match shown {
+        Shown::History => budget.hits - converted,
+        Shown::Recent => {
+            (budget.settled - converted).max(0)
+                + (budget.prev_hits - budget.prev_approvals).clamp(0, limit)
+        }
+    }
+}
 
 impl Fraud {
     /// Judges the counters of a start after its hit.
@@ -155,18 +208,15 @@ impl Fraud {
                 && let Some(seen) = state(&format!("{PREFIX_SEEN}{prefix}"))
                 && counter.approvals + counter.prev_approvals == 0
                 && seen.approvals + seen.prev_approvals == 0
-                && history.approvals + history.prev_approvals
-                    >= i64::from(pumping.new_prefix_min_approvals)
+                && let Some(shown) = buyers_prefixes_shown(pumping, history, state(BRAND_STARTS))
             {
-                // The brand has a history (enough approvals in `known_good_days` for its
-                // buyers' prefixes to have shown), and this prefix had no approval in it: a
-                // prefix its buyers do not use, where a slow pumper spread over many prefixes
-                // hides. Only so many such starts that did not convert are served per window;
-                // a real buyer who converts in the prefix opens it.
-                let spent = budget.hits
-                    - budget.approvals
-                    - self.pending_approvals(brand_id, NEW_PREFIX_STARTS);
-                if spent >= i64::from(pumping.new_prefix_budget) {
+                // The brand's buyers' prefixes have shown, and this prefix had no approval in
+                // `known_good_days`: a prefix its buyers do not use, where a slow pumper spread
+                // over many prefixes hides. Only so many such starts that did not convert are
+                // served per window; a real buyer who converts in the prefix opens it.
+                let limit = i64::from(pumping.new_prefix_budget);
+                let pending = self.pending_approvals(brand_id, NEW_PREFIX_STARTS);
+                if budget_spent(shown, budget, pending, limit) >= limit {
                     let refusal = Refusal {
                         rule: "new_prefix",
                         key_type: "prefix",
