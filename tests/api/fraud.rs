@@ -360,6 +360,9 @@ async fn a_prefix_that_never_converts_is_blocked_serves_known_good_and_doubles_i
     backend: Backend,
 ) {
     let app = app_with_rules(backend, PUMPING).await;
+    // Simulated time only: a busy machine's real seconds would make starts old enough to judge
+    // sooner than the pump's 2 s steps say.
+    app.clock.freeze();
     // A buyer in the prefix approved 91 days ago: past `known_good_days` (90) at the block.
     let lapsed = number("+49151", 43);
     let old = app.start(&start_for(&lapsed)).await;
