@@ -1419,7 +1419,6 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
         app.clock.advance(3_000);
     }
 
-    let sms_before = app.sms_count().await;
     let mut pending: Vec<(u64, &'static str, String)> = Vec::new();
     let (mut real, mut real_refused, mut regular_refused) = (0u64, 0u64, 0u64);
     let (mut walker, mut walker_served) = (0u64, 0u64);
@@ -1525,7 +1524,6 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
         }
         app.clock.advance(1_000);
     }
-    let sent = app.sms_count().await - sms_before;
     // The blocks the guards placed, for the README's account of the replay.
     app.wait_for_outbox_drained(30).await;
     for line in std::fs::read_to_string(app.data_dir.join("events.jsonl"))
@@ -1546,7 +1544,7 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
         "replay: real {real} (refused {real_refused}); walker {walker} (sent {walker_served}); \
          slow {slow} (sent {slow_served}); pumping sent {pumping_served} of {pumping} \
          ({:.2} %); regulars refused {regular_refused}; first-time buyers in the walked prefix \
-         served {walked_first_served} of {walked_first}; SMS {sent}; buyers refused by {reasons:?}; \
+         served {walked_first_served} of {walked_first}; buyers refused by {reasons:?}; \
          slow pumper refused by {slow_refusals:?}",
         pumping_served as f64 * 100.0 / pumping as f64
     );
