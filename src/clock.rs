@@ -3,7 +3,7 @@
 //! `testing.clock_offset_ms` sets for a test of the real binary; refused in production), so
 //! windows, cool-downs, retries and retention are tested without waiting.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::domain::{Millis, now_millis};
 
@@ -11,8 +11,10 @@ use crate::domain::{Millis, now_millis};
 #[derive(Debug, Default)]
 pub struct Clock {
     offset: AtomicI64,
-    /// Stopped (tests): the time is the offset alone and moves only by [`Clock::advance`].
-    frozen: AtomicBool,
+    /// 0, or the system time at which a test stopped the clock: from then on the time is that
+    /// plus the offset, and only [`Clock::advance`] moves it. One atomic, so a worker reading
+    /// the clock while it is stopped sees either the running or the stopped time.
+    stopped_at: AtomicI64,
 }
 
 impl Clock {
@@ -20,16 +22,18 @@ impl Clock {
     pub fn with_offset(offset_ms: Millis) -> Self {
         Self {
             offset: AtomicI64::new(offset_ms),
-            frozen: AtomicBool::new(false),
+            stopped_at: AtomicI64::new(0),
         }
     }
 
     pub fn now(&self) -> Millis {
-        if self.frozen.load(Ordering::Relaxed) {
-            self.offset.load(Ordering::Relaxed)
+        let stopped_at = self.stopped_at.load(Ordering::Relaxed);
+        let base = if stopped_at == 0 {
+            now_millis()
         } else {
-            now_millis() + self.offset.load(Ordering::Relaxed)
-        }
+            stopped_at
+        };
+        base + self.offset.load(Ordering::Relaxed)
     }
 
     /// Moves this clock forward by `ms` (tests).
@@ -41,10 +45,9 @@ impl Clock {
     /// so a replay of traffic measured in simulated seconds is not stretched by a busy
     /// machine's real ones.
     pub fn freeze(&self) {
-        if !self.frozen.load(Ordering::Relaxed) {
-            self.offset.store(self.now(), Ordering::Relaxed);
-            self.frozen.store(true, Ordering::Relaxed);
-        }
+        let _ =
+            self.stopped_at
+                .compare_exchange(0, now_millis(), Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 

@@ -298,10 +298,12 @@ impl Fraud {
         let written = written?;
         local.retain(|state| !written.iter().any(|w| w.bucket == state.bucket));
         let mut states: Vec<CounterState> = written.into_iter().chain(local).collect();
+        // Only the budget of a shop without a history reads its settled starts.
+        let settle_budget = pumping.new_prefix_recent_approvals > 0;
         for state in &mut states {
             if state.bucket == prefix_bucket
                 || state.bucket == BRAND_STARTS
-                || state.bucket == NEW_PREFIX_STARTS
+                || (settle_budget && state.bucket == NEW_PREFIX_STARTS)
             {
                 self.settle(brand_id, state, now);
             }
