@@ -392,13 +392,21 @@ async fn every_panel_query_runs_on_real_events_and_every_alert_rule_holds() {
     })
     .await;
     app.wait_for_outbox_drained(60).await;
-    // The sweeper marks the overdue ones expired: wait for their events to arrive.
-    eventually("expiries in ClickHouse", 60, async || {
+    // The sweeper marks the overdue ones expired, and a forwarder records an upstream's answer
+    // (with its event) only after the upstream answered: wait for those events to arrive.
+    eventually("expiries and forwards in ClickHouse", 60, async || {
         app.wait_for_outbox_drained(60).await;
         clickhouse
             .number("SELECT count() FROM events WHERE event_type = 'verification_expired'")
             .await
             >= 7
+            && clickhouse
+                .number(
+                    "SELECT count() FROM events \
+                     WHERE event_type IN ('order_forwarded', 'order_forward_failed')",
+                )
+                .await
+                >= 3
     })
     .await;
     let counts = clickhouse

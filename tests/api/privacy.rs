@@ -170,6 +170,13 @@ async fn after_the_retention_period_no_number_payload_or_stored_answer_remains(b
     let verification = order["verification_id"].as_str().expect("id").to_owned();
     approve(&app, &gateway, &verification, ordered).await;
     eventually("the order forwarded", 30, async || upstream.count() == 1).await;
+    // Recorded (with its event) after the upstream answered: wait for the record, so the event
+    // is in the outbox before it is drained and counted.
+    let order_path = format!("/v1/orders/{}", order["id"].as_str().expect("order id"));
+    eventually("the forward recorded", 30, async || {
+        app.get(&order_path, OTHER_KEY).await.body["status"] == "forwarded"
+    })
+    .await;
     app.wait_for_outbox_drained(30).await;
 
     let before = every_value(&app.database_url).await;

@@ -342,8 +342,16 @@ async fn three_replicas_share_everything_and_lose_nothing_when_one_is_killed() {
                 .expect("count");
         assert_eq!((count, status.as_str()), (1, "approved"), "{phone} ({id})");
     }
-    eventually("every held order forwarded", 60, async || {
-        upstream.count() >= orders.len()
+    // The upstream answering is not the end of a forward: the forwarder then records the
+    // outcome and its `order_forwarded` event in one transaction. Wait for that record, or the
+    // outbox may be seen empty before the event is in it.
+    eventually("every held order recorded as forwarded", 60, async || {
+        let forwarded: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM held_order WHERE status = 'forwarded'")
+                .fetch_one(&mut db)
+                .await
+                .expect("held orders");
+        forwarded as usize == orders.len()
     })
     .await;
     let keys = upstream.idempotency_keys();
