@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::pumping::CONFIRM_LAG_MS;
+use super::confirm_lag::MAX_CONFIRM_LAG_MS;
 use super::{Fraud, Refusal};
 use crate::domain::Millis;
 use crate::store::{CounterHit, CounterState};
@@ -35,7 +35,7 @@ pub(super) struct Hot {
     pub(super) state: Option<CounterState>,
     pub(super) written_at: Millis,
     /// The shared totals this instance read at its writes, oldest first: (when, window
-    /// start, hits), kept back to [`CONFIRM_LAG_MS`] ago.
+    /// start, hits), kept back to [`MAX_CONFIRM_LAG_MS`] ago.
     pub(super) history: VecDeque<(Millis, Millis, i64)>,
 }
 
@@ -162,12 +162,13 @@ impl Fraud {
                 counter
                     .history
                     .push_back((at, state.window_start, state.hits));
-                // One total at or before the lag's edge is all that is read of the past.
+                // One total at or before the longest lag's edge is all that is read of the
+                // past.
                 while counter.history.len() > HISTORY
                     || counter
                         .history
                         .get(1)
-                        .is_some_and(|(when, _, _)| *when <= at - CONFIRM_LAG_MS)
+                        .is_some_and(|(when, _, _)| *when <= at - MAX_CONFIRM_LAG_MS)
                 {
                     counter.history.pop_front();
                 }
@@ -175,21 +176,45 @@ impl Fraud {
         }
     }
 
-    /// Fills in `state.settled`: of its window's starts, those this instance saw written at
-    /// least [`CONFIRM_LAG_MS`] before `now` (none if it saw no total that old).
-    pub(super) fn settle(&self, brand: &str, state: &mut CounterState, now: Millis) {
+    /// Fills in `state.settled` and `state.settled_prev`: of its window's starts and of the
+    /// window's before, those this instance saw written at least `lag` before `now`. None of
+    /// this window's if it saw no total that old; all of the window before's if it saw no
+    /// total at all (a fresh instance cannot tell their ages).
+    pub(super) fn settle(&self, brand: &str, state: &mut CounterState, now: Millis, lag: Millis) {
         let counters = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        state.settled = counters
+        let seen = counters
             .get(&format!("{brand}\0{}", state.bucket))
             .and_then(|counter| {
                 counter
                     .history
                     .iter()
                     .rev()
-                    .find(|(when, _, _)| *when <= now - CONFIRM_LAG_MS)
-            })
+                    .find(|(when, _, _)| *when <= now - lag)
+            });
+        state.settled = seen
             .filter(|(_, window_start, _)| *window_start == state.window_start)
             .map_or(0, |(_, _, hits)| *hits);
+        // A window begins at its first start after the last one ended; the window before is
+        // the one that ended at most a window's length before this one began.
+        let window_before = |window_start: Millis| {
+            window_start < state.window_start
+                && window_start + 2 * state.window_ms > state.window_start
+        };
+        state.settled_prev = match seen {
+            // This window had begun by then: the window before is old enough, all of it.
+            _ if state.window_start <= now - lag => None,
+            // The window before had ended by then: all of it too.
+            Some((_, window_start, _))
+                if window_before(*window_start) && window_start + state.window_ms <= now - lag =>
+            {
+                None
+            }
+            // Of the window before, only what was written by then.
+            Some((_, window_start, hits)) if window_before(*window_start) => Some(*hits),
+            // Nothing written here in the window before by then.
+            Some(_) => Some(0),
+            None => None,
+        };
     }
 
     /// Counts an approval in the hot counters `buckets` of `brand`; written with their next

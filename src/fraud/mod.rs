@@ -22,6 +22,7 @@
 //! real buyers in an attacked prefix are still served.
 
 pub mod config;
+mod confirm_lag;
 mod hot;
 mod limits;
 mod pumping;
@@ -97,6 +98,8 @@ pub struct Fraud {
     walks: walk::Walks,
     /// `brand \0 number` of starts served on the new-prefix budget: their approval gives it back.
     on_budget: Mutex<std::collections::HashSet<String>>,
+    /// How long each brand's buyers take to confirm.
+    lags: confirm_lag::ConfirmLags,
 }
 
 impl Fraud {
@@ -117,6 +120,7 @@ impl Fraud {
             hot: Mutex::new(HashMap::new()),
             walks: walk::Walks::default(),
             on_budget: Mutex::new(std::collections::HashSet::new()),
+            lags: confirm_lag::ConfirmLags::default(),
         }
     }
 
@@ -300,12 +304,13 @@ impl Fraud {
         let mut states: Vec<CounterState> = written.into_iter().chain(local).collect();
         // Only the budget of a shop without a history reads its settled starts.
         let settle_budget = pumping.new_prefix_recent_approvals > 0;
+        let lag = self.lags.lag(brand_id);
         for state in &mut states {
             if state.bucket == prefix_bucket
                 || state.bucket == BRAND_STARTS
                 || (settle_budget && state.bucket == NEW_PREFIX_STARTS)
             {
-                self.settle(brand_id, state, now);
+                self.settle(brand_id, state, now, lag);
             }
         }
         self.decide(brand, facts, &limits, &states, now, &mut verdict)
@@ -414,6 +419,8 @@ impl Fraud {
         }
         let key = format!("{}\0{}", brand.id, record.number_prefix);
         self.walks.converted(&key, record.phone.e164());
+        self.lags
+            .observe(brand.id.as_str(), self.clock.now() - record.created_at);
         let mut converted = vec![
             format!("prefix:{}", record.number_prefix),
             BRAND_STARTS.to_owned(),

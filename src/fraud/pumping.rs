@@ -15,16 +15,19 @@ use crate::store::{CounterHit, CounterState, KnownGood, NewBlock};
 /// doubled cool-down; later it starts over at the first.
 pub(super) const REPEAT_WINDOW_MS: Millis = 24 * 3_600_000;
 
-/// Buyers take a while to type their code: a start younger than this may still convert, so
-/// it is not yet evidence either way.
-pub(super) const CONFIRM_LAG_MS: Millis = 30_000;
-
-/// The starts of a counter old enough to have converted: those of the window before this one,
-/// and those of this window this instance saw written at least [`CONFIRM_LAG_MS`] ago
-/// (`settled`). A surge of starts — a sale beginning, a busy prefix on a fresh instance — is
-/// thus never judged before its buyers could have typed their codes.
+/// The starts of a counter old enough to have converted (see [`super::confirm_lag`]): those
+/// of the window before this one, and those of this window, that this instance saw written at
+/// least the brand's confirmation lag ago (`settled`, `settled_prev`: of the window before,
+/// those starts only, when it ended less than the lag ago — their approvals are still coming,
+/// and count in this window). A surge of starts — a sale beginning, a busy prefix on a fresh
+/// instance, a window's turn — is thus never judged before its buyers could have typed their
+/// codes.
 pub(super) fn mature_starts(counter: &CounterState) -> f64 {
-    (previous(counter).0 + counter.settled) as f64
+    let before = previous(counter).0;
+    let before = counter
+        .settled_prev
+        .map_or(before, |settled| settled.min(before));
+    (before + counter.settled) as f64
 }
 
 /// Whether a counter's approvals (this window's and the one before) reach `ratio` of `starts`.

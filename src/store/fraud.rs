@@ -48,6 +48,7 @@ fn state_from_row(row: &AnyRow) -> anyhow::Result<CounterState> {
         hits2: row.try_get("hits2")?,
         pending: 0,
         settled: 0,
+        settled_prev: None,
     })
 }
 
@@ -527,6 +528,9 @@ pub struct CounterState {
     /// Of `hits`, those this instance saw written long enough ago to have converted by now
     /// (filled in by the fraud rules from their own history; 0 from the store).
     pub settled: i64,
+    /// Of `prev_hits`, those old enough to have converted by now, when the window turned so
+    /// recently that some are not (filled in like `settled`; `None`: all of them).
+    pub settled_prev: Option<i64>,
 }
 
 /// A prefix block to place, if the counter's block is still what was read (`seen_until`).

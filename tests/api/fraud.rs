@@ -25,6 +25,8 @@ both_backends!(
     rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds,
     a_busy_new_prefix_is_served_while_a_walker_beside_it_is_stopped,
     a_flood_of_one_number_does_not_hide_a_walk_beside_it,
+    buyers_who_type_slowly_are_judged_only_after_the_brands_usual_typing_time,
+    a_burst_just_before_the_window_turns_is_not_judged_before_its_codes_are_typed,
 );
 
 const OPERATOR_TOKEN: &str = "og_operator_fraud_team_token_1234";
@@ -831,6 +833,101 @@ async fn a_busy_new_prefix_is_served_while_a_walker_beside_it_is_stopped(backend
     );
 }
 
+/// Starts `phone` of nordwind and returns its verification's id, asserting it was served.
+async fn served(app: &TestApp, phone: &str, what: &str) -> String {
+    let answer = app.start(&start_for(phone)).await;
+    assert_eq!(answer.status, 201, "{what}: {answer:#?}");
+    answer.body["id"].as_str().expect("id").to_owned()
+}
+
+/// Approves the verifications of `pending` due by `now` (on the fraud clock).
+async fn approve_due(app: &TestApp, pending: &mut Vec<(i64, String)>, now: i64) {
+    let due: Vec<String> = pending
+        .iter()
+        .filter(|(at, _)| *at <= now)
+        .map(|(_, id)| id.clone())
+        .collect();
+    pending.retain(|(at, _)| *at > now);
+    for id in due {
+        approve(app, &id).await;
+    }
+}
+
+/// A brand whose buyers take 70 s to confirm (the SMS, then the typing): the guards learn it
+/// from the brand's approvals and judge a start only once it is that old, so first-time buyers
+/// in a new prefix, one every 2 s, are all served. Judged after the shortest lag (30 s), their
+/// prefix was blocked at its 16th unconfirmed start.
+async fn buyers_who_type_slowly_are_judged_only_after_the_brands_usual_typing_time(
+    backend: Backend,
+) {
+    let app = app_with_rules(backend, "").await;
+    app.clock.freeze();
+    const TYPING_MS: i64 = 70_000;
+    let mut pending: Vec<(i64, String)> = Vec::new();
+    // The brand's buyers so far, spread over five prefixes (none near a guard's threshold),
+    // one every 4 s, each confirming 70 s later.
+    let prefixes = ["+49160", "+49162", "+49163", "+49170", "+49171"];
+    for n in 0..25u64 {
+        let phone = number(prefixes[n as usize % 5], 11_111_111 * (n + 1));
+        let id = served(&app, &phone, "an earlier buyer").await;
+        pending.push((app.clock.now() + TYPING_MS, id));
+        app.clock.advance(4_000);
+        approve_due(&app, &mut pending, app.clock.now()).await;
+    }
+    app.clock.advance(TYPING_MS);
+    approve_due(&app, &mut pending, app.clock.now()).await;
+    assert!(pending.is_empty());
+
+    // Now a new prefix gets a first-time buyer every 2 s, each confirming 70 s later.
+    for n in 0..60u64 {
+        let phone = number("+49176", 1_234_567 * (n + 1));
+        let id = served(&app, &phone, &format!("first-time buyer {n} in +49176")).await;
+        pending.push((app.clock.now() + TYPING_MS, id));
+        app.clock.advance(2_000);
+        approve_due(&app, &mut pending, app.clock.now()).await;
+    }
+    let blocked = blocked_events(&app).await;
+    assert!(blocked.is_empty(), "{blocked:#?}");
+}
+
+/// A window begins at its first start; when it ends, the next one counts the window before's
+/// starts as old enough to judge only once they are: a burst of buyers in the last seconds
+/// before the turn, still typing their codes (20 s) as it turns, does not block their prefix.
+/// Counted whole at the turn, the burst's 20 unconfirmed starts blocked it.
+async fn a_burst_just_before_the_window_turns_is_not_judged_before_its_codes_are_typed(
+    backend: Backend,
+) {
+    let app = app_with_rules(backend, "").await;
+    app.clock.freeze();
+    const TYPING_MS: i64 = 20_000;
+    let mut pending: Vec<(i64, String)> = Vec::new();
+    // The prefix's window begins with this buyer.
+    let first = served(&app, &number("+49176", 1), "the window's first buyer").await;
+    approve(&app, &first).await;
+    // 15 s before the window (600 s) ends, 20 buyers within 10 s.
+    app.clock.advance(585_000);
+    for n in 0..20u64 {
+        let id = served(
+            &app,
+            &number("+49176", 4_999_999 * (n + 1)),
+            "a burst buyer",
+        )
+        .await;
+        pending.push((app.clock.now() + TYPING_MS, id));
+        app.clock.advance(500);
+    }
+    // Past the turn, a buyer a second, while the burst's buyers type their codes.
+    for n in 0..60u64 {
+        let phone = number("+49176", 3_333_333 * (n + 1) + 7);
+        let id = served(&app, &phone, &format!("buyer {n} after the turn")).await;
+        pending.push((app.clock.now() + TYPING_MS, id));
+        app.clock.advance(1_000);
+        approve_due(&app, &mut pending, app.clock.now()).await;
+    }
+    let blocked = blocked_events(&app).await;
+    assert!(blocked.is_empty(), "{blocked:#?}");
+}
+
 /// `mode = "off"` (a shop that runs its own rules, or the bench measuring what the rules
 /// cost): nothing is counted, nothing refused, no counter row written, no approval signal
 /// recorded; the deny-list, which costs nothing, still refuses.
@@ -1153,7 +1250,11 @@ const SE_PREFIXES: &[&str] = &["+4670", "+4672", "+4673", "+4676", "+4679"];
 /// the attack.
 /// The buyer of verification `id` (a brand of API key `key`) types the right code.
 async fn confirm(app: &TestApp, key: &str, id: &str) {
-    let code = app.latest_code(id).await;
+    confirm_code(app, key, id, &app.latest_code(id).await).await;
+}
+
+/// The buyer of verification `id` types `code`, the right one.
+async fn confirm_code(app: &TestApp, key: &str, id: &str, code: &str) {
     let checked = app
         .client
         .post(app.url(&format!("/v1/verifications/{id}/check")))
@@ -1224,6 +1325,19 @@ async fn the_full_attack_mix_stops_the_walker_and_serves_every_real_buyer() {
     assert_eq!(replay.slow, 450);
 }
 
+/// The full mix with buyers who take anywhere from 10 to 60 s to type their codes (the
+/// shop's earlier buyers too): the guards judge a start only once the brand's buyers have
+/// usually typed theirs (here about 55 s), so no real buyer is refused and the first-time
+/// buyers of the walked prefix are all served. Judged after 30 s, the walked prefix was blocked
+/// on its buyers' unconfirmed starts (14 of 30 served) and 1 of 900 buyers was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_attack_mix_with_buyers_slow_to_type_serves_every_real_buyer() {
+    let replay = replay_with(5, Slow::LikeBuyers, "", Typing::From10To60s).await;
+    replay.assert_buyers_served_and_walker_stopped();
+    assert_eq!(replay.real_refused, 0, "{replay:?}");
+    assert_eq!(replay.slow, 450);
+}
+
 /// The full mix, for a shop with a history (300 approvals per brand, and the budget waiting for
 /// 300 instead of 2,000 to keep the test short), with the slow pumper over the German mobile
 /// prefixes its buyers do not use (`+49150`, `+49155` … `+49158`): the new-prefix budget serves
@@ -1273,6 +1387,7 @@ async fn the_full_attack_mix_over_the_allowed_countries_with_the_busy_shop_budge
         5,
         Slow::AllowedCountries,
         "[fraud.pumping]\nnew_prefix_recent_approvals = 50\n",
+        Typing::After20s,
     )
     .await;
     assert_eq!(replay.regular_refused, 0, "{replay:?}");
@@ -1354,11 +1469,68 @@ const FJALLNET_MOBILE: &[(&str, u32)] = &[
 ];
 
 async fn replay(slow_per_second: u64, slow_from: Slow) -> Replay {
-    replay_with(slow_per_second, slow_from, "").await
+    replay_with(slow_per_second, slow_from, "", Typing::After20s).await
 }
 
-/// [`replay`] with `rules` (TOML over the example brands' own) for both brands.
-async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str) -> Replay {
+/// How long after the SMS the replay's buyers type their code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Typing {
+    After20s,
+    /// Anywhere from 10 to 60 s, evenly.
+    From10To60s,
+}
+
+impl Typing {
+    fn seconds(self, rng: &mut Lcg) -> u64 {
+        match self {
+            Self::After20s => 20,
+            Self::From10To60s => 10 + rng.next() % 51,
+        }
+    }
+}
+
+/// A served start whose buyer types `code` at `due` (seconds on the replay's count).
+struct Typed {
+    due: u64,
+    key: &'static str,
+    id: String,
+    code: String,
+}
+
+impl Typed {
+    /// The buyer of `answer` (a served start) will type its code `typing` from `now`. The code
+    /// is read at once: the dev inbox keeps only the last 500 messages.
+    async fn new(app: &TestApp, key: &'static str, answer: &Answer, now: u64, typing: u64) -> Self {
+        let id = answer.body["id"].as_str().expect("id").to_owned();
+        let code = app.latest_code(&id).await;
+        Self {
+            due: now + typing,
+            key,
+            id,
+            code,
+        }
+    }
+
+    /// The buyers of `pending` whose time has come by `now` type their codes.
+    async fn confirm_due(app: &TestApp, pending: &mut Vec<Self>, now: u64) {
+        let (due, waiting): (Vec<Self>, Vec<Self>) = std::mem::take(pending)
+            .into_iter()
+            .partition(|p| p.due <= now);
+        *pending = waiting;
+        for typed in due {
+            confirm_code(app, typed.key, &typed.id, &typed.code).await;
+        }
+    }
+}
+
+/// [`replay`] with `rules` (TOML over the example brands' own) for both brands, and buyers
+/// who type their codes as `typing` says (the shop's earlier buyers too).
+async fn replay_with(
+    slow_per_second: u64,
+    slow_from: Slow,
+    rules: &'static str,
+    typing: Typing,
+) -> Replay {
     let with_history = slow_from == Slow::UnusedPrefixesWithHistory;
     let app = spawn_app_with(Backend::Sqlite, move |s| {
         // The example brands' own defaults; with a history, the budget waits for 300
@@ -1408,18 +1580,25 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
             app.clock.advance(600_000);
         }
     }
-    // A shop that has been running: one window of ordinary buyers before the attack.
+    // A shop that has been running: one window of ordinary buyers before the attack, typing
+    // their codes as the replay's buyers do.
+    let mut pending: Vec<Typed> = Vec::new();
     for n in 0..200u64 {
         let (key, phone) = rng.buyer(n % 2 == 0);
         let answer = start(key, phone, format!("192.0.{}.{}", n % 200, 1 + n % 250)).await;
         assert_eq!(answer.status, 201, "warm-up {n}: {answer:#?}");
         if n % 100 < 85 {
-            confirm(&app, key, answer.body["id"].as_str().expect("id")).await;
+            let typing = typing.seconds(&mut rng);
+            pending.push(Typed::new(&app, key, &answer, n * 3, typing).await);
         }
+        Typed::confirm_due(&app, &mut pending, n * 3).await;
         app.clock.advance(3_000);
     }
+    // The attack's seconds count from 0: what is still being typed is due that much earlier.
+    for typed in &mut pending {
+        typed.due = typed.due.saturating_sub(600);
+    }
 
-    let mut pending: Vec<(u64, &'static str, String)> = Vec::new();
     let (mut real, mut real_refused, mut regular_refused) = (0u64, 0u64, 0u64);
     let (mut walker, mut walker_served) = (0u64, 0u64);
     let (mut slow, mut slow_served) = (0u64, 0u64);
@@ -1440,8 +1619,8 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
             match answer.status {
                 201 => {
                     if rng.next() % 100 < 85 {
-                        let id = answer.body["id"].as_str().expect("id").to_owned();
-                        pending.push((second + 20, key, id));
+                        let typing = typing.seconds(&mut rng);
+                        pending.push(Typed::new(&app, key, &answer, second, typing).await);
                     }
                 }
                 _ => {
@@ -1499,8 +1678,8 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
             walked_first += 1;
             if answer.status == 201 {
                 walked_first_served += 1;
-                let id = answer.body["id"].as_str().expect("id").to_owned();
-                pending.push((second + 20, DEV_KEY, id));
+                let typing = typing.seconds(&mut rng);
+                pending.push(Typed::new(&app, DEV_KEY, &answer, second, typing).await);
             } else {
                 *reasons
                     .entry(format!("walked prefix: {}", answer.body["rule"]))
@@ -1515,13 +1694,8 @@ async fn replay_with(slow_per_second: u64, slow_from: Slow, rules: &'static str)
                 regular_refused += 1;
             }
         }
-        // The buyers who started 20 s ago type their code.
-        let due: Vec<(u64, &'static str, String)> =
-            pending.iter().filter(|p| p.0 <= second).cloned().collect();
-        pending.retain(|p| p.0 > second);
-        for (_, key, id) in due {
-            confirm(&app, key, &id).await;
-        }
+        // The buyers whose typing is done type their codes.
+        Typed::confirm_due(&app, &mut pending, second).await;
         app.clock.advance(1_000);
     }
     // The blocks the guards placed, for the README's account of the replay.
