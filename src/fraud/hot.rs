@@ -39,8 +39,12 @@ pub(super) struct Hot {
     pub(super) history: VecDeque<(Millis, Millis, i64)>,
 }
 
-/// Totals kept per hot counter at most (a busy one is written four times a second).
-const HISTORY: usize = 1024;
+/// A hot counter's history keeps at most one total per this long: a busy counter is written
+/// every 8 starts, and the longest lag must still be covered.
+const HISTORY_STEP_MS: Millis = 100;
+
+/// Totals kept per hot counter at most: the longest lag at one total per [`HISTORY_STEP_MS`].
+const HISTORY: usize = (MAX_CONFIRM_LAG_MS / HISTORY_STEP_MS) as usize + 64;
 
 impl Default for Hot {
     /// Never written: its first start writes it.
@@ -159,9 +163,19 @@ impl Fraud {
             if newer {
                 counter.state = Some(state.clone());
                 let at = counter.written_at;
-                counter
+                // A total written within a step of the last one kept adds nothing that a lag
+                // could ask for (what was written by then is still true).
+                let spaced = counter
                     .history
-                    .push_back((at, state.window_start, state.hits));
+                    .back()
+                    .is_none_or(|(when, window_start, _)| {
+                        *when <= at - HISTORY_STEP_MS || *window_start != state.window_start
+                    });
+                if spaced {
+                    counter
+                        .history
+                        .push_back((at, state.window_start, state.hits));
+                }
                 // One total at or before the longest lag's edge is all that is read of the
                 // past.
                 while counter.history.len() > HISTORY
