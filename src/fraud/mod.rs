@@ -304,12 +304,14 @@ impl Fraud {
         let mut states: Vec<CounterState> = written.into_iter().chain(local).collect();
         // Only the budget of a shop without a history reads its settled starts.
         let settle_budget = pumping.new_prefix_recent_approvals > 0;
-        let lag = self.lags.lag(brand_id);
+        // Read once, and only by a start whose pumping counters are judged.
+        let mut lag = None;
         for state in &mut states {
             if state.bucket == prefix_bucket
                 || state.bucket == BRAND_STARTS
                 || (settle_budget && state.bucket == NEW_PREFIX_STARTS)
             {
+                let lag = *lag.get_or_insert_with(|| self.lags.lag(brand_id));
                 self.settle(brand_id, state, now, lag);
             }
         }

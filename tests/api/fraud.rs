@@ -804,15 +804,7 @@ async fn a_busy_new_prefix_is_served_while_a_walker_beside_it_is_stopped(backend
         }
         // 100 ms a tick: the buyers who started 20 s ago type their code.
         app.clock.advance(100);
-        let due: Vec<String> = pending
-            .iter()
-            .filter(|(at, _)| *at <= tick)
-            .map(|(_, id)| id.clone())
-            .collect();
-        pending.retain(|(at, _)| *at > tick);
-        for id in due {
-            approve(&app, &id).await;
-        }
+        approve_due(&app, &mut pending, tick).await;
     }
     assert_eq!(
         buyers_refused,
@@ -840,7 +832,7 @@ async fn served(app: &TestApp, phone: &str, what: &str) -> String {
     answer.body["id"].as_str().expect("id").to_owned()
 }
 
-/// Approves the verifications of `pending` due by `now` (on the fraud clock).
+/// Approves the verifications of `pending` due by `now` (a tick or a time, as `pending` counts).
 async fn approve_due(app: &TestApp, pending: &mut Vec<(i64, String)>, now: i64) {
     let due: Vec<String> = pending
         .iter()
@@ -856,7 +848,7 @@ async fn approve_due(app: &TestApp, pending: &mut Vec<(i64, String)>, now: i64) 
 /// A brand whose buyers take 70 s to confirm (the SMS, then the typing): the guards learn it
 /// from the brand's approvals and judge a start only once it is that old, so first-time buyers
 /// in a new prefix, one every 2 s, are all served. Judged after the shortest lag (30 s), their
-/// prefix was blocked at its 16th unconfirmed start.
+/// prefix was blocked once 15 of its starts were 30 s old, and the 30th buyer on refused.
 async fn buyers_who_type_slowly_are_judged_only_after_the_brands_usual_typing_time(
     backend: Backend,
 ) {
