@@ -1,7 +1,6 @@
 //! The HTTP edge's one error type: every refusal becomes `application/problem+json` (RFC 9457)
 //! with a stable `type` per cause. 5xx bodies say nothing internal; the cause is logged once here.
 
-use axum::Json;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -232,9 +231,33 @@ fn phone_title(error: &PhoneError) -> &'static str {
     }
 }
 
+/// A problem document (RFC 9457): its four members, then the cause's extension members.
+struct Problem<'a> {
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    extra: &'a Map<String, Value>,
+}
+
+impl serde::Serialize for Problem<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(4 + self.extra.len()))?;
+        map.serialize_entry("type", &format_args!("{PROBLEM_TYPE_PREFIX}{}", self.kind))?;
+        map.serialize_entry("title", self.title)?;
+        map.serialize_entry("status", &self.status)?;
+        map.serialize_entry("detail", self.detail)?;
+        for (name, value) in self.extra {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, title, mut body) = self.parts();
+        let (status, kind, title, body) = self.parts();
         let detail = if status.is_server_error() {
             // Logged once, here, inside the request's span; the client learns nothing internal.
             // A capacity refusal is expected under overload: a warning, not an error.
@@ -253,11 +276,20 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        body.insert("type".into(), json!(format!("{PROBLEM_TYPE_PREFIX}{kind}")));
-        body.insert("title".into(), json!(title));
-        body.insert("status".into(), json!(status.as_u16()));
-        body.insert("detail".into(), json!(detail));
-        let mut response = (status, Json(Value::Object(body))).into_response();
+        let problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: &detail,
+            extra: &body,
+        };
+        // Written straight from its parts: a refusal is the cheap answer (its cost is measured
+        // against a served start's), and a `Value` tree built only to be serialized was a
+        // tenth of it.
+        let mut response = match serde_json::to_vec(&problem) {
+            Ok(bytes) => (status, bytes).into_response(),
+            Err(_) => status.into_response(),
+        };
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -26,7 +26,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -178,20 +180,10 @@ fn operator_path(path: &str) -> bool {
 
 /// Keeps the operators' routes off the buyers' listener when they have their own, and
 /// everything else off the admin listener (health and readiness are on both).
-async fn split_listeners(
-    State(listener): State<Listener>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    let allowed = match listener {
+fn listener_serves(listener: Listener, path: &str) -> bool {
+    match listener {
         Listener::Main { admin_separate } => !(admin_separate && operator_path(path)),
         Listener::Admin => operator_path(path) || matches!(path, "/healthz" | "/readyz"),
-    };
-    if allowed {
-        next.run(request).await
-    } else {
-        ApiError::UnknownRoute.into_response()
     }
 }
 
@@ -212,37 +204,33 @@ fn build_router(state: AppState, limits: HttpLimits, listener: Listener) -> Rout
     let (router, _) = api_router().split_for_parts();
     // Layers listed first wrap the ones after: the request id is set before the span that
     // records it, and panics and timeouts still pass through tracing and metrics.
+    // Each `from_fn` layer boxes the request's future and clones the service behind it, so
+    // the edge's own work is two of them, not five: a refused start is the cheap answer.
+    let edge = Edge {
+        listener,
+        metrics: state.metrics.clone(),
+        hsts: limits.hsts,
+    };
+    let capacity = Capacity {
+        timeout: limits.request_timeout,
+        slots: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+    };
     let layers = ServiceBuilder::new()
         .map_request(drop_unsafe_request_id)
-        .layer(middleware::from_fn_with_state(listener, split_listeners))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(FreshRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            track_metrics,
-        ))
-        .layer(middleware::from_fn_with_state(
-            limits.hsts,
-            security_headers,
-        ))
+        .layer(middleware::from_fn_with_state(edge, serve_edge))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
             },
         ))
-        .layer(middleware::from_fn_with_state(
-            limits.request_timeout,
-            enforce_timeout,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
-            shed_load,
-        ));
+        .layer(middleware::from_fn_with_state(capacity, within_capacity));
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -251,11 +239,32 @@ fn build_router(state: AppState, limits: HttpLimits, listener: Listener) -> Rout
         .with_state(state)
 }
 
-/// API answers are never stored by a cache (they carry approval tokens, masked numbers and
-/// order state); production answers pin HTTPS (HSTS, one year).
-async fn security_headers(State(hsts): State<bool>, request: Request, next: Next) -> Response {
-    let api = request.uri().path().starts_with("/v1/");
-    let mut response = next.run(request).await;
+/// What the edge layer needs: which listener it serves, the metrics, whether to pin HTTPS.
+#[derive(Clone)]
+struct Edge {
+    listener: Listener,
+    metrics: Arc<Metrics>,
+    hsts: bool,
+}
+
+/// The edge: the listener split (operators' routes and the rest), the request's metrics, and
+/// the security headers. API answers are never stored by a cache (they carry approval
+/// tokens, masked numbers and order state); production answers pin HTTPS (HSTS, one year).
+async fn serve_edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let serves = listener_serves(edge.listener, path);
+    let api = path.starts_with("/v1/");
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let mut response = if serves {
+        next.run(request).await
+    } else {
+        ApiError::UnknownRoute.into_response()
+    };
     let headers = response.headers_mut();
     if api && !headers.contains_key(axum::http::header::CACHE_CONTROL) {
         headers.insert(
@@ -263,13 +272,36 @@ async fn security_headers(State(hsts): State<bool>, request: Request, next: Next
             axum::http::HeaderValue::from_static("no-store"),
         );
     }
-    if hsts {
+    if edge.hsts {
         headers.insert(
             axum::http::header::STRICT_TRANSPORT_SECURITY,
             axum::http::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
+    edge.metrics.http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
+}
+
+/// A random UUID (v4) for a request that brought no usable id, from the thread's
+/// cryptographically secure generator (`rand::rng()`, seeded by the OS). tower-http's
+/// `MakeRequestUuid` asked the OS for its bytes on every request: a `getrandom` system call
+/// per request, as many as the responses written (counted with strace under a flood).
+#[derive(Clone, Copy)]
+struct FreshRequestId;
+
+impl MakeRequestId for FreshRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        axum::http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// A client's `X-Request-Id` is kept only if it is 1–128 characters of `A-Z a-z 0-9 - _ . :`;
@@ -305,52 +337,39 @@ fn make_span(request: &Request) -> tracing::Span {
     tracing::info_span!("request", method = %request.method(), route, request_id, brand = tracing::field::Empty)
 }
 
-async fn track_metrics(
-    State(metrics): State<Arc<Metrics>>,
+/// What the capacity layer needs: the request time limit and the in-flight slots.
+#[derive(Clone)]
+struct Capacity {
+    timeout: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Answers `overloaded` (503, Retry-After) when `max_in_flight` requests are being served, and
+/// `request_timeout` when a request takes longer than the limit. Liveness and metrics are
+/// always served: an overloaded instance is busy, not dead, and its metrics are what an
+/// operator needs then. Readiness sheds, taking it out of load balancing.
+async fn within_capacity(
+    State(capacity): State<Capacity>,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics.http_request(
-        &route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
-}
-
-/// Answers `overloaded` (503, Retry-After) when `max_in_flight` requests are being served.
-/// Liveness and metrics are always served: an overloaded instance is busy, not dead, and its
-/// metrics are what an operator needs then. Readiness sheds, taking it out of load balancing.
-async fn shed_load(
-    State(slots): State<Arc<tokio::sync::Semaphore>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if matches!(request.uri().path(), "/healthz" | "/metrics") {
-        return next.run(request).await;
-    }
-    match slots.try_acquire() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Overloaded.into_response(),
-    }
-}
-
-/// Answers `request_timeout` when a request takes longer than the limit.
-async fn enforce_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    let _permit = if matches!(request.uri().path(), "/healthz" | "/metrics") {
+        None
+    } else {
+        match capacity.slots.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => return ApiError::Overloaded.into_response(),
+        }
+    };
+    match tokio::time::timeout(capacity.timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Request {
             status: StatusCode::REQUEST_TIMEOUT,
             kind: "request_timeout",
-            detail: format!("the request took longer than {} ms", limit.as_millis()),
+            detail: format!(
+                "the request took longer than {} ms",
+                capacity.timeout.as_millis()
+            ),
         }
         .into_response(),
     }
@@ -380,16 +399,55 @@ pub fn rfc3339(millis: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
+    }
+    // Digit by digit: every refusal with a Retry-After carries one, and `format!` with its
+    // padded fields was a third of the refusal's answer.
+    fn push(text: &mut String, value: i64, width: u32, after: char) {
+        for place in (0..width).rev() {
+            text.push(char::from(b'0' + (value / 10_i64.pow(place) % 10) as u8));
+        }
+        text.push(after);
+    }
+    let mut text = String::with_capacity(24);
+    push(&mut text, year, 4, '-');
+    push(&mut text, month, 2, '-');
+    push(&mut text, day, 2, 'T');
+    push(&mut text, rem / 3600, 2, ':');
+    push(&mut text, rem % 3600 / 60, 2, ':');
+    push(&mut text, rem % 60, 2, '.');
+    push(&mut text, ms, 3, 'Z');
+    text
 }
 
 #[cfg(test)]
 mod tests {
+    /// A request without a usable id gets a random UUID v4, a new one each time.
+    #[test]
+    fn fresh_request_ids_are_distinct_random_uuids() {
+        use tower_http::request_id::MakeRequestId;
+        let request = axum::http::Request::new(());
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| {
+                let id = super::FreshRequestId
+                    .make_request_id(&request)
+                    .expect("an id");
+                let text = id.header_value().to_str().expect("ASCII").to_owned();
+                let uuid = uuid::Uuid::parse_str(&text).expect("a UUID");
+                assert_eq!(uuid.get_version_num(), 4, "{text}");
+                assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{text}");
+                text
+            })
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
@@ -397,6 +455,12 @@ mod tests {
         assert_eq!(
             super::rfc3339(1_795_257_296_789),
             "2026-11-21T10:34:56.789Z"
+        );
+        assert_eq!(super::rfc3339(-1), "1969-12-31T23:59:59.999Z");
+        // Past the four-digit years, the general path.
+        assert_eq!(
+            super::rfc3339(253_402_300_800_000),
+            "10000-01-01T00:00:00.000Z"
         );
     }
 }
