@@ -96,7 +96,8 @@ fn require_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn synthetic(index: usize, now: i64) -> Event {
+/// A plausible event, the `index`th of a synthetic stream.
+pub(crate) fn synthetic(index: usize, now: i64) -> Event {
     let kinds = [
         EventType::VerificationStarted,
         EventType::SmsSent,

@@ -37,6 +37,13 @@ pub trait EventSink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Writes the whole batch, or fails without having written it (a retry is deduplicated).
     async fn write(&self, events: &[Event]) -> Result<(), SinkError>;
+    /// [`EventSink::write`] for a batch claimed from the outbox, with each event's payload
+    /// there (its JSON as the service wrote it, which decoded to the event). A sink that
+    /// stores that JSON as it is (the JSON-lines file) writes it rather than encoding the
+    /// event again.
+    async fn write_claimed(&self, events: &[Event], _payloads: &[&str]) -> Result<(), SinkError> {
+        self.write(events).await
+    }
     /// Removes every event of `brand` that carries one of `pseudonyms` (a number's or a
     /// customer's); how many it removed.
     async fn erase(&self, brand: &str, pseudonyms: &[String]) -> anyhow::Result<u64>;
@@ -255,7 +262,8 @@ impl Relay {
     fn deliver<'a>(&'a self, rows: &'a [OutboxRow], events: &'a [Event]) -> Shipping<'a> {
         Box::pin(async move {
             let ids: Vec<i64> = rows.iter().map(|r| r.outbox_id).collect();
-            match self.sink.write(events).await {
+            let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+            match self.sink.write_claimed(events, &payloads).await {
                 Ok(()) => {
                     self.store.ack_outbox(&ids).await?;
                     self.metrics.events_shipped(self.sink.name(), events.len());
