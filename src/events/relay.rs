@@ -55,6 +55,9 @@ pub trait EventSink: Send + Sync {
     ) -> anyhow::Result<std::collections::BTreeMap<String, u64>>;
 }
 
+/// How many batches the relay ships at most when it stops.
+const SHUTDOWN_BATCHES: usize = 8;
+
 /// What one claim shipped.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Shipped {
@@ -162,6 +165,22 @@ impl Relay {
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => break,
+                }
+            }
+        }
+        // What was written since the last claim goes out before the instance stops (one who
+        // tried the flow and stopped the service at once found no events file): full batches
+        // while there are any, up to SHUTDOWN_BATCHES, and only while the sink answers. The
+        // rest stays in the outbox for the next start or another instance, as after a crash.
+        if failures == 0 {
+            for _ in 0..SHUTDOWN_BATCHES {
+                match self.ship_batch().await {
+                    Ok(Shipped { full: true, .. }) => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(sink = self.sink.name(), error = %format!("{error:#}"), "events left in the outbox at shutdown");
+                        break;
+                    }
                 }
             }
         }

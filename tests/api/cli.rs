@@ -45,6 +45,28 @@ async fn check_code(
     .await
 }
 
+/// `orderguard serve` in `dir` as the README runs it (dev mode, the test brands), with `env`
+/// on top, once it is ready; and its address.
+async fn serve_in_dev_mode(
+    dir: &Path,
+    client: &reqwest::Client,
+    env: &[(&str, &str)],
+) -> (Running, String) {
+    test_brands_dir(dir);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = orderguard(dir)
+        .arg("serve")
+        .env("ORDERGUARD_HTTP__PORT", port.to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut running = Running(child);
+    wait_until_ready(client, &base, &mut running.0).await;
+    (running, base)
+}
+
 /// Sends `signal` (`TERM`, `INT`) and waits for the exit status.
 async fn stop(mut running: Running, signal: &str) -> std::process::ExitStatus {
     let pid = running.0.id().to_string();
@@ -258,21 +280,42 @@ async fn migrate_applies_the_migrations_of_both_backends_and_exits() {
     }
 }
 
+/// Stopping the service ships what the outbox holds: with the relay's idle period at ten
+/// minutes it claims nothing after its first, empty look, so the events of a flow tried just
+/// before Ctrl-C reach `data/events.jsonl` only through the drain at shutdown (before it, the
+/// file was not even created). Each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_ships_the_events_still_in_the_outbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::new();
+    let (running, base) = serve_in_dev_mode(
+        dir.path(),
+        &client,
+        &[("ORDERGUARD_EVENTS__PERIOD_MS", "600000")],
+    )
+    .await;
+    let started = start_verification(&client, &base).await;
+    assert_eq!(started.status, 201, "{started:#?}");
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    assert!(stop(running, "INT").await.success());
+
+    let events = std::fs::read_to_string(dir.path().join("data/events.jsonl"))
+        .expect("the events file, written at shutdown");
+    let mut types: Vec<String> = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one event per line"))
+        .filter(|event| event["verification_id"] == id.as_str())
+        .map(|event| event["event_type"].as_str().expect("type").to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["sms_sent", "verification_started"], "{events}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
-    test_brands_dir(dir.path());
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = orderguard(dir.path())
-        .arg("serve")
-        .env("ORDERGUARD_HTTP__PORT", port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut running = Running(child);
     let client = reqwest::Client::new();
-    wait_until_ready(&client, &base, &mut running.0).await;
+    let (running, base) = serve_in_dev_mode(dir.path(), &client, &[]).await;
 
     let started = start_verification(&client, &base).await;
     assert_eq!(started.status, 201, "{started:#?}");
