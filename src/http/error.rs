@@ -71,10 +71,10 @@ impl ApiError {
                     (
                         S::UNPROCESSABLE_ENTITY,
                         "invalid_request",
-                        "Invalid request",
+                        request_title("invalid_request"),
                     )
                 }
-                VerifyError::NotFound => (S::NOT_FOUND, "not_found", "Verification not found"),
+                VerifyError::NotFound => (S::NOT_FOUND, "not_found", request_title("not_found")),
                 VerifyError::Expired => (S::GONE, "verification_expired", "Verification expired"),
                 VerifyError::Locked => (S::CONFLICT, "verification_locked", "Verification locked"),
                 VerifyError::Aborted => {
@@ -165,7 +165,7 @@ impl ApiError {
                 }
             },
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
-            Self::Request { status, kind, .. } => (*status, *kind, "Bad request"),
+            Self::Request { status, kind, .. } => (*status, *kind, request_title(kind)),
             Self::IdempotencyMismatch => (
                 S::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -216,6 +216,25 @@ impl ApiError {
                 .map(|at| ((at - now_millis()) as f64 / 1000.0).ceil().max(1.0) as i64),
             _ => None,
         }
+    }
+}
+
+/// The title of a problem type raised in more than one place: one per type, as RFC 9457
+/// §3.1.4 asks ("SHOULD NOT change from occurrence to occurrence"). A field the service
+/// checks and a body the JSON extractor refuses are both `invalid_request`; an unknown
+/// verification and an unknown asset are both `not_found`.
+fn request_title(kind: &str) -> &'static str {
+    match kind {
+        "invalid_request" => "Invalid request",
+        "invalid_query" => "Invalid query",
+        "malformed_json" => "Malformed JSON",
+        "unsupported_media_type" => "Unsupported media type",
+        "payload_too_large" => "Payload too large",
+        "request_timeout" => "Request timeout",
+        "invalid_signature" => "Invalid signature",
+        "wrong_scope" => "Wrong scope",
+        "not_found" => "Not found",
+        _ => "Bad request",
     }
 }
 
@@ -379,5 +398,39 @@ mod tests {
         );
         let bug = ApiError::Internal(anyhow::anyhow!("something else")).into_response();
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// One title per problem type, wherever it is raised (RFC 9457 §3.1.4): a field the
+    /// service refuses and a body the extractor refuses are both `invalid_request`.
+    #[test]
+    fn a_problem_type_has_one_title_wherever_it_is_raised() {
+        let title = |error: ApiError| error.parts().2;
+        let request = |status, kind| ApiError::Request {
+            status,
+            kind,
+            detail: String::new(),
+        };
+        assert_eq!(
+            title(ApiError::Verify(VerifyError::InvalidField {
+                field: "phone",
+                message: String::new(),
+            })),
+            title(ApiError::invalid("unknown field"))
+        );
+        assert_eq!(
+            title(ApiError::Verify(VerifyError::NotFound)),
+            title(request(StatusCode::NOT_FOUND, "not_found"))
+        );
+        for kind in [
+            "malformed_json",
+            "payload_too_large",
+            "unsupported_media_type",
+        ] {
+            assert_ne!(
+                title(request(StatusCode::BAD_REQUEST, kind)),
+                "Bad request",
+                "{kind}"
+            );
+        }
     }
 }
