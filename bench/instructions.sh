@@ -17,12 +17,8 @@ cd "$(dirname "$0")/.."
 seconds="${SECONDS_PER_RUN:-20}"
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v valgrind >/dev/null || { echo "valgrind is missing (Debian: valgrind)" >&2; exit 1; }
-if [ -n "${BENCH_BIN:-}" ]; then
-  bin="$BENCH_BIN"
-else
-  cargo build --release --quiet
-  bin=target/release/orderguard
-fi
+source bench/common.sh
+bench_binary
 
 work="$(mktemp -d)"
 db="og_bench_instructions_$(date +%s)_$$"
@@ -36,19 +32,9 @@ cleanup() {
 trap cleanup EXIT
 
 # The attack brand of bench/run.sh: the default rules, only the brand-wide ceiling raised.
-key="og_bench_attack_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cp -r brands "$work/brands"
-mkdir -p "$work/brands/benchattack"
-cat > "$work/brands/benchattack/brand.toml" <<TOML
-display_name = "Bench"
-sms_sender = "Bench"
-allowed_countries = ["DE"]
-[fraud.rate_limits]
-brand = ["10000000/1m"]
-[[api_keys]]
-id = "bench-attack"
-hash = "sha256:$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
-TOML
+attack_brand "$work/brands"
+key="$attack_key"
 
 psql "$pg" -qc "CREATE DATABASE $db" >/dev/null
 ORDERGUARD_HTTP__PORT=18080 \

@@ -25,12 +25,8 @@ esac
 pg="${ORDERGUARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-contrib or the server package)" >&2; exit 1; }
 # BENCH_BIN: another build to measure (an earlier commit's, for an A/B).
-if [ -n "${BENCH_BIN:-}" ]; then
-  bin="$BENCH_BIN"
-else
-  cargo build --release --quiet
-  bin=target/release/orderguard
-fi
+source bench/common.sh
+bench_binary
 
 work="$(mktemp -d)"
 stamp="$(date +%s)_$$"
@@ -109,18 +105,7 @@ hash = "sha256:$(printf %s "$off_key" | sha256sum | cut -d' ' -f1)"
 TOML
 
 # The attack brand: the default fraud rules, only the brand-wide ceiling raised.
-attack_key="og_bench_attack_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-mkdir -p "$work/brands/benchattack"
-cat > "$work/brands/benchattack/brand.toml" <<TOML
-display_name = "Bench"
-sms_sender = "Bench"
-allowed_countries = ["DE"]
-[fraud.rate_limits]
-brand = ["10000000/1m"]
-[[api_keys]]
-id = "bench-attack"
-hash = "sha256:$(printf %s "$attack_key" | sha256sum | cut -d' ' -f1)"
-TOML
+attack_brand "$work/brands"
 
 http_providers='[{kind = "http", name = "bench", url = "http://127.0.0.1:19100/sms", timeout_ms = 5000}]'
 smpp_providers='[{kind = "smpp", name = "smsc", host = "127.0.0.1", port = 19102, system_id = "bench", password = "bench", window = 32}]'

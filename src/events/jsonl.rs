@@ -71,6 +71,7 @@ impl EventSink for JsonLinesSink {
     /// they are, not encoded again (half of what the relay spent on an event). One that is not
     /// a single line (written by hand, say) is encoded from its event.
     async fn write_claimed(&self, events: &[Event], payloads: &[&str]) -> Result<(), SinkError> {
+        debug_assert_eq!(events.len(), payloads.len(), "one payload per event");
         let mut lines = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
         for (event, payload) in events.iter().zip(payloads) {
             if payload.contains(['\n', '\r']) {
