@@ -71,6 +71,7 @@ const BRAND_KEYS: &[&str] = &[
     "fraud.pumping.new_prefix_budget",
     "fraud.pumping.new_prefix_min_approvals",
     "fraud.pumping.new_prefix_recent_approvals",
+    "fraud.pumping.range_min_starts",
     "fraud.sim_swap",
     "fraud.sim_swap.base_url",
     "fraud.sim_swap.token_secret",

@@ -8,7 +8,9 @@
 //! 3. answers remembered by this instance: counters it saw exhausted, blocks it saw placed;
 //! 4. one statement on the shared database that counts the start in every counter it belongs
 //!    to and returns them: rate limits per number, customer, IP, IP range, order reference and
-//!    brand; the SMS-pumping guard per number prefix; the brand-wide conversion guard; the
+//!    brand; the range guard (an IP range whose many starts never convert, judged on this
+//!    instance's served starts old enough to have converted, `range.rs`); the SMS-pumping
+//!    guard per number prefix; the brand-wide conversion guard; the
 //!    new-prefix budget (a brand with a history serves few unconverted starts to prefixes none
 //!    of its buyers converted in);
 //! 5. the SIM-swap check (a call to the operator), only when everything else passed.
@@ -26,6 +28,7 @@ mod confirm_lag;
 mod hot;
 mod limits;
 mod pumping;
+mod range;
 pub mod sim_swap;
 mod walk;
 
@@ -100,6 +103,8 @@ pub struct Fraud {
     on_budget: Mutex<std::collections::HashSet<String>>,
     /// How long each brand's buyers take to confirm.
     lags: confirm_lag::ConfirmLags,
+    /// When this instance served the starts of each IP range (the range guard).
+    ranges: range::Ranges,
 }
 
 impl Fraud {
@@ -121,6 +126,7 @@ impl Fraud {
             walks: walk::Walks::default(),
             on_budget: Mutex::new(std::collections::HashSet::new()),
             lags: confirm_lag::ConfirmLags::default(),
+            ranges: range::Ranges::default(),
         }
     }
 
@@ -175,10 +181,7 @@ impl Fraud {
             self.judge(brand_id, RuleMode::Enforce, refusal, &mut verdict);
             return Ok(verdict);
         }
-        let exempt = config
-            .allow_prefixes
-            .iter()
-            .any(|p| e164.starts_with(p.as_str()));
+        let exempt = config.exempt(e164);
         let pumping = &config.pumping;
         let guard_prefix = !exempt && !facts.resend && pumping.mode.runs();
 
@@ -342,12 +345,18 @@ impl Fraud {
             let signals = ApprovalSignals {
                 refunds,
                 started_at: now,
+                converted: false,
             };
             self.store.record_approval(&brand.id, &signals).await?;
             return Ok(verdict);
         }
         if config.sim_swap.base_url.is_some() && config.sim_swap.mode.runs() && !facts.resend {
             self.check_sim_swap(brand, facts, &mut verdict).await;
+        }
+        if verdict.refusal.is_none()
+            && let Some(range) = self.range_counter(brand, facts, &limits)
+        {
+            self.ranges.served(&format!("{brand_id}\0{range}"), now);
         }
         Ok(verdict)
     }
@@ -410,6 +419,7 @@ impl Fraud {
         Some(ApprovalSignals {
             refunds,
             started_at: record.created_at,
+            converted: true,
         })
     }
 

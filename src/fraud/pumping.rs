@@ -161,6 +161,29 @@ impl Fraud {
                 }
             }
         }
+        if let Some(range) = self.range_counter(brand, facts, limits)
+            && let Some(counter) = state(&range)
+            && self.ranges.never_converts(
+                &format!("{brand_id}\0{range}"),
+                counter,
+                pumping.range_min_starts,
+                self.lags.lag(brand_id),
+                now,
+            )
+        {
+            // Many starts from one IP range, none approved: a pumper's proxies, not buyers.
+            let refusal = Refusal {
+                rule: "range_conversion",
+                key_type: "ip_range",
+                problem: "rate_limited",
+                retry_at: Some((counter.window_start + counter.window_ms).min(now + 60_000)),
+            };
+            if !self.known_good(brand, facts, now).await?
+                && self.judge(brand_id, pumping.mode, refusal, verdict)
+            {
+                return Ok(());
+            }
+        }
         if let Some(counter) = state(&prefix_bucket) {
             let blocked_until = if counter.blocked_until > now {
                 Some(counter.blocked_until)
@@ -242,6 +265,29 @@ impl Fraud {
         }
 
         Ok(())
+    }
+
+    /// The bucket of the counter the range guard reads for a start: its `ip_range` limit's
+    /// first row. None for a resend, a start without a client address, an exempt number, or
+    /// the guard off.
+    pub(super) fn range_counter(
+        &self,
+        brand: &Brand,
+        facts: &StartFacts<'_>,
+        limits: &[Limit],
+    ) -> Option<String> {
+        let config = &brand.fraud;
+        if facts.resend
+            || config.pumping.range_min_starts == 0
+            || !config.pumping.mode.runs()
+            || config.exempt(facts.phone.e164())
+        {
+            return None;
+        }
+        limits
+            .iter()
+            .find(|limit| limit.key_type == "ip_range")
+            .map(|limit| limit.hit.bucket.clone())
     }
 
     /// Places a block on `prefix` if its counts say so; the block's end if one is in force now

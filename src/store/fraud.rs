@@ -432,9 +432,18 @@ pub(super) fn approval_statements(batch: &mut Batch, brand: &BrandId, signals: &
         .iter()
         .map(|bucket| batch.bind(bucket.as_str()))
         .collect();
-    // Each window gives the start back if the start was counted in it.
+    // Each window gives the start back if the start was counted in it; an approval also counts
+    // as one in the first window.
+    let approvals = if signals.converted {
+        format!(
+            "approvals = CASE WHEN hits > 0 AND window_start <= {started} \
+               THEN approvals + 1 ELSE approvals END, "
+        )
+    } else {
+        String::new()
+    };
     batch.push(format!(
-        "UPDATE fraud_counter SET \
+        "UPDATE fraud_counter SET {approvals}\
            hits = CASE WHEN hits > 0 AND window_start <= {started} THEN hits - 1 ELSE hits END, \
            hits2 = CASE WHEN hits2 > 0 AND window2_start <= {started} THEN hits2 - 1 ELSE hits2 END \
          WHERE brand_id = {brand} AND bucket IN ({}) \
@@ -563,6 +572,9 @@ pub struct ApprovalSignals {
     pub refunds: Vec<String>,
     /// When the verification started: only counters whose window holds it change.
     pub started_at: Millis,
+    /// An approval (counted in the counters' `approvals`: the range guard reads it), not a
+    /// refused start's refund.
+    pub converted: bool,
 }
 
 /// The fraud rules' shared state: counters, prefix blocks, known-good numbers.

@@ -27,6 +27,7 @@ both_backends!(
     a_flood_of_one_number_does_not_hide_a_walk_beside_it,
     buyers_who_type_slowly_are_judged_only_after_the_brands_usual_typing_time,
     a_burst_just_before_the_window_turns_is_not_judged_before_its_codes_are_typed,
+    a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_served,
 );
 
 const OPERATOR_TOKEN: &str = "og_operator_fraud_team_token_1234";
@@ -129,11 +130,7 @@ async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(ba
         (&refused.body["rule"], &refused.body["key_type"]),
         (&json!("rate_limit"), &json!("phone"))
     );
-    let retry: i64 = refused
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
+    let retry = refused.retry_after();
     assert!((1..=600).contains(&retry), "{retry}");
     assert_eq!(app.sms_count().await, 3, "no SMS for the refused start");
     // Another number is not affected.
@@ -148,11 +145,7 @@ async fn a_number_is_refused_past_its_limit_and_served_again_after_the_window(ba
     daily.assert_problem(429, "rate_limited");
     // Both windows live on one counter row: the refusal waits for the day's window, and the
     // next 10-minute window does not lift it.
-    let retry: i64 = daily
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
+    let retry = daily.retry_after();
     assert!(retry > 23 * 3_600, "the day's window: {retry}");
     app.clock.advance(10 * 60_000 + 1);
     app.start(&start_for(PHONE))
@@ -614,11 +607,7 @@ async fn a_slow_pumper_in_prefixes_the_buyers_do_not_use_gets_the_new_prefix_bud
             } else {
                 assert_eq!(answer.status, 429, "{answer:#?}");
                 assert_eq!(answer.problem(), "prefix_blocked", "{answer:#?}");
-                let retry: i64 = answer
-                    .header("retry-after")
-                    .expect("Retry-After")
-                    .parse()
-                    .expect("seconds");
+                let retry = answer.retry_after();
                 assert!((1..=600).contains(&retry), "{answer:#?}");
             }
         }
@@ -767,6 +756,130 @@ async fn a_monitored_rule_serves_and_records_what_it_would_have_refused(backend:
         ),
         "{metrics}"
     );
+}
+
+/// The range guard (default `range_min_starts = 10`): a pumper whose starts come from one IP
+/// range and spread over many prefixes (no prefix guard sees it) is refused once more than 10
+/// of its starts were served, none approved, and 3 are old enough to have converted; known-good
+/// numbers from the range pass; one approval from the range opens it again, and so does the
+/// end of the `ip_range` window. Buyers behind a carrier NAT, a burst still typing its codes
+/// and then converting, are never refused.
+async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_served(
+    backend: Backend,
+) {
+    let app = app_with_rules(
+        backend,
+        "[fraud.pumping]\nmin_starts = 1000\nbrand_min_starts = 0\n",
+    )
+    .await;
+    app.clock.freeze();
+    let from = |phone: &str, ip: &str| {
+        let mut body = start_for(phone);
+        body["client_ip"] = json!(ip);
+        body
+    };
+    // Numbers spread over many prefixes, far apart: no prefix or walk guard sees them.
+    let prefixes = ["+49151", "+49160", "+49170", "+49175", "+49152", "+49162"];
+    let mut drawn = 0u64;
+    let mut spread = || {
+        drawn += 1;
+        number(prefixes[(drawn % 6) as usize], drawn * 7_777_777)
+    };
+    // A buyer approved yesterday (from elsewhere): known-good.
+    let regular = number("+49172", 42);
+    let first = app.start(&from(&regular, "192.0.2.200")).await;
+    approve(&app, first.body["id"].as_str().expect("id")).await;
+    app.clock.advance(24 * 3_600_000);
+
+    // Fifteen buyers behind one NAT address in 15 s, none has typed a code yet: served.
+    let nat = "100.64.9.9";
+    let mut nat_ids = Vec::new();
+    for n in 0..15 {
+        let answer = app.start(&from(&spread(), nat)).await;
+        assert_eq!(answer.status, 201, "NAT buyer {n}: {answer:#?}");
+        nat_ids.push(answer.body["id"].as_str().expect("id").to_owned());
+        app.clock.advance(1_000);
+    }
+    // Four of them type their codes 20 s after their starts; then 15 more buyers come.
+    app.clock.advance(5_000);
+    for id in &nat_ids[..4] {
+        approve(&app, id).await;
+    }
+    app.clock.advance(25_000);
+    for n in 0..15 {
+        let answer = app.start(&from(&spread(), nat)).await;
+        assert_eq!(answer.status, 201, "NAT buyer {}: {answer:#?}", 15 + n);
+        app.clock.advance(1_000);
+    }
+
+    // A pumper on 203.0.113.0/24: eleven starts in 11 s, then one more at once; none is old
+    // enough to judge yet.
+    let mut pumped_ids = Vec::new();
+    for n in 0..12u8 {
+        let answer = app
+            .start(&from(&spread(), &format!("203.0.113.{}", 1 + n)))
+            .await;
+        assert_eq!(answer.status, 201, "pumper {n}: {answer:#?}");
+        pumped_ids.push(answer.body["id"].as_str().expect("id").to_owned());
+        if n < 10 {
+            app.clock.advance(1_000);
+        }
+    }
+    // 30 s after its third start: refused, by range.
+    app.clock.advance(22_000);
+    let sent = app.sms_count().await;
+    let refused = app.start(&from(&spread(), "203.0.113.99")).await;
+    refused.assert_problem(429, "rate_limited");
+    assert_eq!(
+        (&refused.body["rule"], &refused.body["key_type"]),
+        (&json!("range_conversion"), &json!("ip_range"))
+    );
+    let retry = refused.retry_after();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(app.sms_count().await, sent, "no SMS for the refused start");
+    let event = blocked_events(&app)
+        .await
+        .pop()
+        .expect("the refusal's event");
+    assert_eq!(
+        (&event["rule"], &event["key_type"]),
+        (&json!("range_conversion"), &json!("ip_range"))
+    );
+    assert!(
+        !event.to_string().contains("203.0.113"),
+        "no address in the event: {event}"
+    );
+    // The same range keeps being refused; a known-good number from it passes; another range
+    // is served.
+    app.start(&from(&spread(), "203.0.113.100"))
+        .await
+        .assert_problem(429, "rate_limited");
+    let known = app.start(&from(&regular, "203.0.113.101")).await;
+    assert_eq!(known.status, 201, "known-good: {known:#?}");
+    let other = app.start(&from(&spread(), "198.51.100.1")).await;
+    assert_eq!(other.status, 201, "another range: {other:#?}");
+
+    // One start from the range converts (a real buyer among them, typing late): it is open.
+    approve(&app, &pumped_ids[0]).await;
+    let opened = app.start(&from(&spread(), "203.0.113.102")).await;
+    assert_eq!(opened.status, 201, "after an approval: {opened:#?}");
+
+    // Another pumper's range, refused 30 s after its third start, is served again once the
+    // ip_range window (10 minutes) that counted its starts ends.
+    for n in 0..11u8 {
+        let answer = app
+            .start(&from(&spread(), &format!("192.0.2.{}", 1 + n)))
+            .await;
+        assert_eq!(answer.status, 201, "second pumper {n}: {answer:#?}");
+        app.clock.advance(1_000);
+    }
+    app.clock.advance(22_000);
+    app.start(&from(&spread(), "192.0.2.99"))
+        .await
+        .assert_problem(429, "rate_limited");
+    app.clock.advance(600_000 - 33_000);
+    let released = app.start(&from(&spread(), "192.0.2.98")).await;
+    assert_eq!(released.status, 201, "a new window: {released:#?}");
 }
 
 /// The first seconds of a busy prefix look like pumping: many starts, no approval yet (codes
@@ -1396,6 +1509,27 @@ async fn the_full_attack_mix_over_the_allowed_countries_with_the_busy_shop_budge
     assert_eq!(replay.real_refused, 0, "{replay:?}");
 }
 
+/// The full mix with the slow pumper's starts like the buyers' (numbers in their prefixes, a
+/// shop without a history), but sent from ten rented /24 ranges: the range guard refuses each
+/// range once more than 10 of its starts per brand were served and none converted, 30 s after
+/// its first (what it sent is printed for the README); no real buyer is refused, those behind
+/// the carrier NAT included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_attack_mix_with_the_slow_pumper_on_ten_rented_ranges() {
+    let replay = replay(5, Slow::LikeBuyersFromTenRanges).await;
+    replay.assert_buyers_served_and_walker_stopped();
+    assert_eq!(replay.real_refused, 0, "{replay:?}");
+    assert_eq!(replay.slow, 450);
+    assert!(
+        replay.slow_served * 2 <= replay.slow,
+        "at most half of it sent: {replay:?}"
+    );
+    assert!(
+        replay.slow_refusals.get("rate_limited") >= Some(&(replay.slow - replay.slow_served)),
+        "refused by the range guard: {replay:?}"
+    );
+}
+
 /// German mobile prefixes no buyer of the replay uses.
 const DE_UNUSED_PREFIXES: &[&str] = &["+49150", "+49155", "+49156", "+49157", "+49158"];
 
@@ -1409,6 +1543,9 @@ enum Slow {
     /// From every mobile prefix of each brand's allowed countries (Nordwind: Germany and
     /// Austria; Fjällnät: Sweden, Norway and Finland), for a shop without a history.
     AllowedCountries,
+    /// From the buyers' own prefixes, like [`Slow::LikeBuyers`], but from the addresses of ten
+    /// rented /24 ranges (a proxy provider's) instead of many: the range guard's ground.
+    LikeBuyersFromTenRanges,
 }
 
 /// Mobile number starts of Nordwind's allowed countries, each with the digits that follow.
@@ -1641,7 +1778,7 @@ async fn replay_with(
                     let prefix = rng.pick(DE_UNUSED_PREFIXES);
                     (DEV_KEY, format!("{prefix}{:08}", rng.next() % 100_000_000))
                 }
-                Slow::LikeBuyers => rng.buyer(k % 2 == 0),
+                Slow::LikeBuyers | Slow::LikeBuyersFromTenRanges => rng.buyer(k % 2 == 0),
                 Slow::AllowedCountries => {
                     let (key, starts) = if k % 2 == 0 {
                         (DEV_KEY, NORDWIND_MOBILE)
@@ -1653,7 +1790,12 @@ async fn replay_with(
                     (key, format!("{start}{n:0width$}", width = digits as usize))
                 }
             };
-            let answer = start(key, phone, rng.ip()).await;
+            let ip = if slow_from == Slow::LikeBuyersFromTenRanges {
+                format!("45.86.{}.{}", 10 + rng.next() % 10, 1 + rng.next() % 250)
+            } else {
+                rng.ip()
+            };
+            let answer = start(key, phone, ip).await;
             slow += 1;
             if answer.status == 201 {
                 slow_served += 1;

@@ -153,11 +153,7 @@ async fn resend_within_the_cooldown_is_refused_with_retry_after(backend: Backend
 
     let answer = app.resend(&id).await;
     answer.assert_problem(429, "resend_cooldown");
-    let retry_after: u64 = answer
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
+    let retry_after = answer.retry_after();
     assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
     assert!(
         answer.body["resend_available_at"].is_string(),

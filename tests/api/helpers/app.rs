@@ -191,6 +191,15 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The `Retry-After` header's seconds (RFC 9110 10.2.3, the delay form).
+    #[track_caller]
+    pub fn retry_after(&self) -> i64 {
+        self.header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("Retry-After in seconds")
+    }
+
     #[track_caller]
     pub fn assert_problem(&self, status: u16, kind: &str) {
         assert_eq!(
