@@ -311,6 +311,56 @@ async fn stopping_the_service_ships_the_events_still_in_the_outbox() {
     assert_eq!(types, ["sms_sent", "verification_started"], "{events}");
 }
 
+/// The sink fails at the moment the service stops (here the events file cannot be written: a
+/// directory stands at its path, as a full disk or an unreachable ClickHouse would fail it):
+/// the drain gives up at once, the service still stops cleanly, and the events wait in the
+/// outbox. At the next start, with the sink back, each of them ships, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_sink_refuses_at_shutdown_ship_once_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::new();
+    let (running, base) = serve_in_dev_mode(
+        dir.path(),
+        &client,
+        &[("ORDERGUARD_EVENTS__PERIOD_MS", "600000")],
+    )
+    .await;
+    let started = start_verification(&client, &base).await;
+    assert_eq!(started.status, 201, "{started:#?}");
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    let events_file = dir.path().join("data/events.jsonl");
+    std::fs::create_dir_all(&events_file).expect("a directory where the file goes");
+    assert!(stop(running, "TERM").await.success());
+    assert!(events_file.is_dir(), "nothing could be written");
+
+    std::fs::remove_dir(&events_file).expect("the sink back");
+    let (running, _) = serve_in_dev_mode(dir.path(), &client, &[]).await;
+    let deadline = std::time::Instant::now() + crate::helpers::patience(30);
+    let types = loop {
+        let events = std::fs::read_to_string(&events_file).unwrap_or_default();
+        let mut types: Vec<String> = events
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an event"))
+            .filter(|event| event["verification_id"] == id.as_str())
+            .map(|event| event["event_type"].as_str().expect("type").to_owned())
+            .collect();
+        types.sort();
+        if types.len() >= 2 || std::time::Instant::now() > deadline {
+            break types;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(stop(running, "TERM").await.success());
+    // Read again after the stop (its drain ships nothing twice).
+    let events = std::fs::read_to_string(&events_file).expect("events");
+    let count = events
+        .lines()
+        .filter(|line| line.contains(id.as_str()))
+        .count();
+    assert_eq!(types, ["sms_sent", "verification_started"], "{events}");
+    assert_eq!(count, 2, "each event once: {events}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_run_command_needs_no_setup_and_approves_a_curl_style_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
