@@ -230,10 +230,13 @@ impl Context {
         // Unique across runs too: a shop never reuses an order reference, and the fraud rules
         // limit starts per reference.
         let reference = format!("B-{}-{n}", self.run);
+        // The buyer's address, as a shop passes it: the IP and range limits and the range
+        // guard run (and cost) as they do for a real shop.
+        let ip = buyer_ip(n);
         let verification = match self.scenario {
             Flow::Gate => {
                 let body = json!({"payload": {"sku": "SIM-1", "flow": n}, "order_reference": reference,
-                                  "amount": "9.90", "currency": "EUR", "phone": phone});
+                                  "amount": "9.90", "currency": "EUR", "phone": phone, "client_ip": ip});
                 let order = self
                     .expect("hold_order", "/v1/orders", body, intended, 202)
                     .await?;
@@ -243,7 +246,8 @@ impl Context {
                     .to_owned()
             }
             _ => {
-                let body = json!({"phone": phone, "order_reference": reference, "amount": "9.90", "currency": "EUR"});
+                let body = json!({"phone": phone, "order_reference": reference, "amount": "9.90",
+                                  "currency": "EUR", "client_ip": ip});
                 let started = self
                     .expect("start", "/v1/verifications", body, intended, 201)
                     .await?;
@@ -547,6 +551,19 @@ pub async fn run_with(
 /// 10,000 of each other), never a walk through the range as the pumper's are.
 fn spread(n: u64) -> u64 {
     n.wrapping_mul(61_803_399) % 100_000_000
+}
+
+/// Buyer `n`'s address, as many buyers' are: spread over the /24 ranges of 100.0.0.0 to
+/// 223.255.255.255, consecutive buyers far apart, two buyers in one range rarely.
+fn buyer_ip(n: u64) -> String {
+    let range = n.wrapping_mul(2_654_435_761) % (1 << 24);
+    let host = 1 + (n >> 24) % 250;
+    format!(
+        "{}.{}.{}.{host}",
+        100 + (range >> 16) % 124,
+        (range >> 8) % 256,
+        range % 256
+    )
 }
 
 /// The pumper: starts to `prefix` until `deadline`, never checking a code. Open model at
