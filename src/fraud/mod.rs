@@ -41,7 +41,7 @@ pub use crate::clock::Clock;
 pub use config::{FraudConfig, RuleMode, Window};
 use hot::Hot;
 pub use limits::ip_range;
-use pumping::{BRAND_SEEN, BRAND_STARTS, NEW_PREFIX_STARTS, PREFIX_SEEN};
+use pumping::{BRAND_SEEN, BRAND_STARTS, NEW_PREFIX_STARTS, PREFIX_SEEN, RANGE_REFUSED};
 
 use crate::brands::Brand;
 use crate::domain::{Millis, PhoneNumber};
@@ -228,6 +228,13 @@ impl Fraud {
             {
                 return Ok(verdict);
             }
+        }
+        if let Some(range) = self.range_counter(brand, facts, &limits)
+            && let Some(refusal) = self.cached(brand_id, &format!("{RANGE_REFUSED}{range}"), now)
+            && !self.known_good(brand, facts, now).await?
+            && self.judge(brand_id, pumping.mode, refusal, &mut verdict)
+        {
+            return Ok(verdict);
         }
         if !exempt
             && pumping.mode.runs()

@@ -49,6 +49,9 @@ fn previous(counter: &CounterState) -> (i64, i64) {
     }
 }
 
+/// The per-instance memory of a range the range guard refused (`range_refused:<bucket>`).
+pub(super) const RANGE_REFUSED: &str = "range_refused:";
+
 /// The brand's counter of all starts and their approvals in the pumping window.
 pub(super) const BRAND_STARTS: &str = "brand_starts";
 
@@ -178,6 +181,16 @@ impl Fraud {
                 problem: "rate_limited",
                 retry_at: Some((counter.window_start + counter.window_ms).min(now + 60_000)),
             };
+            if pumping.mode == RuleMode::Enforce {
+                // The range's next starts are refused from memory (with the known-good read a
+                // blocked prefix takes), until an approval from it can have opened it.
+                self.remember(
+                    brand_id,
+                    &format!("{RANGE_REFUSED}{range}"),
+                    (counter.window_start + counter.window_ms).min(now + BLOCK_CACHE_MS),
+                    &refusal,
+                );
+            }
             if !self.known_good(brand, facts, now).await?
                 && self.judge(brand_id, pumping.mode, refusal, verdict)
             {

@@ -859,8 +859,13 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     let other = app.start(&from(&spread(), "198.51.100.1")).await;
     assert_eq!(other.status, 201, "another range: {other:#?}");
 
-    // One start from the range converts (a real buyer among them, typing late): it is open.
+    // One start from the range converts (a real buyer among them, typing late): it is open
+    // once the instance's memory of the refusal (5 s, which answers without counting) passes.
     approve(&app, &pumped_ids[0]).await;
+    app.start(&from(&spread(), "203.0.113.103"))
+        .await
+        .assert_problem(429, "rate_limited");
+    app.clock.advance(5_000);
     let opened = app.start(&from(&spread(), "203.0.113.102")).await;
     assert_eq!(opened.status, 201, "after an approval: {opened:#?}");
 
