@@ -1072,25 +1072,32 @@ async fn rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds(backe
     assert_eq!(blocked[0]["rule"], json!("deny_list"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_over_one_postgres_share_one_limit() {
-    let database = crate::helpers::fresh_postgres_database().await;
-    let configure = |s: &mut orderguard::settings::Settings| {
-        set_fraud_rules(
-            &s.brands_dir,
-            "nordwind",
-            "[fraud.rate_limits]\nphone = [\"4/10m\"]\n",
-        );
+/// The settings of one instance of several over `database`, nordwind with `rules`. Replicas
+/// share their keys, as in production: the pseudonyms the counters are keyed by, the codes' MAC.
+fn replica_of(database: &str, rules: &'static str) -> impl Fn(&mut orderguard::settings::Settings) {
+    let database = database.to_owned();
+    move |s| {
+        set_fraud_rules(&s.brands_dir, "nordwind", rules);
         s.database.url = Some(database.clone());
-        // Replicas share their keys, as in production: the counters' keys are pseudonyms.
         s.secrets.event_pepper = Some(
             "a-shared-event-pepper-of-32-chars-at-least"
                 .to_owned()
                 .into(),
         );
-    };
-    let first = spawn_app_with(Backend::Postgres, configure).await;
-    let second = spawn_app_with(Backend::Postgres, configure).await;
+        s.secrets.code_key = Some(
+            "a-shared-code-key-of-32-characters-at-least"
+                .to_owned()
+                .into(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_one_postgres_share_one_limit() {
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = replica_of(&database, "[fraud.rate_limits]\nphone = [\"4/10m\"]\n");
+    let first = spawn_app_with(Backend::Postgres, &configure).await;
+    let second = spawn_app_with(Backend::Postgres, &configure).await;
     for (n, app) in [&first, &second, &first, &second].into_iter().enumerate() {
         assert_eq!(app.start(&start_for(PHONE)).await.status, 201, "start {n}");
     }
@@ -1102,6 +1109,65 @@ async fn two_instances_over_one_postgres_share_one_limit() {
         .start(&start_for(PHONE))
         .await
         .assert_problem(429, "rate_limited");
+}
+
+/// The range guard behind a load balancer: a pumper's range alternating between two instances
+/// over one PostgreSQL is refused by both once more than 10 of its starts were served in all
+/// and each instance served 3 that are old enough to have converted; an approval checked on
+/// one instance opens the range on the other (its memory of the refusal passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_ranges_starts_and_its_approvals() {
+    let database = crate::helpers::fresh_postgres_database().await;
+    let configure = replica_of(
+        &database,
+        "[fraud.pumping]\nmin_starts = 1000\nbrand_min_starts = 0\n",
+    );
+    let first = spawn_app_with(Backend::Postgres, &configure).await;
+    let second = spawn_app_with(Backend::Postgres, &configure).await;
+    let both = [&first, &second];
+    for app in both {
+        app.clock.freeze();
+    }
+    let advance = |ms: i64| {
+        for app in both {
+            app.clock.advance(ms);
+        }
+    };
+    // Start `n` of the pumper: numbers spread over three prefixes, addresses over one range.
+    let pumped = |n: u64| {
+        let prefix = ["+49151", "+49160", "+49170"][(n % 3) as usize];
+        let mut body = start_for(&number(prefix, n * 7_777_777));
+        body["client_ip"] = json!(format!("203.0.113.{}", 1 + n % 250));
+        body
+    };
+    let mut ids = Vec::new();
+    for n in 0..12u64 {
+        let app = both[(n % 2) as usize];
+        let answer = app.start(&pumped(n)).await;
+        assert_eq!(answer.status, 201, "start {n}: {answer:#?}");
+        ids.push(answer.body["id"].as_str().expect("id").to_owned());
+        advance(1_000);
+    }
+    // 30 s after the sixth start: each instance served three that are as old.
+    advance(25_000);
+    for (n, app) in both.into_iter().enumerate() {
+        let refused = app.start(&pumped(100 + n as u64)).await;
+        refused.assert_problem(429, "rate_limited");
+        assert_eq!(
+            refused.body["rule"],
+            json!("range_conversion"),
+            "instance {n}"
+        );
+    }
+    // A start served by the first instance is approved through the second.
+    let code = first.latest_code(&ids[0]).await;
+    assert_eq!(second.check(&ids[0], &code).await.status, 200);
+    advance(5_000);
+    let opened = first.start(&pumped(200)).await;
+    assert_eq!(
+        opened.status, 201,
+        "opened by an approval elsewhere: {opened:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
