@@ -8,8 +8,8 @@
 //! 3. answers remembered by this instance: counters it saw exhausted, blocks it saw placed;
 //! 4. one statement on the shared database that counts the start in every counter it belongs
 //!    to and returns them: rate limits per number, customer, IP, IP range, order reference and
-//!    brand; the range guard (an IP range whose many starts never convert, judged on this
-//!    instance's served starts old enough to have converted, `range.rs`); the SMS-pumping
+//!    brand; the range guard (an IP range whose many starts never convert, judged on the
+//!    shared totals this instance saw a confirmation lag ago, `range.rs`); the SMS-pumping
 //!    guard per number prefix; the brand-wide conversion guard; the
 //!    new-prefix budget (a brand with a history serves few unconverted starts to prefixes none
 //!    of its buyers converted in);
@@ -362,8 +362,10 @@ impl Fraud {
         }
         if verdict.refusal.is_none()
             && let Some(range) = self.range_counter(brand, facts, &limits)
+            && let Some(counter) = states.iter().find(|state| state.bucket == range)
         {
-            self.ranges.served(&format!("{brand_id}\0{range}"), now);
+            self.ranges
+                .served(&format!("{brand_id}\0{range}"), counter, now);
         }
         Ok(verdict)
     }

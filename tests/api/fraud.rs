@@ -1591,7 +1591,7 @@ async fn the_full_attack_mix_with_the_slow_pumper_on_ten_rented_ranges() {
     replay.assert_buyers_served_and_walker_stopped();
     assert_eq!(replay.real_refused, 0, "{replay:?}");
     assert_eq!(replay.slow, 450);
-    // 221 of 450 sent on 2026-12-07 (450 without the guard): bounded with room, not pinned.
+    // 222 of 450 sent on 2026-12-07 (450 without the guard): bounded with room, not pinned.
     assert!(
         replay.slow_served * 10 <= replay.slow * 6,
         "at most 60 % of it sent: {replay:?}"
