@@ -5,8 +5,9 @@ use super::{Fraud, FraudConfig, StartFacts, Window};
 use crate::store::CounterHit;
 
 /// The /24 of an IPv4 address or the /64 of an IPv6 address, as text; empty for no address.
+/// An IPv4-mapped IPv6 address is its IPv4 address: every one of them lies in one /64.
 pub fn ip_range(ip: &str) -> String {
-    match ip.parse::<std::net::IpAddr>() {
+    match ip.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
         Ok(std::net::IpAddr::V4(v4)) => {
             let [a, b, c, _] = v4.octets();
             format!("{a}.{b}.{c}.0/24")

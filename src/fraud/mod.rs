@@ -505,5 +505,11 @@ mod tests {
         assert_eq!(ip_range("203.0.113.77"), "203.0.113.0/24");
         assert_eq!(ip_range("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
         assert_eq!(ip_range("not an ip"), "");
+        // IPv4-mapped: the IPv4 /24, not the one /64 every mapped address shares.
+        assert_eq!(ip_range("::ffff:203.0.113.77"), "203.0.113.0/24");
+        assert_ne!(
+            ip_range("::ffff:198.51.100.7"),
+            ip_range("::ffff:203.0.113.7")
+        );
     }
 }

@@ -78,8 +78,14 @@ impl TrustedProxies {
         self.0.iter().any(|cidr| cidr.contains(address))
     }
 
-    /// The client's address: the first untrusted hop from the right.
+    /// The client's address: the first untrusted hop from the right, an IPv4-mapped IPv6
+    /// address as the IPv4 address it is (a dual-stack listener reports IPv4 peers so), so
+    /// that it is counted under the same address and /24 as when it arrives as IPv4.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.first_untrusted(peer, headers).to_canonical()
+    }
+
+    fn first_untrusted(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer;
         if !self.trusts(peer) {
             return client;
@@ -153,6 +159,13 @@ mod tests {
             proxies.client(ip("::ffff:10.0.0.1"), &via),
             ip("203.0.113.9")
         );
+        // An untrusted IPv4-mapped peer, or hop, is its IPv4 address.
+        assert_eq!(
+            proxies.client(ip("::ffff:192.0.2.1"), &via),
+            ip("192.0.2.1")
+        );
+        let mapped = headers(&["::ffff:203.0.113.9"]);
+        assert_eq!(proxies.client(ip("10.0.0.1"), &mapped), ip("203.0.113.9"));
     }
 
     #[test]

@@ -363,7 +363,9 @@ fn validate_locale(locale: &str) -> Result<String, VerifyError> {
 fn validate_ip(ip: &str) -> Result<String, VerifyError> {
     ip.trim()
         .parse::<std::net::IpAddr>()
-        .map(|ip| ip.to_string())
+        // One text per address: `::FFFF:203.0.113.7`, `::ffff:203.0.113.7` and `203.0.113.7`
+        // are counted (and pseudonymised) as one.
+        .map(|ip| ip.to_canonical().to_string())
         .map_err(|_| VerifyError::InvalidField {
             field: "client_ip",
             message: "must be an IPv4 or IPv6 address".to_owned(),

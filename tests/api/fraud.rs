@@ -1072,6 +1072,39 @@ async fn rules_turned_off_neither_count_nor_refuse_but_the_deny_list_holds(backe
     assert_eq!(blocked[0]["rule"], json!("deny_list"));
 }
 
+/// A shop behind a dual-stack socket passes its IPv4 buyers as IPv4-mapped IPv6 addresses
+/// (`::ffff:203.0.113.7`): each is counted under its IPv4 address and its /24, as when it
+/// arrives as IPv4, never with every other mapped address under one IPv6 /64 (which would
+/// put all of the shop's buyers behind one range limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_mapped_addresses_count_as_their_ipv4_address_and_range() {
+    let app = app_with_rules(
+        Backend::Sqlite,
+        "[fraud.rate_limits]\nip = [\"1/10m\"]\nip_range = [\"1/10m\"]\n",
+    )
+    .await;
+    let from = |phone: String, ip: &str| {
+        let mut body = start_for(&phone);
+        body["client_ip"] = json!(ip);
+        body
+    };
+    for (n, ip) in ["::ffff:203.0.113.7", "::FFFF:198.51.100.7"]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = app
+            .start(&from(number("+49151", 1_111_111 * (n as u64 + 1)), ip))
+            .await;
+        assert_eq!(answer.status, 201, "{ip}: {answer:#?}");
+    }
+    // The first buyer's address written as IPv4: the same address, past its limit of one.
+    let refused = app
+        .start(&from(number("+49160", 3_333_333), "203.0.113.7"))
+        .await;
+    refused.assert_problem(429, "rate_limited");
+    assert_eq!(refused.body["key_type"], json!("ip"));
+}
+
 /// The settings of one instance of several over `database`, nordwind with `rules`. Replicas
 /// share their keys, as in production: the pseudonyms the counters are keyed by, the codes' MAC.
 fn replica_of(database: &str, rules: &'static str) -> impl Fn(&mut orderguard::settings::Settings) {
