@@ -147,9 +147,9 @@ pub struct Pumping {
     /// A shop without that history that is busy now (a new shop, a fresh database): approvals
     /// in the pumping window and the one before. 0: only a history counts.
     pub new_prefix_recent_approvals: u32,
-    /// The range guard: an IP range (the `ip_range` limit's /24 or /64) with more than this many starts
-    /// served in the limit's first window, none of them approved, is refused once at least
-    /// [`RANGE_MIN_SETTLED`] of them are old enough to have converted. 0 turns it off.
+    /// The range guard: an IP range (the `ip_range` limit's /24 or /64) with more than this
+    /// many starts served in the limit's first window, none of them approved, is refused once
+    /// at least [`RANGE_MIN_SETTLED`] of them are old enough to have converted. 0 turns it off.
     pub range_min_starts: u32,
 }
 

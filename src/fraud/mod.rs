@@ -219,6 +219,15 @@ impl Fraud {
         };
         let prefix_bucket = format!("prefix:{prefix}");
         let brand_guard = guard_prefix && pumping.brand_min_starts > 0;
+        // The range guard reads the start's `ip_range` counter (its limit's first row).
+        let range = if guard_prefix && pumping.range_min_starts > 0 {
+            limits
+                .iter()
+                .find(|limit| limit.key_type == "ip_range")
+                .map(|limit| limit.hit.bucket.as_str())
+        } else {
+            None
+        };
 
         // Remembered answers first: no database round trip for a refusal already known.
         let rate_mode = config.rate_limits.mode;
@@ -229,7 +238,7 @@ impl Fraud {
                 return Ok(verdict);
             }
         }
-        if let Some(range) = self.range_counter(brand, facts, &limits)
+        if let Some(range) = range
             && let Some(refusal) = self.cached(brand_id, &format!("{RANGE_REFUSED}{range}"), now)
             && !self.known_good(brand, facts, now).await?
             && self.judge(brand_id, pumping.mode, refusal, &mut verdict)
@@ -325,7 +334,12 @@ impl Fraud {
                 self.settle(brand_id, state, now, lag);
             }
         }
-        self.decide(brand, facts, &limits, &states, now, &mut verdict)
+        let counted = pumping::Counted {
+            limits: &limits,
+            range,
+            states: &states,
+        };
+        self.decide(brand, facts, counted, now, &mut verdict)
             .await?;
         if verdict.refusal.is_some() {
             // A refused start consumes no rate limit: only served starts count toward them.
@@ -361,7 +375,7 @@ impl Fraud {
             self.check_sim_swap(brand, facts, &mut verdict).await;
         }
         if verdict.refusal.is_none()
-            && let Some(range) = self.range_counter(brand, facts, &limits)
+            && let Some(range) = range
             && let Some(counter) = states.iter().find(|state| state.bucket == range)
         {
             self.ranges

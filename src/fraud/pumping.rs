@@ -118,17 +118,32 @@ fn budget_spent(shown: Shown, budget: &CounterState, pending_approvals: i64, lim
     }
 }
 
+/// What a start's statement counted, for [`Fraud::decide`].
+#[derive(Clone, Copy)]
+pub(super) struct Counted<'a> {
+    /// Its rate-limit counters.
+    pub(super) limits: &'a [Limit],
+    /// The bucket of the counter the range guard reads, when the guard runs for this start.
+    pub(super) range: Option<&'a str>,
+    /// Every counter as the statement (or this instance's hot counts) left it.
+    pub(super) states: &'a [CounterState],
+}
+
 impl Fraud {
     /// Judges the counters of a start after its hit.
     pub(super) async fn decide(
         &self,
         brand: &Brand,
         facts: &StartFacts<'_>,
-        limits: &[Limit],
-        states: &[CounterState],
+        counted: Counted<'_>,
         now: Millis,
         verdict: &mut Verdict,
     ) -> anyhow::Result<()> {
+        let Counted {
+            limits,
+            range,
+            states,
+        } = counted;
         let config = &brand.fraud;
         let brand_id = brand.id.as_str();
         let pumping = &config.pumping;
@@ -164,8 +179,8 @@ impl Fraud {
                 }
             }
         }
-        if let Some(range) = self.range_counter(brand, facts, limits)
-            && let Some(counter) = state(&range)
+        if let Some(range) = range
+            && let Some(counter) = state(range)
             && self.ranges.never_converts(
                 &format!("{brand_id}\0{range}"),
                 counter,
@@ -278,29 +293,6 @@ impl Fraud {
         }
 
         Ok(())
-    }
-
-    /// The bucket of the counter the range guard reads for a start: its `ip_range` limit's
-    /// first row. None for a resend, a start without a client address, an exempt number, or
-    /// the guard off.
-    pub(super) fn range_counter(
-        &self,
-        brand: &Brand,
-        facts: &StartFacts<'_>,
-        limits: &[Limit],
-    ) -> Option<String> {
-        let config = &brand.fraud;
-        if facts.resend
-            || config.pumping.range_min_starts == 0
-            || !config.pumping.mode.runs()
-            || config.exempt(facts.phone.e164())
-        {
-            return None;
-        }
-        limits
-            .iter()
-            .find(|limit| limit.key_type == "ip_range")
-            .map(|limit| limit.hit.bucket.clone())
     }
 
     /// Places a block on `prefix` if its counts say so; the block's end if one is in force now
