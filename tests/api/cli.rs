@@ -284,31 +284,44 @@ async fn migrate_applies_the_migrations_of_both_backends_and_exits() {
 /// minutes it claims nothing after its first, empty look, so the events of a flow tried just
 /// before Ctrl-C reach `data/events.jsonl` only through the drain at shutdown (before it, the
 /// file was not even created). Each event once.
+/// The service in dev mode in `dir` with its relay idle (a ten-minute period: after its first,
+/// empty look only the drain at shutdown ships), and one verification started on it: the
+/// running service and the verification's id.
+async fn a_start_with_the_relay_idle(dir: &Path, client: &reqwest::Client) -> (Running, String) {
+    let (running, base) =
+        serve_in_dev_mode(dir, client, &[("ORDERGUARD_EVENTS__PERIOD_MS", "600000")]).await;
+    let started = start_verification(client, &base).await;
+    assert_eq!(started.status, 201, "{started:#?}");
+    let id = started.body["id"].as_str().expect("id").to_owned();
+    (running, id)
+}
+
+/// The types of verification `id`'s events in `events` (JSON lines), sorted.
+fn event_types(events: &str, id: &str) -> Vec<String> {
+    let mut types: Vec<String> = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one event per line"))
+        .filter(|event| event["verification_id"] == id)
+        .map(|event| event["event_type"].as_str().expect("type").to_owned())
+        .collect();
+    types.sort();
+    types
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_service_ships_the_events_still_in_the_outbox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = reqwest::Client::new();
-    let (running, base) = serve_in_dev_mode(
-        dir.path(),
-        &client,
-        &[("ORDERGUARD_EVENTS__PERIOD_MS", "600000")],
-    )
-    .await;
-    let started = start_verification(&client, &base).await;
-    assert_eq!(started.status, 201, "{started:#?}");
-    let id = started.body["id"].as_str().expect("id").to_owned();
+    let (running, id) = a_start_with_the_relay_idle(dir.path(), &client).await;
     assert!(stop(running, "INT").await.success());
 
     let events = std::fs::read_to_string(dir.path().join("data/events.jsonl"))
         .expect("the events file, written at shutdown");
-    let mut types: Vec<String> = events
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one event per line"))
-        .filter(|event| event["verification_id"] == id.as_str())
-        .map(|event| event["event_type"].as_str().expect("type").to_owned())
-        .collect();
-    types.sort();
-    assert_eq!(types, ["sms_sent", "verification_started"], "{events}");
+    assert_eq!(
+        event_types(&events, &id),
+        ["sms_sent", "verification_started"],
+        "{events}"
+    );
 }
 
 /// The sink fails at the moment the service stops (here the events file cannot be written: a
@@ -319,15 +332,7 @@ async fn stopping_the_service_ships_the_events_still_in_the_outbox() {
 async fn events_the_sink_refuses_at_shutdown_ship_once_at_the_next_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = reqwest::Client::new();
-    let (running, base) = serve_in_dev_mode(
-        dir.path(),
-        &client,
-        &[("ORDERGUARD_EVENTS__PERIOD_MS", "600000")],
-    )
-    .await;
-    let started = start_verification(&client, &base).await;
-    assert_eq!(started.status, 201, "{started:#?}");
-    let id = started.body["id"].as_str().expect("id").to_owned();
+    let (running, id) = a_start_with_the_relay_idle(dir.path(), &client).await;
     let events_file = dir.path().join("data/events.jsonl");
     std::fs::create_dir_all(&events_file).expect("a directory where the file goes");
     assert!(stop(running, "TERM").await.success());
@@ -338,13 +343,7 @@ async fn events_the_sink_refuses_at_shutdown_ship_once_at_the_next_start() {
     let deadline = std::time::Instant::now() + crate::helpers::patience(30);
     let types = loop {
         let events = std::fs::read_to_string(&events_file).unwrap_or_default();
-        let mut types: Vec<String> = events
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an event"))
-            .filter(|event| event["verification_id"] == id.as_str())
-            .map(|event| event["event_type"].as_str().expect("type").to_owned())
-            .collect();
-        types.sort();
+        let types = event_types(&events, &id);
         if types.len() >= 2 || std::time::Instant::now() > deadline {
             break types;
         }
