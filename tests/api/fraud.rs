@@ -64,6 +64,13 @@ fn start_for(phone: &str) -> Value {
     body
 }
 
+/// A start to `phone` from the buyer's address `ip`, as the shop passes it.
+fn start_from(phone: &str, ip: &str) -> Value {
+    let mut body = start_for(phone);
+    body["client_ip"] = json!(ip);
+    body
+}
+
 /// A German mobile number in prefix `+49151` (or another three-digit prefix).
 fn number(prefix: &str, n: u64) -> String {
     format!("{prefix}{:08}", n % 100_000_000)
@@ -773,11 +780,6 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     )
     .await;
     app.clock.freeze();
-    let from = |phone: &str, ip: &str| {
-        let mut body = start_for(phone);
-        body["client_ip"] = json!(ip);
-        body
-    };
     // Numbers spread over many prefixes, far apart: no prefix or walk guard sees them.
     let prefixes = ["+49151", "+49160", "+49170", "+49175", "+49152", "+49162"];
     let mut drawn = 0u64;
@@ -787,7 +789,7 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     };
     // A buyer approved yesterday (from elsewhere): known-good.
     let regular = number("+49172", 42);
-    let first = app.start(&from(&regular, "192.0.2.200")).await;
+    let first = app.start(&start_from(&regular, "192.0.2.200")).await;
     approve(&app, first.body["id"].as_str().expect("id")).await;
     app.clock.advance(24 * 3_600_000);
 
@@ -795,7 +797,7 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     let nat = "100.64.9.9";
     let mut nat_ids = Vec::new();
     for n in 0..15 {
-        let answer = app.start(&from(&spread(), nat)).await;
+        let answer = app.start(&start_from(&spread(), nat)).await;
         assert_eq!(answer.status, 201, "NAT buyer {n}: {answer:#?}");
         nat_ids.push(answer.body["id"].as_str().expect("id").to_owned());
         app.clock.advance(1_000);
@@ -807,7 +809,7 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     }
     app.clock.advance(25_000);
     for n in 0..15 {
-        let answer = app.start(&from(&spread(), nat)).await;
+        let answer = app.start(&start_from(&spread(), nat)).await;
         assert_eq!(answer.status, 201, "NAT buyer {}: {answer:#?}", 15 + n);
         app.clock.advance(1_000);
     }
@@ -817,7 +819,7 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     let mut pumped_ids = Vec::new();
     for n in 0..12u8 {
         let answer = app
-            .start(&from(&spread(), &format!("203.0.113.{}", 1 + n)))
+            .start(&start_from(&spread(), &format!("203.0.113.{}", 1 + n)))
             .await;
         assert_eq!(answer.status, 201, "pumper {n}: {answer:#?}");
         pumped_ids.push(answer.body["id"].as_str().expect("id").to_owned());
@@ -828,7 +830,7 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     // 30 s after its third start: refused, by range.
     app.clock.advance(22_000);
     let sent = app.sms_count().await;
-    let refused = app.start(&from(&spread(), "203.0.113.99")).await;
+    let refused = app.start(&start_from(&spread(), "203.0.113.99")).await;
     refused.assert_problem(429, "rate_limited");
     assert_eq!(
         (&refused.body["rule"], &refused.body["key_type"]),
@@ -851,39 +853,48 @@ async fn a_range_whose_starts_never_convert_is_refused_while_a_busy_nat_is_serve
     );
     // The same range keeps being refused; a known-good number from it passes; another range
     // is served.
-    app.start(&from(&spread(), "203.0.113.100"))
+    app.start(&start_from(&spread(), "203.0.113.100"))
         .await
         .assert_problem(429, "rate_limited");
-    let known = app.start(&from(&regular, "203.0.113.101")).await;
+    let known = app.start(&start_from(&regular, "203.0.113.101")).await;
     assert_eq!(known.status, 201, "known-good: {known:#?}");
-    let other = app.start(&from(&spread(), "198.51.100.1")).await;
+    let other = app.start(&start_from(&spread(), "198.51.100.1")).await;
     assert_eq!(other.status, 201, "another range: {other:#?}");
+    // Another brand's buyer from the same range: its counters are the brand's own.
+    let elsewhere = app
+        .post(
+            "/v1/verifications",
+            FJALLNET_KEY,
+            &start_from("+46701234567", "203.0.113.104"),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 201, "another brand: {elsewhere:#?}");
 
     // One start from the range converts (a real buyer among them, typing late): it is open
     // once the instance's memory of the refusal (5 s, which answers without counting) passes.
     approve(&app, &pumped_ids[0]).await;
-    app.start(&from(&spread(), "203.0.113.103"))
+    app.start(&start_from(&spread(), "203.0.113.103"))
         .await
         .assert_problem(429, "rate_limited");
     app.clock.advance(5_000);
-    let opened = app.start(&from(&spread(), "203.0.113.102")).await;
+    let opened = app.start(&start_from(&spread(), "203.0.113.102")).await;
     assert_eq!(opened.status, 201, "after an approval: {opened:#?}");
 
     // Another pumper's range, refused 30 s after its third start, is served again once the
     // ip_range window (10 minutes) that counted its starts ends.
     for n in 0..11u8 {
         let answer = app
-            .start(&from(&spread(), &format!("192.0.2.{}", 1 + n)))
+            .start(&start_from(&spread(), &format!("192.0.2.{}", 1 + n)))
             .await;
         assert_eq!(answer.status, 201, "second pumper {n}: {answer:#?}");
         app.clock.advance(1_000);
     }
     app.clock.advance(22_000);
-    app.start(&from(&spread(), "192.0.2.99"))
+    app.start(&start_from(&spread(), "192.0.2.99"))
         .await
         .assert_problem(429, "rate_limited");
     app.clock.advance(600_000 - 33_000);
-    let released = app.start(&from(&spread(), "192.0.2.98")).await;
+    let released = app.start(&start_from(&spread(), "192.0.2.98")).await;
     assert_eq!(released.status, 201, "a new window: {released:#?}");
 }
 
@@ -1083,23 +1094,21 @@ async fn ipv4_mapped_addresses_count_as_their_ipv4_address_and_range() {
         "[fraud.rate_limits]\nip = [\"1/10m\"]\nip_range = [\"1/10m\"]\n",
     )
     .await;
-    let from = |phone: String, ip: &str| {
-        let mut body = start_for(&phone);
-        body["client_ip"] = json!(ip);
-        body
-    };
     for (n, ip) in ["::ffff:203.0.113.7", "::FFFF:198.51.100.7"]
         .into_iter()
         .enumerate()
     {
         let answer = app
-            .start(&from(number("+49151", 1_111_111 * (n as u64 + 1)), ip))
+            .start(&start_from(
+                &number("+49151", 1_111_111 * (n as u64 + 1)),
+                ip,
+            ))
             .await;
         assert_eq!(answer.status, 201, "{ip}: {answer:#?}");
     }
     // The first buyer's address written as IPv4: the same address, past its limit of one.
     let refused = app
-        .start(&from(number("+49160", 3_333_333), "203.0.113.7"))
+        .start(&start_from(&number("+49160", 3_333_333), "203.0.113.7"))
         .await;
     refused.assert_problem(429, "rate_limited");
     assert_eq!(refused.body["key_type"], json!("ip"));
@@ -1169,9 +1178,10 @@ async fn two_instances_share_a_ranges_starts_and_its_approvals() {
     // Start `n` of the pumper: numbers spread over three prefixes, addresses over one range.
     let pumped = |n: u64| {
         let prefix = ["+49151", "+49160", "+49170"][(n % 3) as usize];
-        let mut body = start_for(&number(prefix, n * 7_777_777));
-        body["client_ip"] = json!(format!("203.0.113.{}", 1 + n % 250));
-        body
+        start_from(
+            &number(prefix, n * 7_777_777),
+            &format!("203.0.113.{}", 1 + n % 250),
+        )
     };
     let mut ids = Vec::new();
     for n in 0..12u64 {
