@@ -119,30 +119,24 @@ impl SimSwapClient {
         Ok(token.access_token)
     }
 
-    /// Whether `e164` had its SIM swapped within `config.max_age_hours`.
+    /// Whether `e164` had its SIM swapped within `config.max_age_hours`. An OAuth2 token the
+    /// operator answers 401 to (revoked, or expired before its `expires_in`) is dropped from
+    /// the cache and the check asked once more with a fresh one.
     pub async fn check(&self, config: &SimSwapConfig, e164: &str) -> SwapAnswer {
         let Some(base_url) = &config.base_url else {
             return SwapAnswer::NotSwapped;
         };
-        let token = match self.token(config).await {
-            Ok(token) => token,
-            Err(error) => return SwapAnswer::Error(error),
-        };
-        let url = format!("{}/sim-swap/v2/check", base_url.trim_end_matches('/'));
-        let sent = self
-            .client
-            .post(url)
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .bearer_auth(token)
-            .header("x-correlator", crate::domain::id::new_v7().to_string())
-            .json(&serde_json::json!({"phoneNumber": e164, "maxAge": config.max_age_hours}))
-            .send()
-            .await;
-        let response = match sent {
+        let mut response = match self.ask(config, base_url, e164).await {
             Ok(response) => response,
-            Err(error) if error.is_timeout() => return SwapAnswer::Error("timed out".to_owned()),
-            Err(error) => return SwapAnswer::Error(format!("transport: {}", error.without_url())),
+            Err(answer) => return answer,
         };
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && config.token_secret.is_none() {
+            self.forget_token(config);
+            response = match self.ask(config, base_url, e164).await {
+                Ok(response) => response,
+                Err(answer) => return answer,
+            };
+        }
         if !response.status().is_success() {
             return SwapAnswer::Error(format!("answered {}", response.status()));
         }
@@ -150,6 +144,41 @@ impl SimSwapClient {
             Ok(CheckAnswer { swapped: true }) => SwapAnswer::Swapped,
             Ok(CheckAnswer { swapped: false }) => SwapAnswer::NotSwapped,
             Err(_) => SwapAnswer::Error("an answer without `swapped`".to_owned()),
+        }
+    }
+
+    /// One check request with the current token.
+    async fn ask(
+        &self,
+        config: &SimSwapConfig,
+        base_url: &str,
+        e164: &str,
+    ) -> Result<reqwest::Response, SwapAnswer> {
+        let token = self.token(config).await.map_err(SwapAnswer::Error)?;
+        let url = format!("{}/sim-swap/v2/check", base_url.trim_end_matches('/'));
+        self.client
+            .post(url)
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .bearer_auth(token)
+            .header("x-correlator", crate::domain::id::new_v7().to_string())
+            .json(&serde_json::json!({"phoneNumber": e164, "maxAge": config.max_age_hours}))
+            .send()
+            .await
+            .map_err(|error| {
+                if error.is_timeout() {
+                    SwapAnswer::Error("timed out".to_owned())
+                } else {
+                    SwapAnswer::Error(format!("transport: {}", error.without_url()))
+                }
+            })
+    }
+
+    fn forget_token(&self, config: &SimSwapConfig) {
+        if let (Some(url), Some(client_id)) = (&config.token_url, &config.client_id) {
+            self.tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(url.clone(), client_id.clone()));
         }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, DEV_KEY, Reply, ScriptedServer, TestApp, TestClickHouse, eventually, set_fraud_rules,
-    ship_to, spawn_app_with,
+    Backend, DEV_KEY, Reply, ScriptedServer, TestApp, TestClickHouse, eventually, serve,
+    set_fraud_rules, ship_to, spawn_app_with,
 };
 
 const FJALLNET_KEY: &str = "og_dev_fjallnet_8d3a6c1e5f2b7094";
@@ -45,13 +45,7 @@ async fn gateway() -> (String, Accepted) {
         }
     };
     let router = axum::Router::new().route("/send", axum::routing::post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/send", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let url = format!("{}/send", serve(router).await);
     (url, accepted)
 }
 
@@ -64,14 +58,7 @@ async fn sim_swap() -> String {
         axum::Json(json!({"swapped": swapped}))
     };
     let router = axum::Router::new().route("/sim-swap/v2/check", axum::routing::post(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    url
+    serve(router).await
 }
 
 /// A spread-out number of `prefix` for buyer `n` (no two close together: no number walk).

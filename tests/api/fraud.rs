@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{
-    Answer, Backend, DEV_KEY, PHONE, TestApp, read, set_fraud_rules, spawn_app_with, start_body,
+    Answer, Backend, DEV_KEY, PHONE, TestApp, read, serve, set_fraud_rules, spawn_app_with,
+    start_body,
 };
 
 both_backends!(
@@ -1307,14 +1308,10 @@ impl SimSwapServer {
             }
         };
         let router = axum::Router::new().route("/sim-swap/v2/check", axum::routing::post(handler));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Self { url, requests }
+        Self {
+            url: serve(router).await,
+            requests,
+        }
     }
 
     fn count(&self) -> usize {
@@ -1412,6 +1409,151 @@ async fn a_failing_sim_swap_api_is_allowed_or_denied_as_the_brand_says() {
         metrics.contains(r#"orderguard_sim_swap_checks_total{brand="nordwind",outcome="error"} 1"#),
         "{metrics}"
     );
+}
+
+/// An operator's OAuth2 token endpoint (client credentials) beside its CAMARA check, which
+/// accepts only the tokens it issued and has not revoked.
+#[derive(Default)]
+struct Operator {
+    /// Each token request: its Authorization header and form body.
+    token_requests: Vec<(String, String)>,
+    /// Each check: the bearer token it carried.
+    checks: Vec<String>,
+    valid: Vec<String>,
+    expires_in: u64,
+}
+
+async fn oauth_operator(expires_in: u64) -> (String, Arc<Mutex<Operator>>) {
+    let operator = Arc::new(Mutex::new(Operator {
+        expires_in,
+        ..Operator::default()
+    }));
+    let (tokens, checks) = (operator.clone(), operator.clone());
+    let token = move |headers: axum::http::HeaderMap, body: String| {
+        let operator = tokens.clone();
+        async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let mut operator = operator.lock().expect("lock");
+            operator.token_requests.push((auth.clone(), body.clone()));
+            // RFC 6749 §2.3.1: the client authenticates with HTTP Basic.
+            let expected = format!(
+                "Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    "og-client:operator-client-secret"
+                )
+            );
+            if auth != expected || body != "grant_type=client_credentials" {
+                return (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": "invalid_client"})),
+                );
+            }
+            let issued = format!("tok-{}", operator.token_requests.len());
+            operator.valid.push(issued.clone());
+            let answer = json!({"access_token": issued, "token_type": "Bearer",
+                                "expires_in": operator.expires_in});
+            (axum::http::StatusCode::OK, axum::Json(answer))
+        }
+    };
+    let check = move |headers: axum::http::HeaderMap, _: axum::Json<Value>| {
+        let operator = checks.clone();
+        async move {
+            let bearer = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            let mut operator = operator.lock().expect("lock");
+            operator.checks.push(bearer.clone());
+            if operator.valid.contains(&bearer) {
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"swapped": false})),
+                )
+            } else {
+                let answer = json!({"status": 401, "code": "UNAUTHENTICATED",
+                                    "message": "Request not authenticated"});
+                (axum::http::StatusCode::UNAUTHORIZED, axum::Json(answer))
+            }
+        }
+    };
+    let router = axum::Router::new()
+        .route("/oauth/token", axum::routing::post(token))
+        .route("/sim-swap/v2/check", axum::routing::post(check));
+    (serve(router).await, operator)
+}
+
+async fn oauth_app(url: &str, secret: &str) -> TestApp {
+    let rules = format!(
+        "[fraud.sim_swap]\nbase_url = \"{url}\"\ntoken_url = \"{url}/oauth/token\"\n\
+         client_id = \"og-client\"\nclient_secret = \"operator_client\"\nmax_age_hours = 240\n\
+         on_swap = \"refuse\"\non_error = \"deny\"\ntimeout_ms = 1500\n"
+    );
+    let secret = secret.to_owned();
+    spawn_app_with(Backend::Sqlite, move |s| {
+        set_fraud_rules(&s.brands_dir, "nordwind", &rules);
+        s.brand_secrets
+            .insert("operator_client".into(), secret.into());
+    })
+    .await
+}
+
+/// The OAuth2 client-credentials token: fetched once with HTTP Basic, used as the bearer of
+/// every check until it expires, renewed after; a token the operator revoked (401) is replaced
+/// at once and the check asked again; a refused client is an error (`on_error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sim_swap_oauth2_token_is_fetched_cached_renewed_and_replaced_when_revoked() {
+    let (url, operator) = oauth_operator(3_600).await;
+    let app = oauth_app(&url, "operator-client-secret").await;
+    for n in 0..3 {
+        let answer = app.start(&start_for(&format!("+4915123456{n:03}"))).await;
+        assert_eq!(answer.status, 201, "{answer:#?}");
+    }
+    {
+        let operator = operator.lock().expect("lock");
+        assert_eq!(
+            operator.token_requests.len(),
+            1,
+            "one token for three checks"
+        );
+        assert_eq!(operator.checks, ["tok-1", "tok-1", "tok-1"]);
+    }
+    // The operator revokes it: the next check's 401 brings a new token and one more try.
+    operator.lock().expect("lock").valid.clear();
+    let answer = app.start(&start_for("+4915123456100")).await;
+    assert_eq!(answer.status, 201, "served with a fresh token: {answer:#?}");
+    {
+        let operator = operator.lock().expect("lock");
+        assert_eq!(operator.token_requests.len(), 2);
+        assert_eq!(operator.checks[3..], ["tok-1", "tok-2"]);
+    }
+    // A client the token endpoint refuses (a wrong secret): an error, denied as configured.
+    let (url, operator) = oauth_operator(3_600).await;
+    let wrong = oauth_app(&url, "not-the-secret").await;
+    wrong
+        .start(&start_for("+4915123456200"))
+        .await
+        .assert_problem(503, "sim_swap_unavailable");
+    assert!(
+        operator.lock().expect("lock").checks.is_empty(),
+        "no check without a token"
+    );
+
+    // A token for 31 s is renewed 30 s early: after 1 s it is fetched again.
+    let (url, operator) = oauth_operator(31).await;
+    let short = oauth_app(&url, "operator-client-secret").await;
+    assert_eq!(short.start(&start_for("+4915123456300")).await.status, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(short.start(&start_for("+4915123456301")).await.status, 201);
+    let operator = operator.lock().expect("lock");
+    assert_eq!(operator.token_requests.len(), 2, "renewed once expired");
+    assert_eq!(operator.checks, ["tok-1", "tok-2"]);
 }
 
 const FJALLNET_KEY: &str = "og_dev_fjallnet_8d3a6c1e5f2b7094";

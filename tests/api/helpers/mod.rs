@@ -64,6 +64,19 @@ macro_rules! both_backends {
     };
 }
 
+/// Serves `router` on a free loopback port until the test ends; its base URL
+/// (`http://127.0.0.1:<port>`).
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
 /// How long a test waits for a condition that takes `seconds` on a quiet machine: five times
 /// as long, so two busy cores never fail a test that is merely slow. Only a test that fails
 /// waits that long; the others go on as soon as the condition holds.
