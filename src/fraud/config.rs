@@ -217,6 +217,10 @@ fn default_max_age() -> u32 {
     240
 }
 
+/// The longest a start may wait for the operator's answer (a token request and the check each
+/// get `timeout_ms`; a revoked token costs one more of each).
+const MAX_SIM_SWAP_TIMEOUT_MS: u64 = 30_000;
+
 fn default_sim_swap_timeout() -> u64 {
     1_500
 }
@@ -290,13 +294,23 @@ impl FraudConfig {
             }
         }
         let swap = &self.sim_swap;
-        if let Some(base_url) = &swap.base_url {
-            if !url::Url::parse(base_url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+        for (key, url) in [("base_url", &swap.base_url), ("token_url", &swap.token_url)] {
+            if let Some(url) = url
+                && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            {
                 problems.push(format!(
-                    "fraud.sim_swap.base_url: {base_url:?} is not an http(s) URL"
+                    "fraud.sim_swap.{key}: {url:?} is not an http(s) URL"
                 ));
             }
+        }
+        if swap.base_url.is_some() {
             let oauth = swap.token_url.is_some() || swap.client_id.is_some();
+            if swap.token_secret.is_some() && oauth {
+                problems.push(
+                    "fraud.sim_swap: token_secret or token_url with client_id and client_secret, not both"
+                        .to_owned(),
+                );
+            }
             if swap.token_secret.is_none() && !oauth {
                 problems.push(
                     "fraud.sim_swap: needs token_secret, or token_url with client_id and client_secret"
@@ -312,6 +326,12 @@ impl FraudConfig {
                     "fraud.sim_swap: token_url, client_id and client_secret go together".to_owned(),
                 );
             }
+        }
+        if !(1..=MAX_SIM_SWAP_TIMEOUT_MS).contains(&swap.timeout_ms) {
+            problems.push(format!(
+                "fraud.sim_swap.timeout_ms: must be 1–{MAX_SIM_SWAP_TIMEOUT_MS}, not {}",
+                swap.timeout_ms
+            ));
         }
         if !(1..=2400).contains(&swap.max_age_hours) {
             problems.push(format!(
@@ -341,5 +361,41 @@ mod tests {
         for bad in ["5", "0/1m", "5/0m", "5/10x", "five/1m", "5/40d", "/1m"] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_sim_swap_section_names_one_token_source_and_sane_urls_and_timeout() {
+        let swap = |extra: &str| -> Vec<String> {
+            // The base brand's rules, with this [fraud.sim_swap].
+            let base: toml::Table =
+                toml::from_str(include_str!("../../brands/_base/brand.toml")).expect("base");
+            let mut fraud = base["fraud"].as_table().expect("[fraud]").clone();
+            let section = format!("base_url = \"https://api.operator.example\"\n{extra}");
+            let section: toml::Table = toml::from_str(&section).expect("section");
+            fraud.insert("sim_swap".to_owned(), section.into());
+            toml::Value::Table(fraud)
+                .try_into::<FraudConfig>()
+                .expect("parses")
+                .problems()
+        };
+        assert!(swap("token_secret = \"t\"").is_empty());
+        let oauth = "token_url = \"https://auth.operator.example/token\"\nclient_id = \"c\"\nclient_secret = \"s\"";
+        assert!(swap(oauth).is_empty());
+        let both = swap(&format!("token_secret = \"t\"\n{oauth}"));
+        assert!(both.iter().any(|p| p.contains("not both")), "{both:?}");
+        let ftp = swap("token_url = \"ftp://x/token\"\nclient_id = \"c\"\nclient_secret = \"s\"");
+        assert!(
+            ftp.iter()
+                .any(|p| p.starts_with("fraud.sim_swap.token_url")),
+            "{ftp:?}"
+        );
+        let never = swap("token_secret = \"t\"\ntimeout_ms = 0");
+        assert!(
+            never
+                .iter()
+                .any(|p| p.starts_with("fraud.sim_swap.timeout_ms")),
+            "{never:?}"
+        );
+        assert!(swap("").iter().any(|p| p.contains("needs token_secret")));
     }
 }
