@@ -78,12 +78,10 @@ impl SimSwapClient {
         if let Some(name) = &config.token_secret {
             return self.secret(name);
         }
-        let (Some(url), Some(client_id), Some(secret_name)) =
-            (&config.token_url, &config.client_id, &config.client_secret)
-        else {
+        let (Some(key), Some(secret_name)) = (token_key(config), &config.client_secret) else {
             return Err("no token configured".to_owned());
         };
-        let key = (url.clone(), client_id.clone());
+        let (url, client_id) = &key;
         if let Some((token, until)) = self
             .tokens
             .lock()
@@ -174,11 +172,16 @@ impl SimSwapClient {
     }
 
     fn forget_token(&self, config: &SimSwapConfig) {
-        if let (Some(url), Some(client_id)) = (&config.token_url, &config.client_id) {
+        if let Some(key) = token_key(config) {
             self.tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&(url.clone(), client_id.clone()));
+                .remove(&key);
         }
     }
+}
+
+/// Where an OAuth2 token of `config` is cached: its token URL and client.
+fn token_key(config: &SimSwapConfig) -> Option<(String, String)> {
+    Some((config.token_url.clone()?, config.client_id.clone()?))
 }

@@ -1384,6 +1384,15 @@ async fn a_failing_sim_swap_api_is_allowed_or_denied_as_the_brand_says() {
     let refused = denying.start(&start_body()).await;
     refused.assert_problem(503, "sim_swap_unavailable");
     assert!(refused.header("retry-after").is_some());
+    // A static token the operator refuses: an error after one request (only an OAuth2 token
+    // is fetched anew and tried again).
+    let unauthorized = SimSwapServer::start(SwapReply::Status(401)).await;
+    sim_swap_app(&unauthorized, "refuse", "deny")
+        .await
+        .start(&start_body())
+        .await
+        .assert_problem(503, "sim_swap_unavailable");
+    assert_eq!(unauthorized.count(), 1, "asked once");
     // A server that never answers in time counts as an error too.
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
